@@ -1,0 +1,248 @@
+"""The user's generative model: a prior p(z) and a batched log-likelihood log p(x | z).
+
+Shapes throughout the library: observations first, then particles, then the event dimension,
+``x [B, p]``, ``z [B, K, d]``, log-densities ``[B, K]``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+from torch.distributions import Distribution
+
+__all__ = ["Model", "LogLikelihood", "Simulator", "check_log_likelihood", "forked_rng"]
+
+LogLikelihood = Callable[[Tensor, Tensor], Tensor]
+"""``log_likelihood(z [B, K, d], x [B, p]) -> [B, K]``."""
+
+Simulator = Callable[[Tensor], Tensor]
+"""``simulate(z [N, d]) -> x [N, p]``; may use torch's global RNG (it is forked and seeded)."""
+
+
+def forked_rng(generator: torch.Generator | None, device: torch.device | str | None = None):
+    """Context in which torch's global RNG is seeded from ``generator`` and restored afterwards.
+
+    For code that cannot take a generator (sampling a torch prior, a user's simulator,
+    initialising a network). Draws one integer from ``generator`` (or from the global RNG when
+    ``generator`` is None, in which case nothing is forked).
+    """
+    import contextlib
+
+    if generator is None:
+        return contextlib.nullcontext()
+    seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device))
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    devices = [device] if device.type == "cuda" else []
+
+    @contextlib.contextmanager
+    def _ctx():
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed)
+            yield
+
+    return _ctx()
+
+
+def check_log_likelihood(loglik: Tensor, z: Tensor, rows: Tensor | None = None) -> Tensor:
+    """Validate one batch of log-likelihood values; return them unchanged.
+
+    ``-inf`` is a valid zero likelihood. NaN and ``+inf`` are errors in the user's model and raise
+    a ``ValueError`` naming the observations and the number of particles affected.
+
+    Shapes: loglik [B, K], z [B, K, d]; ``rows`` [B] maps local rows to dataset observation indices.
+    """
+    bad = torch.isnan(loglik) | (loglik == math.inf)
+    if bool(bad.any()):
+        per_obs = bad.sum(-1)
+        obs = torch.nonzero(per_obs).flatten()
+        b, k = (int(i) for i in torch.nonzero(bad)[0])
+        kind = "NaN" if bool(torch.isnan(loglik[b, k])) else "+inf"
+        names = obs if rows is None else rows[obs]
+        shown = ", ".join(f"{int(n)} ({int(per_obs[o])} particles)" for n, o in zip(names[:5], obs[:5], strict=False))
+        more = "" if len(obs) <= 5 else f" and {len(obs) - 5} more"
+        first = int(b if rows is None else rows[b])
+        raise ValueError(
+            f"log_likelihood returned NaN or +inf at {int(bad.sum())} points in {len(obs)} "
+            f"observation(s): {shown}{more}; first: {kind} at observation {first}, particle {k}, "
+            f"z = {z[b, k].tolist()}. Return -inf for zero likelihood; NaN means the model "
+            "failed to evaluate."
+        )
+    return loglik
+
+
+class Model:
+    """A prior over ``z`` in R^d (or a subset) and a likelihood that can be evaluated in batch.
+
+    Args:
+        prior: a ``torch.distributions.Distribution`` with ``event_shape == (d,)`` and empty batch
+            shape, e.g. ``Independent(Normal(zeros(d), ones(d)), 1)`` or ``MultivariateNormal``.
+            Its parameters' device is the device the model runs on.
+        log_likelihood: ``f(z [B, K, d], x [B, p]) -> [B, K]``: log p(x_b | z_bk). Return ``-inf``
+            for zero likelihood; NaN is reported as an error.
+        simulate: optional ``g(z [N, d]) -> x [N, p]`` drawing x ~ p(x | z) (needed by the sleep /
+            NPE baseline and by simulation-based checks).
+        name: a label used in logs and reports.
+
+    Shapes: ``log_prior(z [*, d]) -> [*]``, ``log_likelihood(z [B, K, d], x [B, p]) -> [B, K]``.
+
+    >>> from torch.distributions import Independent, Normal
+    >>> prior = Independent(Normal(torch.zeros(2), torch.ones(2)), 1)
+    >>> def loglik(z, x):
+    ...     return Normal(z, 1.0).log_prob(x[:, None, :]).sum(-1)
+    >>> model = Model(prior, loglik)
+    >>> model.log_likelihood(torch.zeros(3, 5, 2), torch.ones(3, 2)).shape
+    torch.Size([3, 5])
+    """
+
+    def __init__(
+        self,
+        prior: Distribution,
+        log_likelihood: LogLikelihood,
+        *,
+        simulate: Simulator | None = None,
+        name: str = "model",
+    ) -> None:
+        if not isinstance(prior, Distribution):
+            raise TypeError(
+                f"prior: expected a torch.distributions.Distribution, received {type(prior).__name__}"
+            )
+        if len(prior.event_shape) != 1 or len(prior.batch_shape) != 0:
+            raise ValueError(
+                "prior: expected event_shape [d] and empty batch_shape, received "
+                f"batch_shape {list(prior.batch_shape)}, event_shape {list(prior.event_shape)}. "
+                "Wrap a product of scalar distributions as "
+                "torch.distributions.Independent(dist, 1)."
+            )
+        if not callable(log_likelihood):
+            raise TypeError("log_likelihood: expected a callable f(z [B, K, d], x [B, p]) -> [B, K]")
+        self.prior = prior
+        self._log_likelihood = log_likelihood
+        self._simulate = simulate
+        self.name = name
+        self.dim = int(prior.event_shape[0])
+        self.x_dim: int | None = None
+        self._interior: dict[tuple[torch.dtype, torch.device], Tensor] = {}
+
+    def __repr__(self) -> str:
+        return f"Model(name={self.name!r}, dim={self.dim}, prior={self.prior!r})"
+
+    @property
+    def can_simulate(self) -> bool:
+        """Whether a simulator was given."""
+        return self._simulate is not None
+
+    # ------------------------------------------------------------------ prior
+    def _interior_point(self, like: Tensor) -> Tensor:
+        """A point inside the prior's support, used to keep log_prob finite where masked."""
+        key = (like.dtype, like.device)
+        if key not in self._interior:
+            try:
+                point = self.prior.mean.detach()
+            except NotImplementedError:
+                point = None
+            if point is None or not bool(torch.isfinite(point).all()) or not bool(
+                self.prior.support.check(point)
+            ):
+                with torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(0)
+                    point = self.prior.sample().detach()
+            self._interior[key] = point.to(dtype=like.dtype, device=like.device)
+        return self._interior[key]
+
+    def log_prior(self, z: Tensor) -> Tensor:
+        """Log prior density, ``-inf`` outside the support (whatever torch's validation flag).
+
+        Shapes: z [*, d] -> [*].
+        """
+        inside = self.prior.support.check(z)
+        if inside.dim() == z.dim():  # an element-wise constraint: reduce over the event
+            inside = inside.all(-1)
+        z_safe = torch.where(inside[..., None], z, self._interior_point(z))
+        return torch.where(inside, self.prior.log_prob(z_safe), -math.inf).to(z.dtype)
+
+    def sample_prior(
+        self,
+        shape: tuple[int, ...],
+        *,
+        generator: torch.Generator | None = None,
+        dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None,
+    ) -> Tensor:
+        """Draw from the prior; torch's global RNG is forked and seeded from ``generator``.
+
+        Shapes: -> [*shape, d].
+        """
+        with forked_rng(generator, device):
+            z = self.prior.sample(shape)
+        return z.to(dtype=dtype or z.dtype, device=device or z.device)
+
+    # -------------------------------------------------------------- likelihood
+    def check_x(self, x: Tensor) -> Tensor:
+        """Validate observations: a floating tensor [B, p] without NaN. Returns x.
+
+        Shapes: x [B, p].
+        """
+        if not isinstance(x, Tensor):
+            raise TypeError(f"x: expected a torch.Tensor [B, p], received {type(x).__name__}")
+        if x.dim() != 2:
+            raise ValueError(
+                f"x: expected shape [B, p] (observations first), received {list(x.shape)}; "
+                "a single observation is x[None, :]"
+            )
+        if not x.is_floating_point():
+            raise TypeError(f"x: expected a floating-point tensor, received dtype {x.dtype}")
+        if x.shape[0] == 0:
+            raise ValueError("x: received no observations (B = 0)")
+        if self.x_dim is not None and x.shape[1] != self.x_dim:
+            raise ValueError(
+                f"x: expected shape [*, {self.x_dim}] (as first used with this model), "
+                f"received {list(x.shape)}"
+            )
+        nan_rows = torch.isnan(x).any(-1)
+        if bool(nan_rows.any()):
+            rows = torch.nonzero(nan_rows).flatten()[:5].tolist()
+            raise ValueError(f"x: contains NaN in {int(nan_rows.sum())} observation(s), first {rows}")
+        return x
+
+    def log_likelihood(self, z: Tensor, x: Tensor, rows: Tensor | None = None) -> Tensor:
+        """Evaluate and validate log p(x_b | z_bk).
+
+        NaN or ``+inf`` raise ``ValueError``; ``-inf`` is a valid zero likelihood.
+
+        Shapes: z [B, K, d], x [B, p] -> [B, K]. ``rows`` [B] optional dataset indices for messages.
+        """
+        if z.dim() != 3 or z.shape[-1] != self.dim or z.shape[0] != x.shape[0]:
+            raise ValueError(
+                f"z: expected shape [B={x.shape[0]}, K, d={self.dim}], received {list(z.shape)}"
+            )
+        out = self._log_likelihood(z, x)
+        if not isinstance(out, Tensor) or out.shape != z.shape[:2]:
+            got = list(out.shape) if isinstance(out, Tensor) else type(out).__name__
+            raise ValueError(
+                f"log_likelihood: expected output shape [B, K] = {list(z.shape[:2])} for "
+                f"z {list(z.shape)} and x {list(x.shape)}, received {got}. Sum over the "
+                "data dimensions and keep the particle axis."
+            )
+        if self.x_dim is None:
+            self.x_dim = int(x.shape[1])
+        return check_log_likelihood(out, z, rows)
+
+    def simulate(self, z: Tensor, *, generator: torch.Generator | None = None) -> Tensor:
+        """Draw x ~ p(x | z) with the user's simulator (global RNG forked, seeded from generator).
+
+        Shapes: z [N, d] -> x [N, p].
+        """
+        if self._simulate is None:
+            raise ValueError(
+                f"model {self.name!r} has no simulator; pass Model(..., simulate=fn) to use "
+                "simulation-based methods such as 'sleep'"
+            )
+        with forked_rng(generator, z.device):
+            x = self._simulate(z)
+        if not isinstance(x, Tensor) or x.dim() != 2 or x.shape[0] != z.shape[0]:
+            got = list(x.shape) if isinstance(x, Tensor) else type(x).__name__
+            raise ValueError(f"simulate: expected output shape [N={z.shape[0]}, p], received {got}")
+        return x
