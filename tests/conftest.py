@@ -1,8 +1,8 @@
 """Shared test fixtures: every test runs with a fixed seed and must leave torch's globals alone."""
 
-import zuko  # noqa: F401  (imported first: importing it changes torch's validation default)
 import pytest
 import torch
+import zuko  # noqa: F401  (imported first: importing it changes torch's validation default)
 from torch.distributions import Distribution
 
 

@@ -52,7 +52,7 @@ def check_log_likelihood(loglik: Tensor, z: Tensor, rows: Tensor | None = None) 
     ``-inf`` is a valid zero likelihood. NaN and ``+inf`` are errors in the user's model and raise
     a ``ValueError`` naming the observations and the number of particles affected.
 
-    Shapes: loglik [B, K], z [B, K, d]; ``rows`` [B] maps local rows to dataset observation indices.
+    Shapes: loglik [B, K], z [B, K, d]; ``rows`` [B] maps local rows to dataset indices.
     """
     bad = torch.isnan(loglik) | (loglik == math.inf)
     if bool(bad.any()):
@@ -61,7 +61,10 @@ def check_log_likelihood(loglik: Tensor, z: Tensor, rows: Tensor | None = None) 
         b, k = (int(i) for i in torch.nonzero(bad)[0])
         kind = "NaN" if bool(torch.isnan(loglik[b, k])) else "+inf"
         names = obs if rows is None else rows[obs]
-        shown = ", ".join(f"{int(n)} ({int(per_obs[o])} particles)" for n, o in zip(names[:5], obs[:5], strict=False))
+        shown = ", ".join(
+            f"{int(n)} ({int(per_obs[o])} particles)"
+            for n, o in zip(names[:5], obs[:5], strict=False)
+        )
         more = "" if len(obs) <= 5 else f" and {len(obs) - 5} more"
         first = int(b if rows is None else rows[b])
         raise ValueError(
@@ -107,7 +110,8 @@ class Model:
     ) -> None:
         if not isinstance(prior, Distribution):
             raise TypeError(
-                f"prior: expected a torch.distributions.Distribution, received {type(prior).__name__}"
+                "prior: expected a torch.distributions.Distribution, received "
+                f"{type(prior).__name__}"
             )
         if len(prior.event_shape) != 1 or len(prior.batch_shape) != 0:
             raise ValueError(
@@ -117,7 +121,9 @@ class Model:
                 "torch.distributions.Independent(dist, 1)."
             )
         if not callable(log_likelihood):
-            raise TypeError("log_likelihood: expected a callable f(z [B, K, d], x [B, p]) -> [B, K]")
+            raise TypeError(
+                "log_likelihood: expected a callable f(z [B, K, d], x [B, p]) -> [B, K]"
+            )
         self.prior = prior
         self._log_likelihood = log_likelihood
         self._simulate = simulate
@@ -143,8 +149,10 @@ class Model:
                 point = self.prior.mean.detach()
             except NotImplementedError:
                 point = None
-            if point is None or not bool(torch.isfinite(point).all()) or not bool(
-                self.prior.support.check(point)
+            if (
+                point is None
+                or not bool(torch.isfinite(point).all())
+                or not bool(self.prior.support.check(point))
             ):
                 with torch.random.fork_rng(devices=[]):
                     torch.manual_seed(0)
@@ -204,7 +212,9 @@ class Model:
         nan_rows = torch.isnan(x).any(-1)
         if bool(nan_rows.any()):
             rows = torch.nonzero(nan_rows).flatten()[:5].tolist()
-            raise ValueError(f"x: contains NaN in {int(nan_rows.sum())} observation(s), first {rows}")
+            raise ValueError(
+                f"x: contains NaN in {int(nan_rows.sum())} observation(s), first {rows}"
+            )
         return x
 
     def log_likelihood(self, z: Tensor, x: Tensor, rows: Tensor | None = None) -> Tensor:
@@ -212,7 +222,7 @@ class Model:
 
         NaN or ``+inf`` raise ``ValueError``; ``-inf`` is a valid zero likelihood.
 
-        Shapes: z [B, K, d], x [B, p] -> [B, K]. ``rows`` [B] optional dataset indices for messages.
+        Shapes: z [B, K, d], x [B, p] -> [B, K]; ``rows`` [B] dataset indices for messages.
         """
         if z.dim() != 3 or z.shape[-1] != self.dim or z.shape[0] != x.shape[0]:
             raise ValueError(
@@ -244,5 +254,7 @@ class Model:
             x = self._simulate(z)
         if not isinstance(x, Tensor) or x.dim() != 2 or x.shape[0] != z.shape[0]:
             got = list(x.shape) if isinstance(x, Tensor) else type(x).__name__
-            raise ValueError(f"simulate: expected output shape [N={z.shape[0]}, p], received {got}")
+            raise ValueError(
+                f"simulate: expected output shape [N={z.shape[0]}, p], received {got}"
+            )
         return x
