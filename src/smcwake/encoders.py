@@ -1,0 +1,565 @@
+"""Encoders: conditional densities q(z | x) over z in R^d given an observation x in R^p.
+
+Every encoder is an ``nn.Module`` whose ``forward(x)`` returns a plain
+``torch.distributions.Distribution`` with batch shape ``[B]`` and event shape ``[d]``, in the
+original units of z. Objectives only need ``log_prob``, ``sample`` and, for the reparameterized
+objectives, ``rsample_and_log_prob``.
+
+Both sides are standardized with buffers set from real data by ``set_standardization``: the
+network sees ``(x - x_loc) / x_scale`` (then the optional embedding net), and describes
+``u = (z - z_loc) / z_scale``. The map back to z is affine and its log-determinant,
+``-sum(log z_scale)``, is part of every log-density. Gaussian and mixture encoders fold it into
+their location and scale (the result is again a Gaussian or a mixture); the flow appends it as an
+``AffineTransform``.
+
+Families: ``FlowEncoder`` (neural spline flow from zuko; the default), ``MixtureDensityEncoder``
+(mixture of diagonal Gaussians), ``GaussianEncoder`` (full-rank or diagonal). ``build_encoder``
+builds one by name.
+
+Shapes: x [B, p]; ``log_prob(z [B, S, d], x) -> [B, S]``; ``sample(x, n) -> [B, n, d]``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import zuko
+from torch import Tensor, nn
+from torch.distributions import (
+    AffineTransform,
+    Categorical,
+    Distribution,
+    Independent,
+    MixtureSameFamily,
+    MultivariateNormal,
+    Normal,
+    TransformedDistribution,
+)
+
+from smcwake.model import forked_rng
+
+__all__ = [
+    "Encoder",
+    "GaussianEncoder",
+    "MixtureDensityEncoder",
+    "FlowEncoder",
+    "build_encoder",
+    "ENCODER_KINDS",
+]
+
+_MIN_SCALE = 1e-4
+"""Floor on every scale the networks output, in standardized units of z."""
+
+_SOFTPLUS_ONE = math.log(math.e - 1.0)
+"""softplus(raw + _SOFTPLUS_ONE) == 1 at raw == 0: untrained scales start near one."""
+
+_CONSTANT_TOL = 1e-6
+"""A column whose spread is at most ``_CONSTANT_TOL * max(1, |loc|)`` is treated as constant."""
+
+
+def _positive(raw: Tensor) -> Tensor:
+    """Softplus with a floor; equals about 1 at ``raw == 0``. Shapes: any -> same."""
+    return nn.functional.softplus(raw + _SOFTPLUS_ONE) + _MIN_SCALE
+
+
+class Encoder(nn.Module):
+    """Base class: standardization buffers, input checks, and the sampling/log-density API.
+
+    Subclasses implement ``_distribution(h)``: the distribution of z in original units for the
+    conditioning features ``h [B, e]`` (standardized x, passed through the embedding if any).
+    They may override ``_draw`` (sampling with the generator) and ``_rsample_and_log_prob``.
+
+    Args:
+        x_dim: p, the size of one observation.
+        z_dim: d, the size of the latent.
+        embedding: optional ``nn.Module`` mapping standardized x ``[B, p]`` to ``[B, e]``.
+        embedding_dim: e; inferred by a dry run on ``zeros(1, p)`` (in eval mode) if omitted.
+
+    Shapes: x [B, p]; forward -> batch_shape [B], event_shape [d]; log_prob(z [B, S, d], x) ->
+    [B, S]; sample(x, n) -> [B, n, d]; rsample_and_log_prob(x, n) -> ([B, n, d], [B, n]).
+
+    >>> encoder = GaussianEncoder(3, 2)
+    >>> x = torch.linspace(-1.0, 1.0, 12).reshape(4, 3)
+    >>> encoder.sample(x, 5).shape
+    torch.Size([4, 5, 2])
+    """
+
+    x_dim: int
+    z_dim: int
+    context_dim: int  # e: width of the features the density network is conditioned on
+    x_loc: Tensor
+    x_scale: Tensor
+    z_loc: Tensor
+    z_scale: Tensor
+
+    def __init__(
+        self,
+        x_dim: int,
+        z_dim: int,
+        *,
+        embedding: nn.Module | None = None,
+        embedding_dim: int | None = None,
+    ) -> None:
+        super().__init__()
+        for name, value in (("x_dim", x_dim), ("z_dim", z_dim)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name}: expected a positive int, received {value!r}")
+        self.x_dim = x_dim
+        self.z_dim = z_dim
+        self.register_buffer("x_loc", torch.zeros(x_dim))
+        self.register_buffer("x_scale", torch.ones(x_dim))
+        self.register_buffer("z_loc", torch.zeros(z_dim))
+        self.register_buffer("z_scale", torch.ones(z_dim))
+        self.embedding = embedding
+        if embedding is None:
+            if embedding_dim is not None:
+                raise ValueError("embedding_dim: given without an embedding")
+            self.context_dim = x_dim
+        elif embedding_dim is not None:
+            self.context_dim = int(embedding_dim)
+        else:
+            self.context_dim = _infer_embedding_dim(embedding, x_dim)
+
+    def extra_repr(self) -> str:
+        return f"x_dim={self.x_dim}, z_dim={self.z_dim}"
+
+    # ------------------------------------------------------------ standardization
+    @torch.no_grad()
+    def set_standardization(
+        self,
+        x: Tensor | None = None,
+        z: Tensor | None = None,
+        z_weights: Tensor | None = None,
+    ) -> None:
+        """Set the buffers from training observations and/or (weighted) latent samples.
+
+        Location is the (weighted) mean, scale the (weighted) standard deviation. A column whose
+        spread is at most ``1e-6 * max(1, |loc|)`` is constant: it is centred and gets scale 1
+        (as in scikit-learn's StandardScaler), so new values are not blown up by a tiny scale.
+        Call it with real data (the training x, pooled SMC particles), before training.
+
+        Args:
+            x: training observations.
+            z: latent samples, e.g. SMC particles pooled over observations.
+            z_weights: non-negative weights of ``z`` (normalized or not); uniform if omitted.
+
+        Shapes: x [N, p], z [M, d], z_weights [M].
+
+        >>> encoder = GaussianEncoder(1, 2)
+        >>> encoder.set_standardization(z=torch.tensor([[0.0, 1.0], [2.0, 5.0]]))
+        >>> encoder.z_loc, encoder.z_scale
+        (tensor([1., 3.]), tensor([1., 2.]))
+        """
+        if x is None and z is None:
+            raise ValueError("set_standardization: pass x, z or both (real data)")
+        if z_weights is not None and z is None:
+            raise ValueError("z_weights: given without z")
+        if x is not None:
+            loc, scale = _location_scale(_check_data("x", x, self.x_dim, self.x_loc), None)
+            self.x_loc.copy_(loc)
+            self.x_scale.copy_(scale)
+        if z is not None:
+            z = _check_data("z", z, self.z_dim, self.z_loc)
+            weights = None if z_weights is None else _check_weights(z_weights, z)
+            loc, scale = _location_scale(z, weights)
+            self.z_loc.copy_(loc)
+            self.z_scale.copy_(scale)
+
+    # ------------------------------------------------------------ public API
+    def forward(self, x: Tensor) -> Distribution:
+        """The distribution q(z | x) for each observation, in original units of z.
+
+        Shapes: x [B, p] -> batch_shape [B], event_shape [d].
+
+        >>> GaussianEncoder(3, 2)(torch.zeros(4, 3)).batch_shape
+        torch.Size([4])
+        """
+        return self._distribution(self._context(self._check_x(x)))
+
+    def log_prob(self, z: Tensor, x: Tensor) -> Tensor:
+        """log q(z_bs | x_b); the network runs once per observation where the family allows.
+
+        Shapes: z [B, S, d], x [B, p] -> [B, S].
+
+        >>> GaussianEncoder(3, 2).log_prob(torch.zeros(4, 5, 2), torch.zeros(4, 3)).shape
+        torch.Size([4, 5])
+        """
+        x = self._check_x(x)
+        z = self._check_z(z, x)
+        dist = self._distribution(self._context(x))
+        return dist.log_prob(z.movedim(1, 0)).movedim(0, 1)  # z [S, B, d] against batch [B]
+
+    def sample(self, x: Tensor, n: int, *, generator: torch.Generator | None = None) -> Tensor:
+        """Draw n samples per observation, without gradient.
+
+        Shapes: x [B, p] -> [B, n, d].
+
+        >>> g = torch.Generator().manual_seed(0)
+        >>> GaussianEncoder(3, 2).sample(torch.zeros(4, 3), 6, generator=g).shape
+        torch.Size([4, 6, 2])
+        """
+        _check_n(n)
+        with torch.no_grad():
+            return self._draw(self(x), n, generator)
+
+    def rsample_and_log_prob(
+        self, x: Tensor, n: int, *, generator: torch.Generator | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """Reparameterized samples and their log-densities; gradients reach the parameters.
+
+        Shapes: x [B, p] -> (z [B, n, d], log_q [B, n]).
+
+        >>> z, log_q = GaussianEncoder(3, 2).rsample_and_log_prob(torch.zeros(4, 3), 6)
+        >>> z.shape, log_q.shape
+        (torch.Size([4, 6, 2]), torch.Size([4, 6]))
+        """
+        _check_n(n)
+        return self._rsample_and_log_prob(self(x), n, generator)
+
+    # ------------------------------------------------------------ hooks
+    def _distribution(self, h: Tensor) -> Distribution:
+        """q(z | x) in original units. Shapes: h [B, e] -> batch_shape [B], event_shape [d]."""
+        raise NotImplementedError(f"{type(self).__name__} does not define _distribution")
+
+    def _draw(self, dist: Distribution, n: int, generator: torch.Generator | None) -> Tensor:
+        """``dist.rsample`` with torch's global RNG forked from ``generator``. -> [B, n, d]."""
+        with forked_rng(generator, self.z_loc.device):
+            return dist.rsample((n,)).movedim(0, 1)
+
+    def _rsample_and_log_prob(
+        self, dist: Distribution, n: int, generator: torch.Generator | None
+    ) -> tuple[Tensor, Tensor]:
+        """Draw, then evaluate. Shapes: -> ([B, n, d], [B, n])."""
+        z = self._draw(dist, n, generator)
+        return z, dist.log_prob(z.movedim(1, 0)).movedim(0, 1)
+
+    # ------------------------------------------------------------ helpers
+    def _context(self, x: Tensor) -> Tensor:
+        """Standardize x and apply the embedding. Shapes: x [B, p] -> h [B, e]."""
+        h = (x - self.x_loc) / self.x_scale
+        if self.embedding is None:
+            return h
+        h = self.embedding(h)
+        if not isinstance(h, Tensor) or h.shape != (x.shape[0], self.context_dim):
+            got = list(h.shape) if isinstance(h, Tensor) else type(h).__name__
+            raise ValueError(
+                f"embedding: expected output shape [B={x.shape[0]}, {self.context_dim}], "
+                f"received {got}; pass embedding_dim if it differs from the dry run"
+            )
+        return h
+
+    def _check_x(self, x: Tensor) -> Tensor:
+        """x as a [B, p] tensor in the encoder's dtype. Shapes: x [B, p]."""
+        if not isinstance(x, Tensor):
+            raise TypeError(f"x: expected a torch.Tensor [B, {self.x_dim}], received {type(x)}")
+        if x.dim() != 2 or x.shape[1] != self.x_dim:
+            hint = "; a single observation is x[None, :]" if x.dim() == 1 else ""
+            raise ValueError(
+                f"x: expected shape [*, {self.x_dim}], received {list(x.shape)}{hint}"
+            )
+        if x.device != self.x_loc.device:
+            raise ValueError(f"x: on {x.device}, but the encoder is on {self.x_loc.device}")
+        return x.to(self.x_loc.dtype)
+
+    def _check_z(self, z: Tensor, x: Tensor) -> Tensor:
+        """z as a [B, S, d] tensor matching x. Shapes: z [B, S, d], x [B, p]."""
+        if not isinstance(z, Tensor):
+            raise TypeError(f"z: expected a torch.Tensor [B, S, {self.z_dim}], received {type(z)}")
+        if z.dim() != 3 or z.shape[0] != x.shape[0] or z.shape[2] != self.z_dim:
+            raise ValueError(
+                f"z: expected shape [B={x.shape[0]}, S, d={self.z_dim}], received "
+                f"{list(z.shape)}; is this an encoder whose dims do not match the model "
+                f"(x_dim={self.x_dim}, z_dim={self.z_dim})?"
+            )
+        if z.device != self.z_loc.device:
+            raise ValueError(f"z: on {z.device}, but the encoder is on {self.z_loc.device}")
+        return z.to(self.z_loc.dtype)
+
+
+class GaussianEncoder(Encoder):
+    """Gaussian q(z | x) = N(mean(x), L(x) L(x)^T), full-rank or diagonal.
+
+    An MLP outputs the mean and a Cholesky factor whose diagonal is ``softplus + 1e-4`` (in
+    standardized units); with ``full_rank=False`` only the diagonal.
+
+    Shapes: x [B, p] -> MultivariateNormal (full rank) or Independent(Normal) with batch [B].
+
+    >>> encoder = GaussianEncoder(3, 2, hidden=(16,))
+    >>> mean, cov = encoder.gaussian_params(torch.zeros(4, 3))
+    >>> mean.shape, cov.shape
+    (torch.Size([4, 2]), torch.Size([4, 2, 2]))
+    """
+
+    def __init__(
+        self,
+        x_dim: int,
+        z_dim: int,
+        *,
+        full_rank: bool = True,
+        hidden: Sequence[int] = (64, 64),
+        embedding: nn.Module | None = None,
+        embedding_dim: int | None = None,
+    ) -> None:
+        super().__init__(x_dim, z_dim, embedding=embedding, embedding_dim=embedding_dim)
+        self.full_rank = full_rank
+        n_factor = z_dim * (z_dim + 1) // 2 if full_rank else z_dim
+        self.net = zuko.nn.MLP(self.context_dim, z_dim + n_factor, hidden_features=tuple(hidden))
+
+    def gaussian_params(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Mean and covariance in original units (for closed-form KLs).
+
+        Shapes: x [B, p] -> (mean [B, d], cov [B, d, d]).
+
+        >>> mean, cov = GaussianEncoder(3, 1, full_rank=False).gaussian_params(torch.zeros(2, 3))
+        >>> cov.shape
+        torch.Size([2, 1, 1])
+        """
+        dist = self(x)
+        if self.full_rank:
+            return dist.loc, dist.covariance_matrix
+        return dist.base_dist.loc, torch.diag_embed(dist.base_dist.scale.square())
+
+    def _distribution(self, h: Tensor) -> Distribution:
+        d = self.z_dim
+        out = self.net(h)
+        loc = self.z_loc + self.z_scale * out[:, :d]
+        if not self.full_rank:
+            scale = self.z_scale * _positive(out[:, d:])
+            return Independent(Normal(loc, scale, validate_args=False), 1, validate_args=False)
+        rows, cols = torch.tril_indices(d, d, offset=-1, device=h.device)
+        tril = h.new_zeros(h.shape[0], d, d)
+        tril[:, rows, cols] = out[:, 2 * d :]
+        tril = tril + torch.diag_embed(_positive(out[:, d : 2 * d]))
+        scale_tril = self.z_scale[:, None] * tril  # diag(z_scale) @ L: still a Cholesky factor
+        return MultivariateNormal(loc, scale_tril=scale_tril, validate_args=False)
+
+    def _draw(self, dist: Distribution, n: int, generator: torch.Generator | None) -> Tensor:
+        """loc + L eps with eps from ``generator``; reparameterized. -> [B, n, d]."""
+        base = dist if self.full_rank else dist.base_dist
+        loc = base.loc
+        eps = torch.randn(
+            (loc.shape[0], n, self.z_dim), generator=generator, dtype=loc.dtype, device=loc.device
+        )
+        if self.full_rank:
+            return loc[:, None, :] + eps @ dist.scale_tril.mT
+        return loc[:, None, :] + eps * base.scale[:, None, :]
+
+
+class MixtureDensityEncoder(Encoder):
+    """Mixture density network: q(z | x) = sum_k pi_k(x) N(z; mu_k(x), diag sigma_k(x)^2).
+
+    ``rsample_and_log_prob`` raises ``NotImplementedError``: the component choice is discrete and
+    has no reparameterization; use objectives that need only ``log_prob`` and ``sample``.
+
+    Shapes: x [B, p] -> MixtureSameFamily with batch [B], event [d], ``components`` components.
+
+    >>> encoder = MixtureDensityEncoder(3, 2, components=4, hidden=(16,))
+    >>> encoder(torch.zeros(5, 3)).mixture_distribution.probs.shape
+    torch.Size([5, 4])
+    """
+
+    def __init__(
+        self,
+        x_dim: int,
+        z_dim: int,
+        *,
+        components: int = 5,
+        hidden: Sequence[int] = (64, 64),
+        embedding: nn.Module | None = None,
+        embedding_dim: int | None = None,
+    ) -> None:
+        super().__init__(x_dim, z_dim, embedding=embedding, embedding_dim=embedding_dim)
+        if not isinstance(components, int) or components < 1:
+            raise ValueError(f"components: expected a positive int, received {components!r}")
+        self.components = components
+        out = components * (1 + 2 * z_dim)
+        self.net = zuko.nn.MLP(self.context_dim, out, hidden_features=tuple(hidden))
+
+    def rsample_and_log_prob(
+        self, x: Tensor, n: int, *, generator: torch.Generator | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """Not available: a mixture's component choice cannot be reparameterized.
+
+        Shapes: x [B, p] -> raises NotImplementedError.
+
+        >>> encoder = MixtureDensityEncoder(1, 1)
+        >>> encoder.rsample_and_log_prob(torch.zeros(1, 1), 2)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        NotImplementedError: MixtureDensityEncoder: ...
+        """
+        raise NotImplementedError(
+            "MixtureDensityEncoder: rsample_and_log_prob is unavailable because the discrete "
+            "component choice has no reparameterization; use an objective that needs only "
+            "log_prob and sample, or a 'flow' / 'gaussian' encoder"
+        )
+
+    def _distribution(self, h: Tensor) -> Distribution:
+        k, d = self.components, self.z_dim
+        logits, mu, raw = self.net(h).split([k, k * d, k * d], dim=-1)
+        loc = self.z_loc + self.z_scale * mu.unflatten(-1, (k, d))  # [B, K, d]
+        scale = self.z_scale * _positive(raw.unflatten(-1, (k, d)))
+        return MixtureSameFamily(
+            Categorical(logits=logits, validate_args=False),
+            Independent(Normal(loc, scale, validate_args=False), 1, validate_args=False),
+            validate_args=False,
+        )
+
+    def _draw(self, dist: Distribution, n: int, generator: torch.Generator | None) -> Tensor:
+        """Component by multinomial, then loc + scale eps, all from ``generator``. -> [B, n, d]."""
+        component = dist.component_distribution.base_dist  # Normal, batch [B, K, d]
+        probs = dist.mixture_distribution.probs  # [B, K]
+        index = torch.multinomial(probs, n, replacement=True, generator=generator)  # [B, n]
+        index = index[:, :, None].expand(-1, -1, self.z_dim)
+        loc, scale = component.loc.gather(1, index), component.scale.gather(1, index)
+        eps = torch.randn(loc.shape, generator=generator, dtype=loc.dtype, device=loc.device)
+        return loc + scale * eps
+
+
+class FlowEncoder(Encoder):
+    """Conditional neural spline flow (``zuko.flows.NSF``) on standardized z; the default.
+
+    The splines act on [-5, 5] (identity outside), which standardized z mostly occupies. For
+    ``z_dim == 1`` zuko builds element-wise spline transforms conditioned on x only.
+
+    References:
+        | Neural Spline Flows (Durkan et al., 2019), https://arxiv.org/abs/1906.04032
+
+    Shapes: x [B, p] -> TransformedDistribution (flow, then the affine map to z) with batch [B].
+
+    >>> encoder = FlowEncoder(3, 2, transforms=2, hidden=(16,))
+    >>> encoder.log_prob(torch.zeros(4, 5, 2), torch.zeros(4, 3)).shape
+    torch.Size([4, 5])
+    """
+
+    def __init__(
+        self,
+        x_dim: int,
+        z_dim: int,
+        *,
+        transforms: int = 3,
+        hidden: Sequence[int] = (64, 64),
+        bins: int = 8,
+        embedding: nn.Module | None = None,
+        embedding_dim: int | None = None,
+    ) -> None:
+        super().__init__(x_dim, z_dim, embedding=embedding, embedding_dim=embedding_dim)
+        self.flow = zuko.flows.NSF(
+            features=z_dim,
+            context=self.context_dim,
+            transforms=transforms,
+            bins=bins,
+            hidden_features=tuple(hidden),
+        )
+
+    def _distribution(self, h: Tensor) -> Distribution:
+        standardized = self.flow(h)  # zuko NormalizingFlow over u = (z - z_loc) / z_scale
+        to_z = AffineTransform(self.z_loc, self.z_scale, event_dim=1)
+        return TransformedDistribution(standardized, [to_z], validate_args=False)
+
+    def _rsample_and_log_prob(
+        self, dist: Distribution, n: int, generator: torch.Generator | None
+    ) -> tuple[Tensor, Tensor]:
+        """zuko's fused inverse pass gives u and log q(u) together. -> ([B, n, d], [B, n])."""
+        with forked_rng(generator, self.z_loc.device):
+            u, log_q = dist.base_dist.rsample_and_log_prob((n,))
+        z = self.z_loc + self.z_scale * u
+        return z.movedim(0, 1), (log_q - self.z_scale.log().sum()).movedim(0, 1)
+
+
+ENCODER_KINDS = ("flow", "nsf", "mdn", "gaussian", "gaussian-diag")
+"""Names accepted by ``build_encoder``; "nsf" is "flow"."""
+
+
+def build_encoder(kind: str, x_dim: int, z_dim: int, **options) -> Encoder:
+    """Build an encoder by name; ``options`` go to its constructor (e.g. ``hidden=(32, 32)``).
+
+    "flow" / "nsf": FlowEncoder; "mdn": MixtureDensityEncoder; "gaussian": full-rank
+    GaussianEncoder; "gaussian-diag": diagonal GaussianEncoder.
+
+    Shapes: x [B, x_dim], z [B, S, z_dim].
+
+    >>> build_encoder("gaussian-diag", 3, 2).full_rank
+    False
+    """
+    if kind in ("flow", "nsf"):
+        return FlowEncoder(x_dim, z_dim, **options)
+    if kind == "mdn":
+        return MixtureDensityEncoder(x_dim, z_dim, **options)
+    if kind in ("gaussian", "gaussian-diag"):
+        return GaussianEncoder(x_dim, z_dim, full_rank=kind == "gaussian", **options)
+    raise ValueError(f"kind: expected one of {', '.join(ENCODER_KINDS)}, received {kind!r}")
+
+
+# ---------------------------------------------------------------------------- private helpers
+def _infer_embedding_dim(embedding: nn.Module, x_dim: int) -> int:
+    """Output width of ``embedding`` from a dry run on ``zeros(1, x_dim)`` in eval mode."""
+    like = next(embedding.parameters(), None)
+    if like is None:
+        like = next(embedding.buffers(), torch.empty(0))
+    modes = [(module, module.training) for module in embedding.modules()]
+    embedding.eval()  # no batch-norm statistics update, no dropout draws
+    try:
+        with torch.no_grad():
+            out = embedding(torch.zeros(1, x_dim, dtype=like.dtype, device=like.device))
+    except Exception as error:
+        raise ValueError(
+            f"embedding: the dry run on zeros(1, {x_dim}) failed ({error}); pass embedding_dim"
+        ) from error
+    finally:
+        for module, training in modes:
+            module.training = training
+    if not isinstance(out, Tensor) or out.dim() != 2 or out.shape[0] != 1:
+        got = list(out.shape) if isinstance(out, Tensor) else type(out).__name__
+        raise ValueError(f"embedding: expected output shape [B, e] for [1, {x_dim}], got {got}")
+    return int(out.shape[1])
+
+
+def _check_n(n: int) -> None:
+    """Number of samples per observation: an int >= 1."""
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise ValueError(f"n: expected a positive int (samples per observation), received {n!r}")
+
+
+def _check_data(name: str, data: Tensor, dim: int, like: Tensor) -> Tensor:
+    """Finite [N, dim] data for standardization, on ``like``'s device. Shapes: [N, dim]."""
+    if not isinstance(data, Tensor):
+        raise TypeError(f"{name}: expected a torch.Tensor [N, {dim}], received {type(data)}")
+    if data.dim() != 2 or data.shape[1] != dim or data.shape[0] == 0:
+        raise ValueError(
+            f"{name}: expected shape [N, {dim}] with N >= 1, received {list(data.shape)}"
+        )
+    if not bool(torch.isfinite(data).all()):
+        raise ValueError(f"{name}: contains NaN or inf; standardization needs finite data")
+    return data.detach().to(like.device, torch.promote_types(data.dtype, like.dtype))
+
+
+def _check_weights(weights: Tensor, z: Tensor) -> Tensor:
+    """Normalized weights from non-negative ones. Shapes: weights [M], z [M, d] -> [M]."""
+    if not isinstance(weights, Tensor) or weights.shape != z.shape[:1]:
+        got = list(weights.shape) if isinstance(weights, Tensor) else type(weights).__name__
+        raise ValueError(
+            f"z_weights: expected shape [{z.shape[0]}] (one per z row), received {got}"
+        )
+    weights = weights.detach().to(z.device, z.dtype)
+    if not bool(torch.isfinite(weights).all()) or bool((weights < 0).any()):
+        raise ValueError("z_weights: expected finite, non-negative weights (not log-weights)")
+    total = weights.sum()
+    if not bool(total > 0):
+        raise ValueError("z_weights: all weights are zero")
+    return weights / total
+
+
+def _location_scale(data: Tensor, weights: Tensor | None) -> tuple[Tensor, Tensor]:
+    """(Weighted) mean and standard deviation; constant columns get scale 1.
+
+    Shapes: data [N, k], weights [N] normalized or None -> ([k], [k]).
+    """
+    if weights is None:
+        weights = data.new_full(data.shape[:1], 1.0 / data.shape[0])
+    loc = weights @ data
+    scale = (weights @ (data - loc).square()).sqrt()
+    constant = scale <= _CONSTANT_TOL * loc.abs().clamp(min=1.0)
+    return loc, torch.where(constant, torch.ones_like(scale), scale)

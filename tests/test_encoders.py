@@ -1,0 +1,347 @@
+"""Encoders: one sweep over every kind (shapes, gradients, dtypes, save/load, standardization,
+input checks), then numeric truth: densities that integrate to one, samples whose moments match
+the density, and the Gaussian against torch's MultivariateNormal."""
+
+import copy
+import math
+
+import pytest
+import torch
+from torch import nn
+from torch.distributions import MultivariateNormal
+
+from smcwake.encoders import (
+    ENCODER_KINDS,
+    FlowEncoder,
+    GaussianEncoder,
+    MixtureDensityEncoder,
+    build_encoder,
+)
+
+KINDS = ["flow", "mdn", "gaussian", "gaussian-diag"]
+REPARAMETERIZED = ["flow", "gaussian", "gaussian-diag"]
+X_DIM = 4
+
+
+def make(kind: str, z_dim: int, dtype: torch.dtype = torch.float64, **options):
+    """A small encoder with non-trivial standardization set from real (deterministic) data."""
+    options.setdefault("hidden", (16, 16))
+    encoder = build_encoder(kind, X_DIM, z_dim, **options).to(dtype)
+    g = torch.Generator().manual_seed(123)
+    x = 3.0 + 2.0 * torch.randn(200, X_DIM, generator=g, dtype=dtype)
+    z = -1.0 + 0.5 * torch.randn(200, z_dim, generator=g, dtype=dtype)
+    encoder.set_standardization(x=x, z=z)
+    return encoder
+
+
+def observations(b: int, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    g = torch.Generator().manual_seed(7)
+    return 3.0 + 2.0 * torch.randn(b, X_DIM, generator=g, dtype=dtype)
+
+
+# ---------------------------------------------------------------------------- the sweep
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("z_dim", [1, 3])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
+def test_shapes_and_dtypes(kind, z_dim, dtype):
+    encoder = make(kind, z_dim, dtype)
+    x = observations(5, dtype)
+    dist = encoder(x)
+    assert dist.batch_shape == (5,)
+    assert dist.event_shape == (z_dim,)
+    log_q = encoder.log_prob(torch.zeros(5, 7, z_dim, dtype=dtype), x)
+    assert log_q.shape == (5, 7)
+    assert log_q.dtype == dtype
+    assert torch.isfinite(log_q).all()
+    z = encoder.sample(x, 6, generator=torch.Generator().manual_seed(0))
+    assert z.shape == (5, 6, z_dim)
+    assert z.dtype == dtype
+    assert not z.requires_grad
+    if kind in REPARAMETERIZED:
+        z, log_q = encoder.rsample_and_log_prob(x, 6)
+        assert z.shape == (5, 6, z_dim)
+        assert log_q.shape == (5, 6)
+        assert z.requires_grad
+        assert log_q.requires_grad
+    else:
+        with pytest.raises(NotImplementedError, match="no reparameterization"):
+            encoder.rsample_and_log_prob(x, 6)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("z_dim", [1, 3])
+def test_every_parameter_gets_a_gradient(kind, z_dim):
+    embedding = nn.Sequential(nn.Linear(X_DIM, 8), nn.Tanh())
+    encoder = make(kind, z_dim, embedding=embedding)
+    assert encoder.context_dim == 8  # inferred by the dry run
+    x = observations(5)
+    z = encoder.sample(x, 4)
+    encoder.log_prob(z, x).mean().backward()
+    for name, parameter in encoder.named_parameters():
+        assert parameter.grad is not None, name
+        assert torch.isfinite(parameter.grad).all(), name
+
+
+@pytest.mark.parametrize("kind", REPARAMETERIZED)
+@pytest.mark.parametrize("z_dim", [1, 3])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
+def test_rsample_and_log_prob_is_reparameterized_and_consistent(kind, z_dim, dtype):
+    encoder = make(kind, z_dim, dtype)
+    x = observations(5, dtype)
+    z, log_q = encoder.rsample_and_log_prob(x, 8, generator=torch.Generator().manual_seed(1))
+    # the flow's fused inverse pass must agree with a separate forward evaluation
+    tol = 1e-4 if dtype == torch.float32 else 1e-9
+    torch.testing.assert_close(log_q, encoder.log_prob(z, x), atol=tol, rtol=tol)
+    (z.sum() + log_q.sum()).backward()
+    for name, parameter in encoder.named_parameters():
+        assert parameter.grad is not None, name
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_state_dict_round_trip(kind):
+    encoder = make(kind, 2)
+    state = encoder.state_dict()
+    assert {"x_loc", "x_scale", "z_loc", "z_scale"} <= set(state)
+    torch.manual_seed(99)  # a different initialisation (inside the test's forked RNG)
+    other = build_encoder(kind, X_DIM, 2, hidden=(16, 16)).double()
+    other.load_state_dict(state)
+    x, z = observations(3), torch.randn(3, 5, 2, dtype=torch.float64)
+    torch.testing.assert_close(other.log_prob(z, x), encoder.log_prob(z, x), atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_to_moves_buffers_and_follows_dtype(kind):
+    encoder = build_encoder(kind, X_DIM, 2, hidden=(8,))
+    assert encoder.z_loc.dtype == torch.float32
+    encoder = encoder.to(torch.float64)
+    for buffer in (encoder.x_loc, encoder.x_scale, encoder.z_loc, encoder.z_scale):
+        assert buffer.dtype == torch.float64
+    x = observations(2, torch.float32)  # inputs are cast to the encoder's dtype
+    assert encoder.log_prob(torch.zeros(2, 3, 2), x).dtype == torch.float64
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("kind", KINDS)
+def test_runs_on_cuda(kind):
+    encoder = make(kind, 2).to("cuda")
+    x = observations(3).cuda()
+    z = encoder.sample(x, 4, generator=torch.Generator("cuda").manual_seed(0))
+    assert encoder.log_prob(z, x).device.type == "cuda"
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("z_dim", [1, 2])
+def test_standardization_is_an_affine_map_with_its_log_det(kind, z_dim):
+    # q_B(z | x) for standardization (a, s; m, c) equals q_A(u | xs) / prod(c) at
+    # x = a + s * xs, z = m + c * u, where A is the same network with identity standardization.
+    identity = build_encoder(kind, X_DIM, z_dim, hidden=(16, 16)).double()
+    shifted = copy.deepcopy(identity)
+    g = torch.Generator().manual_seed(5)
+    x_data = torch.randn(300, X_DIM, generator=g, dtype=torch.float64) * 4.0 - 10.0
+    z_data = torch.randn(300, z_dim, generator=g, dtype=torch.float64) * 0.1 + 7.0
+    shifted.set_standardization(x=x_data, z=z_data)
+    torch.testing.assert_close(shifted.x_loc, x_data.mean(0))
+    torch.testing.assert_close(shifted.z_scale, z_data.std(0, unbiased=False))
+    xs = torch.randn(3, X_DIM, generator=g, dtype=torch.float64)
+    u = torch.randn(3, 6, z_dim, generator=g, dtype=torch.float64)
+    x = shifted.x_loc + shifted.x_scale * xs
+    z = shifted.z_loc + shifted.z_scale * u
+    expected = identity.log_prob(u, xs) - shifted.z_scale.log().sum()
+    torch.testing.assert_close(shifted.log_prob(z, x), expected)
+
+
+def test_weighted_standardization_equals_repetition():
+    # integer weights are repeated rows; normalized or not, zero weights drop a row
+    encoder, repeated = GaussianEncoder(1, 2), GaussianEncoder(1, 2)
+    z = torch.tensor([[0.0, 1.0], [2.0, 5.0], [100.0, -100.0]])
+    encoder.set_standardization(z=z, z_weights=torch.tensor([1.0, 3.0, 0.0]))
+    repeated.set_standardization(z=z[[0, 1, 1, 1]])
+    torch.testing.assert_close(encoder.z_loc, repeated.z_loc)
+    torch.testing.assert_close(encoder.z_scale, repeated.z_scale)
+    encoder.set_standardization(z=z, z_weights=torch.tensor([0.25, 0.75, 0.0]))
+    torch.testing.assert_close(encoder.z_loc, repeated.z_loc)
+
+
+def test_constant_columns_get_unit_scale():
+    encoder = GaussianEncoder(3, 1)
+    x = torch.tensor([[1.0, 5e6, -2.0], [3.0, 5e6, -2.0], [5.0, 5e6, -2.0]])
+    encoder.set_standardization(x=x)
+    torch.testing.assert_close(encoder.x_loc, torch.tensor([3.0, 5e6, -2.0]))
+    torch.testing.assert_close(encoder.x_scale, torch.tensor([(8 / 3) ** 0.5, 1.0, 1.0]))
+
+
+# ---------------------------------------------------------------------------- input checks
+@pytest.mark.parametrize("kind", KINDS)
+def test_bad_shapes_raise_with_expected_and_received(kind):
+    encoder = build_encoder(kind, 100, 3, hidden=(8,))
+    with pytest.raises(ValueError, match=r"x: expected shape \[\*, 100\], received \[50, 99\]"):
+        encoder.log_prob(torch.zeros(50, 4, 3), torch.zeros(50, 99))
+    with pytest.raises(ValueError, match=r"x\[None, :\]"):
+        encoder.sample(torch.zeros(100), 2)
+    with pytest.raises(
+        ValueError, match=r"z: expected shape \[B=50, S, d=3\], received \[50, 4, 2\]"
+    ):
+        encoder.log_prob(torch.zeros(50, 4, 2), torch.zeros(50, 100))
+    with pytest.raises(ValueError, match="dims do not match"):
+        encoder.log_prob(torch.zeros(49, 4, 3), torch.zeros(50, 100))
+    with pytest.raises(ValueError, match="n: expected a positive int"):
+        encoder.sample(torch.zeros(2, 100), 0)
+
+
+def test_bad_standardization_data_raises():
+    encoder = GaussianEncoder(2, 2)
+    with pytest.raises(ValueError, match="pass x, z or both"):
+        encoder.set_standardization()
+    with pytest.raises(ValueError, match=r"z: expected shape \[N, 2\]"):
+        encoder.set_standardization(z=torch.zeros(5, 3))
+    with pytest.raises(ValueError, match="NaN or inf"):
+        encoder.set_standardization(x=torch.tensor([[0.0, math.nan]]))
+    with pytest.raises(ValueError, match="non-negative"):
+        encoder.set_standardization(z=torch.zeros(2, 2), z_weights=torch.tensor([1.0, -1.0]))
+    with pytest.raises(ValueError, match="all weights are zero"):
+        encoder.set_standardization(z=torch.zeros(2, 2), z_weights=torch.zeros(2))
+    with pytest.raises(ValueError, match=r"z_weights: expected shape \[2\]"):
+        encoder.set_standardization(z=torch.zeros(2, 2), z_weights=torch.ones(3))
+
+
+def test_build_encoder_kinds():
+    assert isinstance(build_encoder("nsf", 2, 1), FlowEncoder)
+    assert isinstance(build_encoder("flow", 2, 1), FlowEncoder)
+    assert isinstance(build_encoder("mdn", 2, 1, components=3), MixtureDensityEncoder)
+    assert build_encoder("gaussian", 2, 1).full_rank
+    assert not build_encoder("gaussian-diag", 2, 1).full_rank
+    with pytest.raises(ValueError, match="expected one of flow, nsf, mdn, gaussian"):
+        build_encoder("realnvp", 2, 1)
+    assert len(ENCODER_KINDS) == 5
+
+
+def test_embedding_options():
+    with pytest.raises(ValueError, match="without an embedding"):
+        GaussianEncoder(2, 1, embedding_dim=3)
+    with pytest.raises(ValueError, match="pass embedding_dim"):
+        GaussianEncoder(2, 1, embedding=nn.Linear(5, 3))  # the dry run on [1, 2] fails
+    # batch norm: the dry run runs in eval mode, leaves statistics and training flags alone
+    embedding = nn.Sequential(nn.Linear(2, 6), nn.BatchNorm1d(6))
+    embedding[1].eval()
+    encoder = GaussianEncoder(2, 1, embedding=embedding)
+    assert encoder.context_dim == 6
+    assert embedding.training
+    assert not embedding[1].training
+    assert int(embedding[1].num_batches_tracked) == 0
+    explicit = GaussianEncoder(2, 1, embedding=nn.Linear(2, 4), embedding_dim=5)
+    with pytest.raises(ValueError, match=r"embedding: expected output shape \[B=3, 5\]"):
+        explicit.log_prob(torch.zeros(3, 1, 1), torch.zeros(3, 2))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_generator_reproducible_and_global_rng_untouched(kind):
+    encoder = make(kind, 2)
+    x = observations(3)
+    before = torch.get_rng_state()
+    a = encoder.sample(x, 5, generator=torch.Generator().manual_seed(11))
+    b = encoder.sample(x, 5, generator=torch.Generator().manual_seed(11))
+    c = encoder.sample(x, 5, generator=torch.Generator().manual_seed(12))
+    assert torch.equal(torch.get_rng_state(), before)
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)
+
+
+# ---------------------------------------------------------------------------- numeric truth
+@pytest.mark.parametrize("full_rank", [True, False])
+def test_gaussian_log_prob_matches_multivariate_normal(full_rank):
+    encoder = make("gaussian" if full_rank else "gaussian-diag", 3)
+    x = observations(4)
+    z = torch.randn(4, 6, 3, dtype=torch.float64)
+    mean, cov = encoder.gaussian_params(x)
+    assert mean.shape == (4, 3)
+    assert cov.shape == (4, 3, 3)
+    expected = MultivariateNormal(mean[:, None], cov[:, None]).log_prob(z)
+    torch.testing.assert_close(encoder.log_prob(z, x), expected)
+
+
+@pytest.mark.parametrize("full_rank", [True, False])
+def test_gaussian_sample_covariance_matches_gaussian_params(full_rank):
+    # Off-diagonal Cholesky entries pushed to ~2 so that L L^T and L^T L differ clearly. The
+    # centred product (z_i - m_i)(z_j - m_j) has variance S_ii S_jj + S_ij^2 (Isserlis), so
+    # 4 standard errors over n draws bound each covariance entry.
+    encoder, n = make("gaussian" if full_rank else "gaussian-diag", 3), 20_000
+    with torch.no_grad():
+        encoder.net[-1].bias[6:] += 2.0
+    x = observations(2)
+    mean, cov = encoder.gaussian_params(x)
+    z = encoder.sample(x, n, generator=torch.Generator().manual_seed(4)) - mean[:, None, :]
+    sample_cov = z.mT @ z / n  # [B, d, d] around the exact mean
+    variances = cov.diagonal(dim1=-2, dim2=-1)
+    se = ((variances[:, :, None] * variances[:, None, :] + cov**2) / n).sqrt()
+    assert ((sample_cov - cov).abs() <= 4 * se).all()
+    if full_rank:
+        correlation = cov / (variances[:, :, None] * variances[:, None, :]).sqrt()
+        assert correlation.triu(1).abs().max() > 0.3  # premise: the test sees correlations
+
+
+def grid_density(encoder, x, points: int, half_width: float):
+    """exp(log_prob) on a regular grid over z_loc +- half_width * z_scale (d = 1 or 2).
+
+    Returns the axes (one [points] tensor per dimension) and the density [B, points, ...].
+    """
+    d = encoder.z_dim
+    axes = [
+        torch.linspace(loc - half_width * scale, loc + half_width * scale, points)
+        for loc, scale in zip(encoder.z_loc.tolist(), encoder.z_scale.tolist(), strict=True)
+    ]
+    axes = [axis.to(torch.float64) for axis in axes]
+    grid = torch.stack(torch.meshgrid(*axes, indexing="ij"), -1).reshape(1, -1, d)
+    with torch.no_grad():
+        log_q = encoder.log_prob(grid.expand(x.shape[0], -1, -1), x)
+    return axes, log_q.exp().reshape(x.shape[0], *[points] * d)
+
+
+def integrate(values, axes):
+    """Trapezoid rule over the trailing len(axes) dimensions. Shapes: [B, m, ...] -> [B]."""
+    for axis in reversed(axes):
+        values = torch.trapezoid(values, axis, dim=-1)
+    return values
+
+
+# Grid: +-12 standard units covers every density a small random network produces here (MDN and
+# Gaussian scales stay below ~3 and locations within ~+-3; the flow's splines act on [-5, 5] and
+# are the identity outside, leaving N(0, 1) tails), so truncation error is < 1e-6. What remains
+# is trapezoid error, largest for the flow (its spline density has kinks at the knots): with
+# h = 0.025 (d=1) and 0.1 (d=2) it was <= 1e-3 over several seeds and shrinks ~4x when h halves,
+# hence atol 1e-2.
+GRID = {1: 961, 2: 241}
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("z_dim", [1, 2])
+def test_density_integrates_to_one(kind, z_dim):
+    encoder = make(kind, z_dim)
+    x = observations(2)
+    axes, q = grid_density(encoder, x, GRID[z_dim], 12.0)
+    torch.testing.assert_close(integrate(q, axes), torch.ones(2, dtype=q.dtype), atol=1e-2, rtol=0)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("z_dim", [1, 2])
+def test_sample_moments_match_density(kind, z_dim):
+    # Statistics f(z): each coordinate, its centred square, and (d = 2) the centred cross product.
+    # E[f] from the grid, the sample mean over n draws must be within 4 standard errors
+    # sqrt(Var f / n), Var f = E[f^2] - E[f]^2 also from the grid (grid error is far smaller).
+    encoder, n = make(kind, z_dim), 20_000
+    x = observations(2)
+    axes, q = grid_density(encoder, x, GRID[z_dim], 12.0)
+    coords = torch.meshgrid(*axes, indexing="ij")
+    mean = torch.stack([integrate(q * c, axes) for c in coords], -1)  # [B, d]
+    centred = [c - mean[:, i].reshape(-1, *[1] * z_dim) for i, c in enumerate(coords)]
+    stats_grid = [*coords, *(c**2 for c in centred)]
+    z = encoder.sample(x, n, generator=torch.Generator().manual_seed(3))  # [B, n, d]
+    zc = z - mean[:, None, :]
+    stats_sample = [*z.unbind(-1), *(zc**2).unbind(-1)]
+    if z_dim == 2:
+        stats_grid.append(centred[0] * centred[1])
+        stats_sample.append(zc[..., 0] * zc[..., 1])
+    for f_grid, f_sample in zip(stats_grid, stats_sample, strict=True):
+        expected = integrate(q * f_grid, axes)
+        variance = integrate(q * f_grid**2, axes) - expected**2
+        error = (f_sample.mean(-1) - expected).abs()
+        assert (error <= 4 * (variance / n).sqrt()).all(), (error, (variance / n).sqrt())
