@@ -1,7 +1,39 @@
-"""smcwake: amortized inference by inclusive-KL minimization with likelihood-tempered SMC."""
+"""smcwake: amortized inference by inclusive-KL minimization with likelihood-tempered SMC.
 
+The short path is :func:`fit`; the pieces under it stay importable: :func:`run_smc` (batched
+likelihood-tempered SMC), :class:`ParticleBank` (per-observation SMC runs and the evidence-weighted
+views of SMC-Wake), :mod:`smcwake.objectives` (every method's loss as a plain function),
+:mod:`smcwake.encoders` and :mod:`smcwake.diagnostics`.
+"""
+
+from smcwake.bank import ParticleBank
+from smcwake.encoders import (
+    Encoder,
+    FlowEncoder,
+    GaussianEncoder,
+    MixtureDensityEncoder,
+    build_encoder,
+)
 from smcwake.model import Model
+from smcwake.objectives import OBJECTIVES, get_objective
 from smcwake.smc import SMCResult, run_smc
+from smcwake.train import FitResult, SMCOptions, TrainConfig, fit
 
-__all__ = ["Model", "SMCResult", "run_smc"]
+__all__ = [
+    "OBJECTIVES",
+    "Encoder",
+    "FitResult",
+    "FlowEncoder",
+    "GaussianEncoder",
+    "MixtureDensityEncoder",
+    "Model",
+    "ParticleBank",
+    "SMCOptions",
+    "SMCResult",
+    "TrainConfig",
+    "build_encoder",
+    "fit",
+    "get_objective",
+    "run_smc",
+]
 __version__ = "0.1.0"

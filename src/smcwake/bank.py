@@ -1,0 +1,262 @@
+"""Per-observation store of SMC runs and the evidence-weighted particle views of SMC-Wake.
+
+For observation i with runs m = 1..M, evidence estimates Zhat_m and weighted particles
+(z_mk, W_mk), the estimators of -grad KL(p(z | x_i) || q(z | x_i)) are (all in log space):
+
+- ``"a"``: -sum_m omega_m sum_k W_mk grad log q(z_mk | x_i), omega_m = Zhat_m / sum_j Zhat_j.
+  Keeps every retained run's K weighted particles. ``runs_per_step`` draws that many runs
+  ~ Cat(omega) per step instead (an unbiased Monte Carlo version of the same sum).
+- ``"b"``: keeps R particles resampled from each run: -sum_m omega_m (1/R) sum_r grad log q(z~_mr).
+- ``"c"``: the newest run only, weighted by Zhat_M / Zbar_i, Zbar_i the mean of all Zhat so far.
+- ``"naive"``: the newest run only, unweighted (biased for finite K; a baseline).
+- ``"pimh"``: one run per observation; a new run replaces it with probability
+  min(1, Zhat_new / Zhat_current) (particle independent Metropolis-Hastings).
+
+Memory per observation, with ``b`` bytes per float (4 for float32), d the latent dimension,
+K particles per run, R resampled particles per run and M = ``max_runs``:
+
+=========  ==================================  =====================================
+estimator  stored                              bytes per observation
+=========  ==================================  =====================================
+a          M runs x K particles and weights    M * K * (d + 1) * b + M * 8 + 25
+b          M runs x R particles (equal weight) M * R * d * b + M * 8 + 25
+c, naive   newest run: K particles, weights    K * (d + 1) * b + 8 + 25
+pimh       current run: K particles, weights   K * (d + 1) * b + 8 + 25
+=========  ==================================  =====================================
+
+(the last terms: a float64 log Zhat per retained run, then the running log-sum of Zhat, the run
+count, the ring position and an exclusion flag). When more than M runs arrive for (a) or (b),
+the oldest retained run is dropped; Zbar (used by (c)) always averages every run ever made.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+from smcwake.smc.resampling import multinomial, normalize
+
+__all__ = ["ParticleBank", "WeightedParticles", "ESTIMATORS", "bank_bytes_per_observation"]
+
+ESTIMATORS = ("a", "b", "c", "naive", "pimh")
+
+
+class WeightedParticles(NamedTuple):
+    """A weighted particle view for a minibatch: the loss is -sum_s weights_s log q(z_s | x)."""
+
+    z: Tensor  # [b, S, d]
+    weights: Tensor  # [b, S], non-negative; rows with no run are all zero
+
+
+def bank_bytes_per_observation(
+    estimator: str,
+    num_particles: int,
+    dim: int,
+    *,
+    max_runs: int = 50,
+    num_resampled: int = 100,
+    bytes_per_float: int = 4,
+) -> int:
+    """The documented memory of one observation's bank entry, in bytes (see the module table)."""
+    K, d, M, R, b = num_particles, dim, max_runs, num_resampled, bytes_per_float
+    if estimator == "a":
+        return M * K * (d + 1) * b + M * 8 + 25
+    if estimator == "b":
+        return M * R * d * b + M * 8 + 25
+    if estimator in ("c", "naive", "pimh"):
+        return K * (d + 1) * b + 8 + 25
+    raise ValueError(f"estimator: expected one of {ESTIMATORS}, received {estimator!r}")
+
+
+class ParticleBank:
+    """SMC runs for n observations, stored as fixed-shape tensors on one device.
+
+    Args:
+        num_observations: n.
+        num_particles: K particles per SMC run.
+        dim: d, the latent dimension.
+        estimator: which of "a", "b", "c", "naive", "pimh" the bank serves (decides what is kept).
+        max_runs: M, runs retained per observation for "a" and "b".
+        num_resampled: R, particles resampled from each run for "b".
+
+    Shapes: ``add(idx [r], particles [r, K, d], log_weights [r, K], log_evidence [r])``;
+    ``view(idx [b]) -> WeightedParticles(z [b, S, d], weights [b, S])``.
+
+    >>> bank = ParticleBank(3, num_particles=4, dim=2, estimator="c")
+    >>> bank.add(torch.tensor([0, 2]), torch.zeros(2, 4, 2), torch.full((2, 4), -1.386),
+    ...          torch.tensor([0.0, -1.0], dtype=torch.float64))
+    >>> bank.has_runs.tolist()
+    [True, False, True]
+    >>> bank.view(torch.tensor([0, 1])).weights.sum(-1)
+    tensor([1., 0.])
+    """
+
+    def __init__(
+        self,
+        num_observations: int,
+        num_particles: int,
+        dim: int,
+        *,
+        estimator: str = "a",
+        max_runs: int = 50,
+        num_resampled: int = 100,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str | None = None,
+    ) -> None:
+        if estimator not in ESTIMATORS:
+            raise ValueError(f"estimator: expected one of {ESTIMATORS}, received {estimator!r}")
+        if max_runs < 1 or num_resampled < 1:
+            raise ValueError("max_runs and num_resampled must be >= 1")
+        self.estimator = estimator
+        self.num_particles = num_particles
+        self.dim = dim
+        n = num_observations
+        slots = max_runs if estimator in ("a", "b") else 1
+        per_run = num_resampled if estimator == "b" else num_particles
+        kw = {"dtype": dtype, "device": device}
+        f64 = {"dtype": torch.float64, "device": device}
+        self.z = torch.zeros(n, slots, per_run, dim, **kw)
+        # estimator (b) keeps equally weighted draws: no per-particle weights are stored
+        weight_cols = 0 if estimator == "b" else per_run
+        self.log_weights = torch.full((n, slots, weight_cols), -math.inf, **kw)
+        self.log_z_runs = torch.full((n, slots), -math.inf, **f64)  # retained runs
+        self.log_z_sum = torch.full((n,), -math.inf, **f64)  # logsumexp of every run's log Zhat
+        self.num_runs = torch.zeros(n, dtype=torch.int64, device=device)  # every run made
+        self.position = torch.zeros(n, dtype=torch.int64, device=device)  # next ring slot
+        self.excluded = torch.zeros(n, dtype=torch.bool, device=device)  # zero likelihood
+
+    # ------------------------------------------------------------------ state
+    @property
+    def num_observations(self) -> int:
+        return self.z.shape[0]
+
+    @property
+    def has_runs(self) -> Tensor:
+        """[n] bool: observations with at least one stored run."""
+        return self.num_runs > 0
+
+    @property
+    def log_zbar(self) -> Tensor:
+        """[n] log of the mean evidence estimate over every run made (-inf without runs)."""
+        return self.log_z_sum - torch.log(self.num_runs.clamp_min(1).to(torch.float64))
+
+    def nbytes(self) -> int:
+        """Bytes held by the bank's tensors."""
+        return sum(t.numel() * t.element_size() for t in self.state_dict().values())
+
+    def state_dict(self) -> dict[str, Tensor]:
+        return {
+            "z": self.z,
+            "log_weights": self.log_weights,
+            "log_z_runs": self.log_z_runs,
+            "log_z_sum": self.log_z_sum,
+            "num_runs": self.num_runs,
+            "position": self.position,
+            "excluded": self.excluded,
+        }
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        for key, value in state.items():
+            current = getattr(self, key)
+            if current.shape != value.shape:
+                raise ValueError(
+                    f"bank checkpoint: {key} has shape {list(value.shape)}, this bank expects "
+                    f"{list(current.shape)} (different data, num_particles or estimator?)"
+                )
+            setattr(self, key, value.to(current.device))
+
+    def reset(self, idx: Tensor | None = None) -> None:
+        """Forget the runs of ``idx`` (all when None), e.g. after the likelihood changed."""
+        idx = slice(None) if idx is None else idx
+        self.log_weights[idx] = -math.inf
+        self.log_z_runs[idx] = -math.inf
+        self.log_z_sum[idx] = -math.inf
+        self.num_runs[idx] = 0
+        self.position[idx] = 0
+
+    # ------------------------------------------------------------------- write
+    def add(
+        self,
+        idx: Tensor,
+        particles: Tensor,
+        log_weights: Tensor,
+        log_evidence: Tensor,
+        *,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        """Store one new SMC run for each observation in ``idx`` (indices must be distinct).
+
+        Shapes: idx [r], particles [r, K, d], log_weights [r, K] (normalized), log_evidence [r].
+        """
+        if idx.numel() == 0:
+            return
+        log_evidence = log_evidence.to(torch.float64)
+        log_weights = normalize(log_weights.to(self.log_weights.dtype))
+        particles = particles.to(self.z.dtype)
+        if self.estimator == "b":
+            anc = multinomial(log_weights, self.z.shape[2], generator=generator)
+            particles = torch.gather(particles, 1, anc[..., None].expand(-1, -1, self.dim))
+            log_weights = log_weights[:, :0]
+        replace = torch.ones_like(idx, dtype=torch.bool)
+        if self.estimator == "pimh":
+            current = self.log_z_runs[idx, 0]
+            u = torch.rand(idx.shape, generator=generator, dtype=torch.float64, device=idx.device)
+            replace = (current == -math.inf) | (torch.log(u) < log_evidence - current)
+        slot = self.position[idx] % self.z.shape[1]
+        keep = replace[:, None, None]
+        self.z[idx, slot] = torch.where(keep, particles, self.z[idx, slot])
+        self.log_weights[idx, slot] = torch.where(
+            keep[..., 0], log_weights, self.log_weights[idx, slot]
+        )
+        self.log_z_runs[idx, slot] = torch.where(replace, log_evidence, self.log_z_runs[idx, slot])
+        self.position[idx] += (self.z.shape[1] > 1) * 1
+        self.log_z_sum[idx] = torch.logaddexp(self.log_z_sum[idx], log_evidence)
+        self.num_runs[idx] += 1
+
+    # -------------------------------------------------------------------- read
+    def view(
+        self,
+        idx: Tensor,
+        *,
+        estimator: str | None = None,
+        runs_per_step: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> WeightedParticles:
+        """The weighted particles whose weighted score is the estimator's gradient.
+
+        Args:
+            idx: observations of the minibatch.
+            estimator: defaults to the bank's own.
+            runs_per_step: for "a", draw this many runs ~ Cat(omega) (None: use every run).
+
+        Shapes: idx [b] -> z [b, S, d], weights [b, S].
+        """
+        est = estimator or self.estimator
+        z, lw, log_z = self.z[idx], self.log_weights[idx], self.log_z_runs[idx]
+        if self.estimator == "b":  # equal weights 1/R within each stored run
+            lw = torch.full(z.shape[:3], -math.log(z.shape[2]), dtype=z.dtype, device=z.device)
+        b = idx.shape[0]
+        if est in ("a", "b"):
+            if est != self.estimator:
+                raise ValueError(f"a bank built for {self.estimator!r} cannot serve {est!r}")
+            log_omega = torch.nan_to_num(normalize(log_z), nan=-math.inf)  # [b, M]
+            if est == "a" and runs_per_step is not None:
+                usable = torch.isfinite(log_omega).any(-1, keepdim=True)
+                safe = torch.where(usable, log_omega, 0.0)
+                runs = multinomial(safe, runs_per_step, generator=generator)  # [b, R]
+                z = torch.gather(z, 1, runs[..., None, None].expand(-1, -1, *z.shape[2:]))
+                lw = torch.gather(lw, 1, runs[..., None].expand(-1, -1, lw.shape[-1]))
+                lw = torch.where(usable[..., None], lw - math.log(runs_per_step), -math.inf)
+            else:
+                lw = lw + log_omega[..., None].to(lw.dtype)
+            return WeightedParticles(z.reshape(b, -1, self.dim), torch.exp(lw.reshape(b, -1)))
+        newest = (self.position[idx] - 1).clamp_min(0) % self.z.shape[1]
+        rows = torch.arange(b, device=idx.device)
+        z, lw = z[rows, newest], lw[rows, newest]
+        if est == "c":
+            factor = log_z[rows, newest] - self.log_zbar[idx]
+            lw = lw + torch.nan_to_num(factor, nan=-math.inf)[:, None].to(lw.dtype)
+        return WeightedParticles(z, torch.exp(lw))

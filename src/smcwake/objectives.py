@@ -1,0 +1,245 @@
+"""Training objectives: SMC-Wake's estimators and the baselines, one function each.
+
+Every objective has the same signature::
+
+    loss, evals = objective(encoder, batch, ctx)
+
+``batch`` holds the minibatch's dataset indices and observations; ``ctx`` the model, the particle
+bank or chain state the method keeps, the number of proposals and the random generator. The loss
+is a scalar whose gradient with respect to the encoder's parameters is the method's gradient
+estimate; ``evals`` is the number of likelihood evaluations (points z) the objective made.
+
+- ``smc-wake-a``, ``smc-wake-b``, ``smc-wake-c``, ``smc-wake-naive``, ``smc-wake-pimh``:
+  -sum_s w_s log q(z_s | x) over the bank's weighted particles (see :mod:`smcwake.bank`). The
+  encoder never proposes: particles come from likelihood-tempered SMC started at the prior.
+- ``wake`` (reweighted wake-sleep, wake-phi): K proposals z_k ~ q(z | x) (no gradient through the
+  draw), self-normalized weights w_k ∝ p(z_k) p(x | z_k) / q(z_k | x) per observation.
+- ``defensive-wake``: half the proposals from the prior, weights against the mixture
+  (p(z) + q(z | x)) / 2.
+- ``sleep`` (neural posterior estimation): -log q(z | x) on simulations (z, x) ~ p(z) p(x | z).
+- ``elbo``: reverse KL, reparameterized: -E_q[log p(z) + log p(x | z) - log q(z | x)].
+- ``iwae``: the importance-weighted bound -E[log (1/K) sum_k p(z_k, x) / q(z_k | x)].
+- ``msc``: Markovian score climbing (Naesseth, Lindsten & Blei, 2020) with the conditional
+  importance sampling kernel: one chain state per observation; each step draws K - 1 proposals
+  from q, keeps the current state as the K-th, samples a new state by the importance weights, and
+  steps on -log q(new state | x).
+
+References:
+    McNamara, Loper & Regier (2024), Sequential Monte Carlo for Inclusive KL Minimization in
+    Amortized Variational Inference, AISTATS. Bornschein & Bengio (2015), Reweighted Wake-Sleep.
+    Burda, Grosse & Salakhutdinov (2016), Importance Weighted Autoencoders.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+from smcwake.bank import ParticleBank
+from smcwake.model import Model
+from smcwake.smc.resampling import multinomial
+
+__all__ = [
+    "Batch",
+    "Context",
+    "Objective",
+    "OBJECTIVES",
+    "SMC_WAKE_METHODS",
+    "get_objective",
+    "smc_wake",
+    "wake",
+    "defensive_wake",
+    "sleep",
+    "elbo",
+    "iwae",
+    "msc",
+]
+
+
+class Batch(NamedTuple):
+    """A minibatch: dataset indices and observations."""
+
+    idx: Tensor  # [b]
+    x: Tensor  # [b, p]
+
+
+class Context(NamedTuple):
+    """What an objective may use besides the encoder and the batch."""
+
+    model: Model
+    num_particles: int  # proposals per observation for the importance-sampling methods
+    generator: torch.Generator | None = None
+    bank: ParticleBank | None = None  # SMC-Wake methods
+    chains: Tensor | None = None  # [n, d] MSC chain states, updated in place
+    runs_per_step: int | None = None  # estimator (a): runs drawn per step (None = all)
+
+
+Objective = Callable[[torch.nn.Module, Batch, Context], tuple[Tensor, int]]
+
+
+def _weighted_score_loss(encoder, z: Tensor, weights: Tensor, x: Tensor) -> Tensor:
+    """-mean_b sum_s w_bs log q(z_bs | x_b), skipping zero-weight particles' values."""
+    log_q = encoder.log_prob(z, x)
+    contrib = torch.where(weights > 0, weights * log_q, 0.0)
+    return -contrib.sum(-1).mean()
+
+
+def smc_wake(estimator: str) -> Objective:
+    """SMC-Wake with estimator ``estimator`` in "a", "b", "c", "naive", "pimh"."""
+
+    def objective(encoder, batch: Batch, ctx: Context) -> tuple[Tensor, int]:
+        if ctx.bank is None:
+            raise ValueError(f"smc-wake-{estimator} needs a ParticleBank in the context")
+        view = ctx.bank.view(
+            batch.idx,
+            estimator=estimator,
+            runs_per_step=ctx.runs_per_step,
+            generator=ctx.generator,
+        )
+        return _weighted_score_loss(encoder, view.z, view.weights, batch.x), 0
+
+    objective.__name__ = f"smc_wake_{estimator}"
+    objective.__doc__ = f"SMC-Wake, estimator ({estimator}): weighted score of banked particles."
+    return objective
+
+
+def _log_joint(model: Model, z: Tensor, x: Tensor, idx: Tensor) -> Tensor:
+    """log p(z) + log p(x | z), -inf outside the prior support. Shapes: z [b, K, d] -> [b, K]."""
+    log_prior = model.log_prior(z)
+    inside = torch.isfinite(log_prior)
+    z_safe = torch.where(inside[..., None], z, model._interior_point(z))
+    loglik = model.log_likelihood(z_safe, x, idx)
+    return torch.where(inside, log_prior + loglik, -math.inf)
+
+
+def _self_normalized(log_w: Tensor) -> Tensor:
+    """Per-row normalized weights; rows with no finite weight get zeros."""
+    w = torch.softmax(log_w, dim=-1)
+    return torch.nan_to_num(w, nan=0.0)
+
+
+def wake(encoder, batch: Batch, ctx: Context) -> tuple[Tensor, int]:
+    """RWS wake-phi: self-normalized importance weights with q as its own proposal."""
+    K = ctx.num_particles
+    with torch.no_grad():
+        z = encoder.sample(batch.x, K, generator=ctx.generator)
+        log_w = _log_joint(ctx.model, z, batch.x, batch.idx) - encoder.log_prob(z, batch.x)
+        w = _self_normalized(log_w)
+    return _weighted_score_loss(encoder, z, w, batch.x), z.shape[0] * K
+
+
+def defensive_wake(encoder, batch: Batch, ctx: Context) -> tuple[Tensor, int]:
+    """Wake with half the proposals from the prior, weighted against the mixture density."""
+    K = ctx.num_particles
+    half = K // 2
+    with torch.no_grad():
+        z_q = encoder.sample(batch.x, K - half, generator=ctx.generator)
+        z_p = ctx.model.sample_prior(
+            (batch.x.shape[0], half), generator=ctx.generator, dtype=z_q.dtype, device=z_q.device
+        )
+        z = torch.cat([z_q, z_p], dim=1)
+        log_mix = torch.logaddexp(ctx.model.log_prior(z), encoder.log_prob(z, batch.x)) - math.log(
+            2
+        )
+        log_w = _log_joint(ctx.model, z, batch.x, batch.idx) - log_mix
+        w = _self_normalized(log_w)
+    return _weighted_score_loss(encoder, z, w, batch.x), z.shape[0] * K
+
+
+def sleep(encoder, batch: Batch, ctx: Context) -> tuple[Tensor, int]:
+    """NPE: maximum likelihood of q on simulated pairs (z, x) ~ p(z) p(x | z).
+
+    Draws ``num_particles`` simulations per observation of the batch (the batch's x are not
+    used beyond their count and dtype). Counts simulations, not likelihood evaluations (0).
+    """
+    n = batch.x.shape[0]
+    with torch.no_grad():
+        z = ctx.model.sample_prior(
+            (n * ctx.num_particles,),
+            generator=ctx.generator,
+            dtype=batch.x.dtype,
+            device=batch.x.device,
+        )
+        x_sim = ctx.model.simulate(z, generator=ctx.generator).to(batch.x.dtype)
+    return -encoder.log_prob(z[:, None, :], x_sim).mean(), 0
+
+
+def elbo(encoder, batch: Batch, ctx: Context) -> tuple[Tensor, int]:
+    """Negative evidence lower bound with reparameterized samples (needs a differentiable model).
+
+    Where q puts mass outside the prior's support the bound is -inf; those draws are dropped from
+    the average (counted in the logs by the trainer as non-finite losses when all are).
+    """
+    K = ctx.num_particles
+    z, log_q = encoder.rsample_and_log_prob(batch.x, K, generator=ctx.generator)
+    log_joint = _log_joint(ctx.model, z, batch.x, batch.idx)
+    bound = log_joint - log_q
+    finite = torch.isfinite(bound)
+    loss = -torch.where(finite, bound, 0.0).sum() / finite.sum().clamp_min(1)
+    return loss, z.shape[0] * K
+
+
+def iwae(encoder, batch: Batch, ctx: Context) -> tuple[Tensor, int]:
+    """Negative importance-weighted bound, log (1/K) sum_k p(z_k, x) / q(z_k | x), reparameterized.
+
+    Shapes: batch.x [b, p]; K = ctx.num_particles draws per observation.
+    """
+    K = ctx.num_particles
+    z, log_q = encoder.rsample_and_log_prob(batch.x, K, generator=ctx.generator)
+    log_w = _log_joint(ctx.model, z, batch.x, batch.idx) - log_q
+    bound = torch.logsumexp(log_w, -1) - math.log(K)
+    return -bound.mean(), z.shape[0] * K
+
+
+def msc(encoder, batch: Batch, ctx: Context) -> tuple[Tensor, int]:
+    """Markovian score climbing with the conditional importance sampling kernel."""
+    if ctx.chains is None:
+        raise ValueError("msc needs chain states (Context.chains, [n, d])")
+    K = ctx.num_particles
+    with torch.no_grad():
+        current = ctx.chains[batch.idx].to(batch.x.dtype)  # [b, d]
+        proposals = encoder.sample(batch.x, K - 1, generator=ctx.generator)
+        z = torch.cat([proposals, current[:, None, :]], dim=1)  # [b, K, d]
+        log_w = _log_joint(ctx.model, z, batch.x, batch.idx) - encoder.log_prob(z, batch.x)
+        # rows where every weight is -inf keep the current state (last slot)
+        dead = ~torch.isfinite(log_w).any(-1, keepdim=True)
+        last = torch.zeros_like(log_w).fill_(-math.inf)
+        last[:, -1] = 0.0
+        log_w = torch.where(dead, last, log_w)
+        pick = multinomial(log_w, 1, generator=ctx.generator)[:, 0]
+        new = z[torch.arange(z.shape[0], device=z.device), pick]
+        ctx.chains[batch.idx] = new.to(ctx.chains.dtype)
+    return -encoder.log_prob(new[:, None, :], batch.x).mean(), z.shape[0] * (K - 1)
+
+
+SMC_WAKE_METHODS = {
+    "smc-wake-a": "a",
+    "smc-wake-b": "b",
+    "smc-wake-c": "c",
+    "smc-wake-naive": "naive",
+    "smc-wake-pimh": "pimh",
+}
+
+OBJECTIVES: dict[str, Objective] = {
+    **{name: smc_wake(est) for name, est in SMC_WAKE_METHODS.items()},
+    "wake": wake,
+    "defensive-wake": defensive_wake,
+    "sleep": sleep,
+    "elbo": elbo,
+    "iwae": iwae,
+    "msc": msc,
+}
+
+
+def get_objective(method: str) -> Objective:
+    """The objective for a method name; unknown names raise ValueError listing the valid ones."""
+    try:
+        return OBJECTIVES[method]
+    except KeyError:
+        raise ValueError(
+            f"method: unknown {method!r}; expected one of {sorted(OBJECTIVES)}"
+        ) from None

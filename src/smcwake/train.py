@@ -1,0 +1,522 @@
+"""The training loop shared by every method: SGD steps interleaved with SMC refreshes.
+
+``fit(model, x, method=...)`` is the short path. It
+
+1. runs SMC for every observation (batched, ``smc_batch_size`` at a time) when the method is an
+   SMC-Wake estimator, and stores the runs in a :class:`~smcwake.bank.ParticleBank`;
+2. takes ``steps`` optimizer steps on the method's objective over minibatches of observations;
+3. every ``refresh_every`` steps runs SMC again for ``refresh_size`` observations (one batch);
+4. writes atomic checkpoints to ``run_dir`` every ``checkpoint_every`` steps, at the end, and on
+   SIGINT/SIGTERM; ``resume=True`` continues a run exactly where it stopped.
+
+All randomness flows from one ``torch.Generator`` seeded by ``seed``; its state is checkpointed,
+so a resumed run reproduces the uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from smcwake.bank import ParticleBank
+from smcwake.encoders import Encoder, build_encoder
+from smcwake.model import Model, forked_rng
+from smcwake.objectives import SMC_WAKE_METHODS, Batch, Context, get_objective
+from smcwake.smc.sampler import run_smc
+
+__all__ = ["SMCOptions", "TrainConfig", "FitResult", "fit", "CHECKPOINT_NAME"]
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_NAME = "checkpoint.pt"
+_CHECKPOINT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class SMCOptions:
+    """Settings of the SMC runs made during training (see :func:`smcwake.run_smc`)."""
+
+    ess_target: float = 0.5
+    resample_threshold: float = 0.5
+    resampling: str = "systematic"
+    kernel: str = "rwmh"
+    num_mcmc_steps: int | None = None
+    max_stages: int = 500
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Every setting of a training run. Defaults suit a few thousand steps on a laptop CPU.
+
+    Args:
+        method: one of :data:`smcwake.objectives.OBJECTIVES`.
+        steps: optimizer steps.
+        batch_size: observations per minibatch.
+        num_particles: K, particles per SMC run.
+        num_proposals: proposals per observation for the importance-sampling baselines (wake,
+            defensive-wake, iwae, msc), samples for elbo, simulations per observation for sleep.
+        refresh_every: steps between SMC refreshes (SMC-Wake methods).
+        refresh_size: observations per refresh (default: batch_size).
+        lr: Adam learning rate.
+        seed: seeds every random choice of the run.
+        encoder: kind for :func:`smcwake.encoders.build_encoder` when no encoder is given.
+        max_runs: runs kept per observation by estimators (a) and (b).
+        num_resampled: particles kept per run by estimator (b).
+        runs_per_step: estimator (a) draws this many runs ~ Cat(omega) per step (None: all).
+        smc: SMC settings.
+        smc_batch_size: observations per batched SMC call.
+        use_unconverged: store SMC runs that stopped at max_stages (off: they are dropped).
+        grad_clip: clip the gradient norm (None: off).
+        max_bad_steps: stop after this many consecutive non-finite losses.
+        max_evals: stop once this many likelihood evaluations were made (None: no cap).
+        checkpoint_every: steps between checkpoints (with run_dir).
+        log_every: steps between history rows.
+        progress: show a progress bar.
+        device: where to train (default: x's device).
+    """
+
+    method: str = "smc-wake-a"
+    steps: int = 2000
+    batch_size: int = 32
+    num_particles: int = 1000
+    num_proposals: int = 100
+    refresh_every: int = 10
+    refresh_size: int | None = None
+    lr: float = 1e-3
+    seed: int = 0
+    encoder: str = "flow"
+    max_runs: int = 50
+    num_resampled: int = 100
+    runs_per_step: int | None = 4
+    smc: SMCOptions = field(default_factory=SMCOptions)
+    smc_batch_size: int = 256
+    use_unconverged: bool = False
+    grad_clip: float | None = 10.0
+    max_bad_steps: int = 20
+    max_evals: int | None = None
+    checkpoint_every: int = 250
+    log_every: int = 10
+    progress: bool = True
+    device: str | None = None
+
+    def __post_init__(self) -> None:
+        get_objective(self.method)  # raises on an unknown name
+        for name in (
+            "steps",
+            "batch_size",
+            "num_particles",
+            "num_proposals",
+            "refresh_every",
+            "max_runs",
+            "num_resampled",
+            "smc_batch_size",
+            "checkpoint_every",
+            "log_every",
+            "max_bad_steps",
+        ):
+            value = getattr(self, name)
+            low = 0 if name == "steps" else 1
+            if not isinstance(value, int) or value < low:
+                raise ValueError(f"{name}: expected an integer >= {low}, received {value!r}")
+        if self.num_particles < 2:
+            raise ValueError(f"num_particles: expected >= 2, received {self.num_particles}")
+        if not self.lr > 0:
+            raise ValueError(f"lr: expected > 0, received {self.lr!r}")
+        if isinstance(self.smc, dict):
+            object.__setattr__(self, "smc", SMCOptions(**self.smc))
+
+    @property
+    def estimator(self) -> str | None:
+        """The SMC-Wake estimator letter, or None for a baseline."""
+        return SMC_WAKE_METHODS.get(self.method)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+class FitResult(NamedTuple):
+    """What :func:`fit` returns."""
+
+    encoder: Encoder
+    history: dict[str, list]  # columns: step, loss, likelihood_evals, simulations, smc_runs, ...
+    bank: ParticleBank | None
+    config: TrainConfig
+
+
+Callback = Callable[[int, Encoder, dict], bool | None]
+
+
+# ---------------------------------------------------------------------------- helpers
+def _fingerprint(x: Tensor) -> str:
+    data = x.detach().to("cpu", torch.float64).contiguous().numpy().tobytes()
+    return f"{list(x.shape)}:{hashlib.sha256(data).hexdigest()[:16]}"
+
+
+def _atomic_save(obj: Any, path: Path) -> None:
+    """Write to a temporary file in the same folder, fsync, then rename over ``path``."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as fh:
+        torch.save(obj, fh)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def _comparable(config: TrainConfig) -> dict[str, Any]:
+    """Config fields that must match to resume (steps, budgets and display may change)."""
+    d = config.to_dict()
+    for free in ("steps", "max_evals", "progress", "checkpoint_every", "log_every", "device"):
+        d.pop(free)
+    return d
+
+
+class _Stop:
+    """Records SIGINT/SIGTERM during fit so the loop can checkpoint before leaving."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self) -> _Stop:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.signum is not None:  # a second signal: leave at once
+            raise KeyboardInterrupt
+        self.signum = signum
+        logger.warning("received signal %d: stopping after this step", signum)
+
+    def __exit__(self, *exc) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+# ---------------------------------------------------------------------------- SMC
+def _run_and_store(
+    model: Model,
+    x: Tensor,
+    idx: Tensor,
+    bank: ParticleBank,
+    config: TrainConfig,
+    generator: torch.Generator,
+) -> tuple[int, int]:
+    """SMC for observations ``idx`` in batches; store the usable runs. Returns (evals, runs)."""
+    evals = runs = 0
+    opts = config.smc
+    for start in range(0, idx.numel(), config.smc_batch_size):
+        chunk = idx[start : start + config.smc_batch_size]
+        result = run_smc(
+            model,
+            x[chunk],
+            config.num_particles,
+            ess_target=opts.ess_target,
+            resample_threshold=opts.resample_threshold,
+            resampling=opts.resampling,
+            kernel=opts.kernel,
+            num_mcmc_steps=opts.num_mcmc_steps,
+            max_stages=opts.max_stages,
+            generator=generator,
+            rows=chunk,
+        )
+        evals += int(result.num_likelihood_evals.sum())
+        bank.excluded[chunk[result.zero_likelihood]] = True
+        usable = result.converged | (config.use_unconverged & ~result.zero_likelihood)
+        keep = torch.nonzero(usable).flatten()
+        bank.add(
+            chunk[keep],
+            result.particles[keep],
+            result.log_weights[keep],
+            result.log_evidence[keep],
+            generator=generator,
+        )
+        runs += keep.numel()
+        dropped = int((~usable & ~result.zero_likelihood).sum())
+        if dropped:
+            logger.warning(
+                "dropped %d SMC runs that did not reach tau=1 (max_stages=%d)",
+                dropped,
+                opts.max_stages,
+            )
+    return evals, runs
+
+
+# ---------------------------------------------------------------------------- fit
+def fit(
+    model: Model,
+    x: Tensor,
+    *,
+    encoder: Encoder | str | None = None,
+    config: TrainConfig | None = None,
+    run_dir: str | os.PathLike | None = None,
+    resume: bool = False,
+    callbacks: list[Callback] | None = None,
+    **overrides: Any,
+) -> FitResult:
+    """Train an encoder q(z | x) on the observations ``x`` with one method.
+
+    Args:
+        model: the prior and likelihood.
+        x: the dataset, [n, p].
+        encoder: an :class:`~smcwake.encoders.Encoder`, or a kind for
+            :func:`~smcwake.encoders.build_encoder` ("flow", "mdn", "gaussian", ...); by default
+            ``config.encoder``. A built one is initialised from ``seed`` and standardized with x
+            and 10,000 prior draws.
+        config: a :class:`TrainConfig`; keyword ``overrides`` replace its fields, e.g.
+            ``fit(model, x, method="smc-wake-c", steps=500)``.
+        run_dir: folder for checkpoints and ``history.json`` (created if missing).
+        resume: continue from ``run_dir``'s checkpoint if there is one (same data and settings
+            required, ``steps`` may grow).
+        callbacks: called every ``log_every`` steps as ``cb(step, encoder, row)``; returning
+            True stops training (a checkpoint is written).
+
+    Shapes: x [n, p].
+
+    >>> from smcwake.tasks import get
+    >>> task = get("toy-collapse")
+    >>> _, x = task.observations(8, 0)
+    >>> out = fit(task.model, x, encoder="gaussian", steps=20, num_particles=100,
+    ...           batch_size=8, progress=False)
+    >>> out.history["step"][-1]
+    20
+    """
+    if isinstance(encoder, str):
+        overrides["encoder"] = encoder
+        encoder = None
+    config = dataclasses.replace(config or TrainConfig(), **overrides)
+    model.check_x(x)
+    device = torch.device(config.device) if config.device else x.device
+    x = x.to(device)
+    n, p = x.shape
+    objective = get_objective(config.method)
+    generator = torch.Generator(device=device).manual_seed(config.seed)
+    run_path = Path(run_dir) if run_dir is not None else None
+    if run_path is not None:
+        run_path.mkdir(parents=True, exist_ok=True)
+    checkpoint = _load_checkpoint(run_path, config, x) if resume and run_path else None
+
+    if encoder is None:
+        with forked_rng(generator, device):
+            encoder = build_encoder(config.encoder, p, model.dim)
+        encoder = encoder.to(device=device, dtype=x.dtype)
+        z_ref = model.sample_prior((10_000,), generator=generator, dtype=x.dtype, device=device)
+        encoder.set_standardization(x=x, z=z_ref)
+    elif encoder.z_dim != model.dim or encoder.x_dim != p:
+        raise ValueError(
+            f"encoder: built for z_dim={encoder.z_dim}, x_dim={encoder.x_dim}; the model has "
+            f"d={model.dim} and x has p={p}"
+        )
+    optimizer = torch.optim.Adam(encoder.parameters(), lr=config.lr)
+
+    bank = None
+    if config.estimator is not None:
+        bank = ParticleBank(
+            n,
+            config.num_particles,
+            model.dim,
+            estimator=config.estimator,
+            max_runs=config.max_runs,
+            num_resampled=config.num_resampled,
+            dtype=x.dtype,
+            device=device,
+        )
+    chains = None
+    if config.method == "msc":
+        chains = model.sample_prior((n,), generator=generator, dtype=x.dtype, device=device)
+
+    history: dict[str, list] = {
+        k: []
+        for k in (
+            "step",
+            "loss",
+            "likelihood_evals",
+            "simulations",
+            "smc_runs",
+            "runs_per_obs",
+            "skipped_steps",
+            "wall_time",
+        )
+    }
+    step, evals, sims, smc_runs, skipped, elapsed = 0, 0, 0, 0, 0, 0.0
+    if checkpoint is not None:
+        encoder.load_state_dict(checkpoint["encoder"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        if bank is not None:
+            bank.load_state_dict(checkpoint["bank"])
+        if chains is not None:
+            chains = checkpoint["chains"].to(device)
+        generator.set_state(checkpoint["generator"])
+        history = checkpoint["history"]
+        step, evals, sims, smc_runs, skipped, elapsed = checkpoint["counters"]
+        if history["step"] and history["step"][-1] % config.log_every:
+            for column in history.values():  # an end-of-run row; the resumed run logs on
+                column.pop()
+        logger.info("resumed from %s at step %d", run_path, step)
+
+    def save() -> None:
+        if run_path is None:
+            return
+        state = {
+            "version": _CHECKPOINT_VERSION,
+            "config": _comparable(config),
+            "data": _fingerprint(x),
+            "encoder": encoder.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "bank": bank.state_dict() if bank is not None else None,
+            "chains": chains,
+            "generator": generator.get_state(),
+            "history": history,
+            "counters": (step, evals, sims, smc_runs, skipped, elapsed),
+        }
+        _atomic_save(state, run_path / CHECKPOINT_NAME)
+        tmp = run_path / ".history.json.tmp"
+        tmp.write_text(json.dumps({"config": config.to_dict(), "history": history}, indent=1))
+        os.replace(tmp, run_path / "history.json")
+
+    start = time.perf_counter() - elapsed
+    if bank is not None and step == 0 and int(bank.num_runs.sum()) == 0:
+        logger.info("initial SMC for %d observations (K=%d)", n, config.num_particles)
+        e, r = _run_and_store(model, x, torch.arange(n, device=device), bank, config, generator)
+        evals, smc_runs = evals + e, smc_runs + r
+
+    refresh_size = min(config.refresh_size or config.batch_size, n)
+    bad_in_row = 0
+    bar = tqdm(
+        total=config.steps,
+        initial=step,
+        desc=config.method,
+        disable=not config.progress,
+        dynamic_ncols=True,
+    )
+    stop_reason = None
+    with _Stop() as stop:
+        while step < config.steps:
+            eligible = ~bank.excluded & bank.has_runs if bank is not None else None
+            if bank is not None and step > 0 and step % config.refresh_every == 0:
+                pool = torch.nonzero(~bank.excluded).flatten()
+                pick = pool[
+                    torch.randperm(pool.numel(), generator=generator, device=device)[:refresh_size]
+                ]
+                e, r = _run_and_store(model, x, pick, bank, config, generator)
+                evals, smc_runs = evals + e, smc_runs + r
+                eligible = ~bank.excluded & bank.has_runs
+            pool = (
+                torch.arange(n, device=device)
+                if eligible is None
+                else torch.nonzero(eligible).flatten()
+            )
+            if pool.numel() == 0:
+                raise RuntimeError(
+                    "no observation has a usable SMC run (all zero likelihood or unconverged); "
+                    "raise smc.max_stages or set use_unconverged=True"
+                )
+            idx = pool[
+                torch.randperm(pool.numel(), generator=generator, device=device)[
+                    : config.batch_size
+                ]
+            ]
+            ctx = Context(
+                model, config.num_proposals, generator, bank, chains, config.runs_per_step
+            )
+            loss, obj_evals = objective(encoder, Batch(idx, x[idx]), ctx)
+            evals += obj_evals
+            if config.method == "sleep":
+                sims += idx.numel() * config.num_proposals
+            step += 1
+            if not torch.isfinite(loss):
+                skipped += 1
+                bad_in_row += 1
+                logger.warning(
+                    "step %d: non-finite loss %s, step skipped (%d in a row)",
+                    step,
+                    float(loss),
+                    bad_in_row,
+                )
+                if bad_in_row >= config.max_bad_steps:
+                    save()
+                    raise FloatingPointError(
+                        f"{bad_in_row} consecutive non-finite losses at step {step}; the last "
+                        "checkpoint is kept. Lower lr, check the model, or raise max_bad_steps."
+                    )
+            else:
+                bad_in_row = 0
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if config.grad_clip is not None:
+                    torch.nn.utils.clip_grad_norm_(encoder.parameters(), config.grad_clip)
+                optimizer.step()
+            bar.update(1)
+            if step % config.log_every == 0 or step == config.steps:
+                row = {
+                    "step": step,
+                    "loss": float(loss.detach()),
+                    "likelihood_evals": evals,
+                    "simulations": sims,
+                    "smc_runs": smc_runs,
+                    "runs_per_obs": float(bank.num_runs.float().mean())
+                    if bank is not None
+                    else 0.0,
+                    "skipped_steps": skipped,
+                    "wall_time": time.perf_counter() - start,
+                }
+                for key, value in row.items():
+                    history[key].append(value)
+                bar.set_postfix(loss=f"{row['loss']:.3g}", runs=f"{row['runs_per_obs']:.1f}")
+                if any(cb(step, encoder, row) for cb in callbacks or ()):
+                    stop_reason = "callback"
+            if config.max_evals is not None and evals >= config.max_evals:
+                stop_reason = stop_reason or "max_evals"
+            if stop.signum is not None:
+                stop_reason = "signal"
+            elapsed = time.perf_counter() - start
+            if stop_reason or step % config.checkpoint_every == 0:
+                save()
+            if stop_reason:
+                break
+    bar.close()
+    elapsed = time.perf_counter() - start
+    save()
+    if stop_reason == "signal":
+        logger.warning("interrupted at step %d; checkpoint written to %s", step, run_path)
+        if stop.signum == signal.SIGTERM:
+            raise SystemExit(128 + signal.SIGTERM)
+        raise KeyboardInterrupt
+    encoder.eval()
+    return FitResult(encoder, history, bank, config)
+
+
+def _load_checkpoint(run_path: Path, config: TrainConfig, x: Tensor) -> dict | None:
+    path = run_path / CHECKPOINT_NAME
+    if not path.exists():
+        logger.info("no checkpoint in %s; starting fresh", run_path)
+        return None
+    try:
+        state = torch.load(path, map_location=x.device, weights_only=False)
+    except Exception as err:  # a truncated or foreign file
+        raise ValueError(f"checkpoint {path} is unreadable ({err}); delete it to restart") from err
+    if not isinstance(state, dict) or state.get("version") != _CHECKPOINT_VERSION:
+        raise ValueError(f"checkpoint {path} is not an smcwake v{_CHECKPOINT_VERSION} checkpoint")
+    if state["data"] != _fingerprint(x):
+        raise ValueError(f"checkpoint {path} was made with different observations")
+    mine = _comparable(config)
+    diff = {k: (state["config"].get(k), v) for k, v in mine.items() if state["config"].get(k) != v}
+    if diff:
+        shown = ", ".join(f"{k}: checkpoint {a!r} vs now {b!r}" for k, (a, b) in diff.items())
+        raise ValueError(f"checkpoint {path} was made with other settings ({shown})")
+    return state

@@ -1,0 +1,108 @@
+"""ParticleBank: evidence weights in log space, ring buffer, PIMH acceptance, documented memory."""
+
+import math
+
+import pytest
+import torch
+
+from smcwake.bank import ESTIMATORS, ParticleBank, bank_bytes_per_observation
+
+
+def _run(K: int, d: int, value: float, log_z: float, r: int = 1):
+    z = torch.full((r, K, d), value)
+    lw = torch.full((r, K), -math.log(K))
+    return z, lw, torch.full((r,), log_z, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("estimator", ESTIMATORS)
+def test_memory_matches_documented_formula(estimator):
+    n, K, d, M, R = 7, 30, 3, 5, 11
+    bank = ParticleBank(n, K, d, estimator=estimator, max_runs=M, num_resampled=R)
+    expected = bank_bytes_per_observation(estimator, K, d, max_runs=M, num_resampled=R)
+    assert bank.nbytes() == n * expected
+
+
+def test_run_weights_are_evidence_proportional_in_log_space():
+    # log Zhat of -1000 and -1000 + log 3: omega = 1/4, 3/4 even though exp() underflows
+    bank = ParticleBank(1, 2, 1, estimator="a", max_runs=4)
+    idx = torch.tensor([0])
+    bank.add(idx, *_run(2, 1, 0.0, -1000.0))
+    bank.add(idx, *_run(2, 1, 1.0, -1000.0 + math.log(3)))
+    view = bank.view(idx)
+    assert view.z.shape == (1, 8, 1)
+    torch.testing.assert_close(view.weights.sum(), torch.tensor(1.0))
+    mean = (view.weights * view.z[..., 0]).sum()
+    torch.testing.assert_close(mean, torch.tensor(0.75))
+    torch.testing.assert_close(
+        bank.log_zbar, torch.tensor([-1000 + math.log(2)], dtype=torch.float64)
+    )
+
+
+def test_estimator_c_factor_and_naive():
+    bank = ParticleBank(1, 2, 1, estimator="c")
+    idx = torch.tensor([0])
+    bank.add(idx, *_run(2, 1, 0.0, math.log(1.0)))
+    bank.add(idx, *_run(2, 1, 5.0, math.log(3.0)))
+    c = bank.view(idx)
+    # newest run weighted by Zhat_M / Zbar = 3 / 2
+    torch.testing.assert_close(c.weights.sum(), torch.tensor(1.5))
+    assert (c.z == 5.0).all()
+    torch.testing.assert_close(bank.view(idx, estimator="naive").weights.sum(), torch.tensor(1.0))
+
+
+def test_ring_buffer_keeps_newest_runs_and_all_runs_in_zbar():
+    bank = ParticleBank(1, 2, 1, estimator="a", max_runs=2)
+    idx = torch.tensor([0])
+    for value in (1.0, 2.0, 3.0):
+        bank.add(idx, *_run(2, 1, value, 0.0))
+    assert sorted(bank.z[0, :, 0, 0].tolist()) == [2.0, 3.0]
+    assert int(bank.num_runs[0]) == 3
+
+
+def test_runs_per_step_draws_runs_by_evidence():
+    # omega = (0.9, 0.1): the drawn-run estimate of the mean is 0.9 * 0 + 0.1 * 1 on average
+    bank = ParticleBank(2000, 2, 1, estimator="a", max_runs=2)
+    idx = torch.arange(2000)
+    bank.add(idx, *_run(2, 1, 0.0, math.log(0.9), 2000))
+    bank.add(idx, *_run(2, 1, 1.0, math.log(0.1), 2000))
+    g = torch.Generator().manual_seed(0)
+    view = bank.view(idx, runs_per_step=1, generator=g)
+    assert view.z.shape == (2000, 2, 1)
+    est = (view.weights * view.z[..., 0]).sum(-1)
+    se = math.sqrt(0.1 * 0.9 / 2000)
+    assert abs(float(est.mean()) - 0.1) < 4 * se
+
+
+def test_pimh_accepts_with_evidence_ratio():
+    # current Zhat = 1, proposed Zhat = 0.25: replaced with probability 1/4
+    n = 4000
+    bank = ParticleBank(n, 2, 1, estimator="pimh")
+    idx = torch.arange(n)
+    g = torch.Generator().manual_seed(1)
+    bank.add(idx, *_run(2, 1, 0.0, 0.0, n), generator=g)
+    bank.add(idx, *_run(2, 1, 1.0, math.log(0.25), n), generator=g)
+    share = float((bank.z[:, 0, 0, 0] == 1.0).double().mean())
+    assert abs(share - 0.25) < 4 * math.sqrt(0.25 * 0.75 / n)
+    # a better run is always accepted
+    bank.add(idx, *_run(2, 1, 2.0, 1.0, n), generator=g)
+    assert (bank.z[:, 0, 0, 0] == 2.0).all()
+
+
+def test_empty_rows_have_zero_weight_and_state_round_trips():
+    bank = ParticleBank(3, 4, 2, estimator="b", num_resampled=5)
+    g = torch.Generator().manual_seed(0)
+    bank.add(
+        torch.tensor([1]),
+        torch.randn(1, 4, 2),
+        torch.zeros(1, 4),
+        torch.zeros(1, dtype=torch.float64),
+        generator=g,
+    )
+    view = bank.view(torch.tensor([0, 1]))
+    assert view.weights[0].sum() == 0
+    torch.testing.assert_close(view.weights[1].sum(), torch.tensor(1.0))
+    other = ParticleBank(3, 4, 2, estimator="b", num_resampled=5)
+    other.load_state_dict(bank.state_dict())
+    assert torch.equal(other.view(torch.tensor([1])).z, view.z[1:])
+    with pytest.raises(ValueError, match="bank checkpoint"):
+        ParticleBank(4, 4, 2, estimator="b", num_resampled=5).load_state_dict(bank.state_dict())
