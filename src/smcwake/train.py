@@ -19,6 +19,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import math
 import os
 import signal
 import threading
@@ -26,7 +27,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 import torch
 from torch import Tensor
@@ -38,7 +39,7 @@ from smcwake.model import Model, forked_rng
 from smcwake.objectives import SMC_WAKE_METHODS, Batch, Context, get_objective
 from smcwake.smc.sampler import run_smc
 
-__all__ = ["SMCOptions", "TrainConfig", "FitResult", "fit", "CHECKPOINT_NAME"]
+__all__ = ["SMCOptions", "TrainConfig", "FitResult", "Synchronizer", "fit", "CHECKPOINT_NAME"]
 
 logger = logging.getLogger(__name__)
 
@@ -160,6 +161,18 @@ class FitResult(NamedTuple):
 Callback = Callable[[int, Encoder, dict], bool | None]
 
 
+class Synchronizer(Protocol):
+    """What :func:`fit` needs from a data-parallel backend; a no-op when training alone."""
+
+    def agree(self, flag: bool) -> bool:
+        """True on every process if ``flag`` is True on any (a collective call)."""
+        ...
+
+    def average_gradients(self, encoder: Encoder) -> None:
+        """Replace each parameter's gradient by its mean over processes (a collective call)."""
+        ...
+
+
 # ---------------------------------------------------------------------------- helpers
 def _fingerprint(x: Tensor) -> str:
     data = x.detach().to("cpu", torch.float64).contiguous().numpy().tobytes()
@@ -267,6 +280,7 @@ def fit(
     run_dir: str | os.PathLike | None = None,
     resume: bool = False,
     callbacks: list[Callback] | None = None,
+    sync: Synchronizer | None = None,
     **overrides: Any,
 ) -> FitResult:
     """Train an encoder q(z | x) on the observations ``x`` with one method.
@@ -285,6 +299,8 @@ def fit(
             required, ``steps`` may grow).
         callbacks: called every ``log_every`` steps as ``cb(step, encoder, row)``; returning
             True stops training (a checkpoint is written).
+        sync: for data-parallel training (see :mod:`smcwake.distributed`): averages gradients
+            across processes and makes every process take the same skip and stop decisions.
 
     Shapes: x [n, p].
 
@@ -439,13 +455,29 @@ def fit(
             if config.method == "sleep":
                 sims += idx.numel() * config.num_proposals
             step += 1
-            if not torch.isfinite(loss):
+            finite = bool(torch.isfinite(loss.detach()))
+            if sync is not None:  # every process must take the same branch
+                finite = not sync.agree(not finite)
+            if finite:
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if sync is not None:
+                    sync.average_gradients(encoder)
+                norm = torch.nn.utils.clip_grad_norm_(
+                    encoder.parameters(), config.grad_clip or math.inf
+                )
+                finite = bool(torch.isfinite(norm))
+                if finite:
+                    optimizer.step()
+            if finite:
+                bad_in_row = 0
+            else:
                 skipped += 1
                 bad_in_row += 1
                 logger.warning(
-                    "step %d: non-finite loss %s, step skipped (%d in a row)",
+                    "step %d: non-finite loss or gradient (loss %s), step skipped (%d in a row)",
                     step,
-                    float(loss),
+                    float(loss.detach()),
                     bad_in_row,
                 )
                 if bad_in_row >= config.max_bad_steps:
@@ -454,13 +486,6 @@ def fit(
                         f"{bad_in_row} consecutive non-finite losses at step {step}; the last "
                         "checkpoint is kept. Lower lr, check the model, or raise max_bad_steps."
                     )
-            else:
-                bad_in_row = 0
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if config.grad_clip is not None:
-                    torch.nn.utils.clip_grad_norm_(encoder.parameters(), config.grad_clip)
-                optimizer.step()
             bar.update(1)
             if step % config.log_every == 0 or step == config.steps:
                 row = {
@@ -484,6 +509,8 @@ def fit(
                 stop_reason = stop_reason or "max_evals"
             if stop.signum is not None:
                 stop_reason = "signal"
+            if sync is not None and sync.agree(stop_reason is not None):
+                stop_reason = stop_reason or "another process stopped"
             elapsed = time.perf_counter() - start
             if stop_reason or step % config.checkpoint_every == 0:
                 save()
