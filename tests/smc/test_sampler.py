@@ -195,3 +195,18 @@ def test_wrong_likelihood_shape_is_rejected():
     wrong = Model(model.prior, lambda z, x: model._log_likelihood(z, x)[..., None])
     with pytest.raises(ValueError, match=r"expected output shape \[B, K\] = \[1, 10\]"):
         run_smc(wrong, torch.zeros(1, 2, dtype=torch.float64), 10)
+
+
+def test_distinct_fraction_counts_copies():
+    from smcwake.smc.sampler import distinct_fraction
+
+    z = torch.tensor([[[0.0, 1.0], [0.0, 1.0], [2.0, 0.0], [0.0, 3.0]]])
+    torch.testing.assert_close(distinct_fraction(z), torch.tensor([0.75]))
+    result = run_smc(
+        conjugate_model(2),
+        observations(3, 2, seed=8),
+        200,
+        generator=torch.Generator().manual_seed(0),
+    )
+    assert (result.distinct_fraction > 0.5).all()  # RWMH moves renew most particles here
+    assert set(result.kernel_info) >= {"sq_jump"}

@@ -73,6 +73,7 @@ class MoveInfo(NamedTuple):
     acceptance_rate: Tensor  # [B] mean over steps and particles
     evals_per_particle: int  # likelihood evaluations per particle in this call
     sq_jump: Tensor  # [B] mean squared jump distance in whitened units, per step
+    extra: dict[str, Tensor] | None = None  # [B] each, e.g. acceptance of each sub-kernel
 
 
 class Kernel(Protocol):

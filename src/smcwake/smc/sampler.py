@@ -31,7 +31,7 @@ from smcwake.smc.kernels import Kernel, Target, get_kernel, weighted_cholesky
 from smcwake.smc.resampling import Resampler, ess, get_resampler, normalize
 from smcwake.smc.tempering import next_temperature, tempered
 
-__all__ = ["SMCState", "SMCResult", "run_smc", "smc_stage"]
+__all__ = ["SMCState", "SMCResult", "distinct_fraction", "run_smc", "smc_stage"]
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +57,7 @@ class StageInfo(NamedTuple):
     acceptance_rate: Tensor  # [B]
     zero_likelihood: Tensor  # [B] bool: every weighted particle had zero likelihood
     evals_per_particle: int
+    extra: dict[str, Tensor]  # [B] each, from the kernel
 
 
 class SMCResult(NamedTuple):
@@ -79,6 +80,8 @@ class SMCResult(NamedTuple):
     ess: Tensor  # [B] ESS of the final weights
     num_likelihood_evals: Tensor  # [B] int64 likelihood evaluations (points z) per observation
     loglik: Tensor  # [B, K] log-likelihood of the final particles
+    distinct_fraction: Tensor  # [B] share of distinct particles after the last move
+    kernel_info: dict[str, Tensor]  # [B] each: kernel diagnostics averaged over stages
 
     def sample(self, n: int, *, generator: torch.Generator | None = None) -> Tensor:
         """Draw n equally weighted particles per observation (multinomial on the weights).
@@ -91,6 +94,20 @@ class SMCResult(NamedTuple):
         return torch.gather(
             self.particles, 1, idx[..., None].expand(-1, -1, self.particles.shape[-1])
         )
+
+
+def distinct_fraction(z: Tensor) -> Tensor:
+    """Share of distinct particles per observation (exact float equality).
+
+    Shapes: z [B, K, d] -> [B].
+    """
+    K = z.shape[1]
+    # copies made by resampling (and kept by rejected moves) are bitwise equal; sorting by the
+    # first coordinate puts them next to each other (continuous z has no other ties)
+    order = torch.argsort(z[..., 0], dim=-1, stable=True)
+    sorted_z = torch.gather(z, 1, order[..., None].expand_as(z))
+    same = (sorted_z[:, 1:] == sorted_z[:, :-1]).all(-1)  # [B, K - 1]
+    return 1.0 - same.sum(-1).to(z.dtype) / K
 
 
 def _gather_rows(state: SMCState, idx: Tensor) -> SMCState:
@@ -166,8 +183,15 @@ def smc_stage(
     # Robbins-Monro style adaptation of the scale for the next stage (exactness within a stage)
     scale = state.scale * torch.exp(2.0 * (move.acceptance_rate - kernel.target_acceptance))
     state = state._replace(scale=scale.clamp(1e-3, 20.0))
+    extra = {"sq_jump": move.sq_jump, **(move.extra or {})}
     info = StageInfo(
-        state.tau, ess_now, resampled, move.acceptance_rate, zero, move.evals_per_particle
+        state.tau,
+        ess_now,
+        resampled,
+        move.acceptance_rate,
+        zero,
+        move.evals_per_particle,
+        extra,
     )
     return state, info
 
@@ -267,6 +291,7 @@ def run_smc(
     num_stages = torch.zeros(B, dtype=torch.int64, device=device)
     zero_lik = torch.zeros(B, dtype=torch.bool, device=device)
     taus, accs = [state.tau.clone()], []
+    extra_sums: dict[str, Tensor] = {}
     running = torch.ones(B, dtype=torch.bool, device=device)
     bar = tqdm(total=B, desc="SMC", unit="obs", disable=not progress, leave=False)
     for _ in range(max_stages):
@@ -298,6 +323,9 @@ def run_smc(
         acc_row[idx] = info.acceptance_rate.to(z.dtype)
         taus.append(tau_row)
         accs.append(acc_row)
+        for key, value in info.extra.items():
+            sums = extra_sums.setdefault(key, torch.zeros(B, dtype=torch.float64, device=device))
+            sums[idx] += value.to(torch.float64)
         was_running = running.clone()
         running[idx] = (info.tau < 1.0) & ~info.zero_likelihood
         bar.update(int((was_running & ~running).sum()))
@@ -323,6 +351,15 @@ def run_smc(
             B,
             max_stages,
         )
+    distinct = distinct_fraction(state.z)
+    degenerate = converged & (distinct < 0.1)
+    if bool(degenerate.any()):
+        logger.warning(
+            "%d of %d final particle clouds have under 10%% distinct particles (see "
+            "SMCResult.distinct_fraction); use more MCMC steps or a kernel that mixes better",
+            int(degenerate.sum()),
+            B,
+        )
     acc_hist = torch.stack(accs, 1) if accs else torch.empty(B, 0, dtype=z.dtype, device=device)
     return SMCResult(
         particles=state.z,
@@ -339,4 +376,6 @@ def run_smc(
         ess=ess(state.log_weights),
         num_likelihood_evals=evals,
         loglik=state.loglik,
+        distinct_fraction=distinct,
+        kernel_info={k: v / num_stages.clamp_min(1) for k, v in extra_sums.items()},
     )
