@@ -106,3 +106,15 @@ def test_empty_rows_have_zero_weight_and_state_round_trips():
     assert torch.equal(other.view(torch.tensor([1])).z, view.z[1:])
     with pytest.raises(ValueError, match="bank checkpoint"):
         ParticleBank(4, 4, 2, estimator="b", num_resampled=5).load_state_dict(bank.state_dict())
+
+
+def test_drop_older_than_removes_runs_and_recomputes_zbar():
+    bank = ParticleBank(2, 2, 1, estimator="a", max_runs=4)
+    bank.add(torch.tensor([0, 1]), *_run(2, 1, 0.0, 0.0, 2), step=0)
+    bank.add(torch.tensor([0]), *_run(2, 1, 1.0, math.log(3.0)), step=10)
+    assert bank.drop_older_than(5) == 2
+    assert bank.has_runs.tolist() == [True, False]
+    torch.testing.assert_close(bank.log_zbar[0], torch.tensor(math.log(3.0), dtype=torch.float64))
+    view = bank.view(torch.tensor([0, 1]))
+    torch.testing.assert_close(view.weights.sum(-1), torch.tensor([1.0, 0.0]))
+    assert (view.z[0][view.weights[0] > 0] == 1.0).all()

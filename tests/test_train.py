@@ -123,3 +123,36 @@ def test_max_evals_budget_stops_training():
     out = fit(model, x, **small(method="wake", num_proposals=10, max_evals=1000))
     assert out.history["likelihood_evals"][-1] >= 1000
     assert out.history["step"][-1] == 1000 // (10 * 10)
+
+
+def test_learned_decoder_improves_its_bound_and_stale_runs_are_dropped():
+    # x | z ~ N(w z, 0.5^2) with w learned from w = 0.2 towards the truth w = 1.5
+    decoder = torch.nn.Linear(1, 1, bias=False)
+    torch.nn.init.constant_(decoder.weight, 0.2)
+    prior = Independent(Normal(torch.zeros(1), torch.ones(1)), 1)
+
+    def loglik(z, x):
+        return Normal(decoder(z), 0.5).log_prob(x[:, None, :]).sum(-1)
+
+    g = torch.Generator().manual_seed(1)
+    x = 1.5 * torch.randn(200, 1, generator=g) + 0.5 * torch.randn(200, 1, generator=g)
+    out = fit(
+        Model(prior, loglik),
+        x,
+        decoder=decoder,
+        **small(
+            steps=300,
+            batch_size=50,
+            decoder_lr=2e-2,
+            lr=1e-2,
+            stale_after=20,
+            refresh_every=10,
+            refresh_size=200,
+            method="smc-wake-a",
+        ),
+    )
+    # maximum likelihood: w^2 + 0.25 = var(x)
+    w_mle = math.sqrt(max(float(x.var()) - 0.25, 0.0))
+    assert abs(abs(float(decoder.weight)) - w_mle) < 0.15
+    kept = torch.isfinite(out.bank.log_z_runs)
+    assert int(out.bank.created[kept].min()) >= 300 - 20 - 10  # only recent runs are kept

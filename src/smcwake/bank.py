@@ -18,15 +18,16 @@ K particles per run, R resampled particles per run and M = ``max_runs``:
 =========  ==================================  =====================================
 estimator  stored                              bytes per observation
 =========  ==================================  =====================================
-a          M runs x K particles and weights    M * K * (d + 1) * b + M * 8 + 25
-b          M runs x R particles (equal weight) M * R * d * b + M * 8 + 25
-c, naive   newest run: K particles, weights    K * (d + 1) * b + 8 + 25
-pimh       current run: K particles, weights   K * (d + 1) * b + 8 + 25
+a          M runs x K particles and weights    M * K * (d + 1) * b + M * 16 + 25
+b          M runs x R particles (equal weight) M * R * d * b + M * 16 + 25
+c, naive   newest run: K particles, weights    K * (d + 1) * b + 16 + 25
+pimh       current run: K particles, weights   K * (d + 1) * b + 16 + 25
 =========  ==================================  =====================================
 
-(the last terms: a float64 log Zhat per retained run, then the running log-sum of Zhat, the run
-count, the ring position and an exclusion flag). When more than M runs arrive for (a) or (b),
-the oldest retained run is dropped; Zbar (used by (c)) always averages every run ever made.
+(the last terms: a float64 log Zhat and an int64 creation step per retained run, then the
+running log-sum of Zhat, the run count, the ring position and an exclusion flag). When more than
+M runs arrive for (a) or (b), the oldest retained run is dropped; Zbar (used by (c)) averages
+every run ever made, unless :meth:`ParticleBank.drop_older_than` removed outdated runs.
 """
 
 from __future__ import annotations
@@ -63,11 +64,11 @@ def bank_bytes_per_observation(
     """The documented memory of one observation's bank entry, in bytes (see the module table)."""
     K, d, M, R, b = num_particles, dim, max_runs, num_resampled, bytes_per_float
     if estimator == "a":
-        return M * K * (d + 1) * b + M * 8 + 25
+        return M * K * (d + 1) * b + M * 16 + 25
     if estimator == "b":
-        return M * R * d * b + M * 8 + 25
+        return M * R * d * b + M * 16 + 25
     if estimator in ("c", "naive", "pimh"):
-        return K * (d + 1) * b + 8 + 25
+        return K * (d + 1) * b + 16 + 25
     raise ValueError(f"estimator: expected one of {ESTIMATORS}, received {estimator!r}")
 
 
@@ -123,6 +124,7 @@ class ParticleBank:
         weight_cols = 0 if estimator == "b" else per_run
         self.log_weights = torch.full((n, slots, weight_cols), -math.inf, **kw)
         self.log_z_runs = torch.full((n, slots), -math.inf, **f64)  # retained runs
+        self.created = torch.zeros(n, slots, dtype=torch.int64, device=device)  # training step
         self.log_z_sum = torch.full((n,), -math.inf, **f64)  # logsumexp of every run's log Zhat
         self.num_runs = torch.zeros(n, dtype=torch.int64, device=device)  # every run made
         self.position = torch.zeros(n, dtype=torch.int64, device=device)  # next ring slot
@@ -156,6 +158,7 @@ class ParticleBank:
             "num_runs": self.num_runs,
             "position": self.position,
             "excluded": self.excluded,
+            "created": self.created,
         }
 
     def load_state_dict(self, state: dict[str, Tensor]) -> None:
@@ -186,8 +189,12 @@ class ParticleBank:
         log_evidence: Tensor,
         *,
         generator: torch.Generator | None = None,
+        step: int = 0,
     ) -> None:
         """Store one new SMC run for each observation in ``idx`` (indices must be distinct).
+
+        ``step`` stamps the runs with the training step that made them (see
+        :meth:`drop_older_than`).
 
         Shapes: idx [r], particles [r, K, d], log_weights [r, K] (normalized), log_evidence [r].
         """
@@ -212,9 +219,26 @@ class ParticleBank:
             keep[..., 0], log_weights, self.log_weights[idx, slot]
         )
         self.log_z_runs[idx, slot] = torch.where(replace, log_evidence, self.log_z_runs[idx, slot])
+        self.created[idx, slot] = torch.where(replace, step, self.created[idx, slot])
         self.position[idx] += (self.z.shape[1] > 1) * 1
         self.log_z_sum[idx] = torch.logaddexp(self.log_z_sum[idx], log_evidence)
         self.num_runs[idx] += 1
+
+    def drop_older_than(self, step: int) -> int:
+        """Forget runs made before training step ``step``; returns how many were dropped.
+
+        For models whose likelihood is learned (e.g. a decoder): runs made under an outdated
+        likelihood target another posterior and their evidence estimates another p(x), so they
+        are removed, and Zbar is recomputed from the runs that remain.
+        """
+        old = (self.created < step) & torch.isfinite(self.log_z_runs)
+        dropped = int(old.sum())
+        if dropped:
+            self.log_z_runs = self.log_z_runs.masked_fill(old, -math.inf)
+            self.log_weights = self.log_weights.masked_fill(old[..., None], -math.inf)
+            self.log_z_sum = torch.logsumexp(self.log_z_runs, -1)
+            self.num_runs = torch.isfinite(self.log_z_runs).sum(-1)
+        return dropped
 
     # -------------------------------------------------------------------- read
     def view(

@@ -84,6 +84,11 @@ class TrainConfig:
         grad_clip: clip the gradient norm (None: off).
         max_bad_steps: stop after this many consecutive non-finite losses.
         max_evals: stop once this many likelihood evaluations were made (None: no cap).
+        decoder_lr: Adam learning rate of a learned likelihood (``fit(..., decoder=...)``).
+        decoder_proposals: K of the importance-weighted bound (IWBO) that trains the decoder,
+            with the encoder as proposal.
+        stale_after: with a decoder, drop bank runs made more than this many steps ago (they
+            target the posterior of an older likelihood). None: keep every run.
         checkpoint_every: steps between checkpoints (with run_dir).
         log_every: steps between history rows.
         progress: show a progress bar.
@@ -109,6 +114,9 @@ class TrainConfig:
     grad_clip: float | None = 10.0
     max_bad_steps: int = 20
     max_evals: int | None = None
+    decoder_lr: float = 1e-3
+    decoder_proposals: int = 16
+    stale_after: int | None = None
     checkpoint_every: int = 250
     log_every: int = 10
     progress: bool = True
@@ -168,8 +176,8 @@ class Synchronizer(Protocol):
         """True on every process if ``flag`` is True on any (a collective call)."""
         ...
 
-    def average_gradients(self, encoder: Encoder) -> None:
-        """Replace each parameter's gradient by its mean over processes (a collective call)."""
+    def average_gradients(self, module: torch.nn.Module) -> None:
+        """Replace each gradient of ``module`` by its mean over processes (a collective call)."""
         ...
 
 
@@ -222,6 +230,52 @@ class _Stop:
 
 
 # ---------------------------------------------------------------------------- SMC
+def _smc(model: Model, x: Tensor, rows: Tensor, config: TrainConfig, generator):
+    opts = config.smc
+    return run_smc(
+        model,
+        x,
+        config.num_particles,
+        ess_target=opts.ess_target,
+        resample_threshold=opts.resample_threshold,
+        resampling=opts.resampling,
+        kernel=opts.kernel,
+        num_mcmc_steps=opts.num_mcmc_steps,
+        max_stages=opts.max_stages,
+        generator=generator,
+        rows=rows,
+    )
+
+
+def _decoder_loss(
+    model: Model, encoder: Encoder, batch: Batch, num_proposals: int, generator
+) -> Tensor:
+    """Negative IWBO of a learned likelihood with the (fixed) encoder as proposal."""
+    with torch.no_grad():
+        z = encoder.sample(batch.x, num_proposals, generator=generator)
+        log_q = encoder.log_prob(z, batch.x)
+    log_w = model.log_prior(z) + model.log_likelihood(z, batch.x, batch.idx) - log_q
+    return -(torch.logsumexp(log_w, -1) - math.log(num_proposals)).mean()
+
+
+def _take_step(loss: Tensor, module: torch.nn.Module, optimizer, clip: float | None, sync) -> bool:
+    """Backward and step unless the loss or the gradient is non-finite (on any process)."""
+    finite = bool(torch.isfinite(loss.detach()))
+    if sync is not None:  # every process must take the same branch
+        finite = not sync.agree(not finite)
+    if not finite:
+        return False
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if sync is not None:
+        sync.average_gradients(module)
+    norm = torch.nn.utils.clip_grad_norm_(module.parameters(), clip or math.inf)
+    if not bool(torch.isfinite(norm)):
+        return False
+    optimizer.step()
+    return True
+
+
 def _run_and_store(
     model: Model,
     x: Tensor,
@@ -229,25 +283,15 @@ def _run_and_store(
     bank: ParticleBank,
     config: TrainConfig,
     generator: torch.Generator,
+    step: int,
 ) -> tuple[int, int]:
     """SMC for observations ``idx`` in batches; store the usable runs. Returns (evals, runs)."""
     evals = runs = 0
     opts = config.smc
     for start in range(0, idx.numel(), config.smc_batch_size):
         chunk = idx[start : start + config.smc_batch_size]
-        result = run_smc(
-            model,
-            x[chunk],
-            config.num_particles,
-            ess_target=opts.ess_target,
-            resample_threshold=opts.resample_threshold,
-            resampling=opts.resampling,
-            kernel=opts.kernel,
-            num_mcmc_steps=opts.num_mcmc_steps,
-            max_stages=opts.max_stages,
-            generator=generator,
-            rows=chunk,
-        )
+        with torch.no_grad():  # a learned likelihood must not record a graph here
+            result = _smc(model, x[chunk], chunk, config, generator)
         evals += int(result.num_likelihood_evals.sum())
         bank.excluded[chunk[result.zero_likelihood]] = True
         usable = result.converged | (config.use_unconverged & ~result.zero_likelihood)
@@ -258,6 +302,7 @@ def _run_and_store(
             result.log_weights[keep],
             result.log_evidence[keep],
             generator=generator,
+            step=step,
         )
         runs += keep.numel()
         dropped = int((~usable & ~result.zero_likelihood).sum())
@@ -281,6 +326,7 @@ def fit(
     resume: bool = False,
     callbacks: list[Callback] | None = None,
     sync: Synchronizer | None = None,
+    decoder: torch.nn.Module | None = None,
     **overrides: Any,
 ) -> FitResult:
     """Train an encoder q(z | x) on the observations ``x`` with one method.
@@ -301,6 +347,10 @@ def fit(
             True stops training (a checkpoint is written).
         sync: for data-parallel training (see :mod:`smcwake.distributed`): averages gradients
             across processes and makes every process take the same skip and stop decisions.
+        decoder: an ``nn.Module`` holding the learned parameters of the model's likelihood
+            (e.g. a VAE decoder the log-likelihood reads). Each step it takes an Adam step on
+            the importance-weighted bound with the encoder as proposal; SMC runs are stamped
+            with their step and ``stale_after`` drops outdated ones.
 
     Shapes: x [n, p].
 
@@ -339,6 +389,10 @@ def fit(
             f"d={model.dim} and x has p={p}"
         )
     optimizer = torch.optim.Adam(encoder.parameters(), lr=config.lr)
+    dec_params = list(decoder.parameters()) if decoder is not None else []
+    dec_optimizer = torch.optim.Adam(dec_params, lr=config.decoder_lr) if dec_params else None
+    if decoder is not None and not dec_params:
+        raise ValueError("decoder: has no parameters to learn")
 
     bank = None
     if config.estimator is not None:
@@ -367,12 +421,16 @@ def fit(
             "runs_per_obs",
             "skipped_steps",
             "wall_time",
+            "decoder_loss",
         )
     }
     step, evals, sims, smc_runs, skipped, elapsed = 0, 0, 0, 0, 0, 0.0
     if checkpoint is not None:
         encoder.load_state_dict(checkpoint["encoder"])
         optimizer.load_state_dict(checkpoint["optimizer"])
+        if decoder is not None:
+            decoder.load_state_dict(checkpoint["decoder"])
+            dec_optimizer.load_state_dict(checkpoint["decoder_optimizer"])
         if bank is not None:
             bank.load_state_dict(checkpoint["bank"])
         if chains is not None:
@@ -394,6 +452,8 @@ def fit(
             "data": _fingerprint(x),
             "encoder": encoder.state_dict(),
             "optimizer": optimizer.state_dict(),
+            "decoder": decoder.state_dict() if decoder is not None else None,
+            "decoder_optimizer": dec_optimizer.state_dict() if dec_optimizer else None,
             "bank": bank.state_dict() if bank is not None else None,
             "chains": chains,
             "generator": generator.get_state(),
@@ -408,7 +468,9 @@ def fit(
     start = time.perf_counter() - elapsed
     if bank is not None and step == 0 and int(bank.num_runs.sum()) == 0:
         logger.info("initial SMC for %d observations (K=%d)", n, config.num_particles)
-        e, r = _run_and_store(model, x, torch.arange(n, device=device), bank, config, generator)
+        e, r = _run_and_store(
+            model, x, torch.arange(n, device=device), bank, config, generator, step
+        )
         evals, smc_runs = evals + e, smc_runs + r
 
     refresh_size = min(config.refresh_size or config.batch_size, n)
@@ -429,7 +491,9 @@ def fit(
                 pick = pool[
                     torch.randperm(pool.numel(), generator=generator, device=device)[:refresh_size]
                 ]
-                e, r = _run_and_store(model, x, pick, bank, config, generator)
+                if decoder is not None and config.stale_after is not None:
+                    bank.drop_older_than(step - config.stale_after)
+                e, r = _run_and_store(model, x, pick, bank, config, generator, step)
                 evals, smc_runs = evals + e, smc_runs + r
                 eligible = ~bank.excluded & bank.has_runs
             pool = (
@@ -455,20 +519,13 @@ def fit(
             if config.method == "sleep":
                 sims += idx.numel() * config.num_proposals
             step += 1
-            finite = bool(torch.isfinite(loss.detach()))
-            if sync is not None:  # every process must take the same branch
-                finite = not sync.agree(not finite)
-            if finite:
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if sync is not None:
-                    sync.average_gradients(encoder)
-                norm = torch.nn.utils.clip_grad_norm_(
-                    encoder.parameters(), config.grad_clip or math.inf
+            finite = _take_step(loss, encoder, optimizer, config.grad_clip, sync)
+            if decoder is not None:
+                dec_loss = _decoder_loss(
+                    model, encoder, Batch(idx, x[idx]), config.decoder_proposals, generator
                 )
-                finite = bool(torch.isfinite(norm))
-                if finite:
-                    optimizer.step()
+                evals += idx.numel() * config.decoder_proposals
+                finite &= _take_step(dec_loss, decoder, dec_optimizer, config.grad_clip, sync)
             if finite:
                 bad_in_row = 0
             else:
@@ -499,6 +556,7 @@ def fit(
                     else 0.0,
                     "skipped_steps": skipped,
                     "wall_time": time.perf_counter() - start,
+                    "decoder_loss": float(dec_loss.detach()) if decoder is not None else None,
                 }
                 for key, value in row.items():
                     history[key].append(value)
