@@ -127,7 +127,7 @@ def test_self_normalized_estimators_improve_with_runs(small_k_banks, estimator):
 
 
 def test_wake_rewards_a_collapsed_proposal_and_smc_wake_does_not():
-    # SPEC toy: z ~ N(0, 10^2), x | z ~ N(z, 1), x = 12, proposals r = N(0, s^2). The wake loss
+    # The paper's toy: z ~ N(0, 10^2), x | z ~ N(z, 1), x = 12, proposals r = N(0, s^2). Wake
     # (a self-normalized estimate of -E_p[log r]) falls as s -> 0; SMC-Wake's estimate grows.
     prior = Independent(
         Normal(torch.zeros(1, dtype=torch.float64), 10 * torch.ones(1, dtype=torch.float64)), 1

@@ -1,4 +1,4 @@
-"""Metrics for judging approximate posteriors against a reference (SPEC section 7).
+"""Metrics for judging approximate posteriors against a reference.
 
 Every function is batched over observations and takes and returns torch tensors, except
 :func:`c2st` and :func:`summarize`, which return Python numbers for report tables.

@@ -1,4 +1,4 @@
-"""Toy collapse task (SPEC section 2): exact references and the wake-phase collapse table."""
+"""Toy collapse task (the paper): exact references and the wake-phase collapse table."""
 
 import math
 
@@ -69,7 +69,7 @@ def test_table_pattern():
     assert [r.scale for r in rows] == [1.0, 0.1, 1e-2, 1e-3, 1e-4, 1e-5, 1e-6, 1e-7]
     estimates = [r.estimate for r in rows]
     assert all(b < a for a, b in zip(estimates, estimates[1:], strict=False)), estimates
-    # The exact posterior scores its entropy, 0.5 log(2 pi e v) = 1.41 (SPEC).
+    # The exact posterior scores its entropy, 0.5 log(2 pi e v) = 1.41 (the paper's value).
     assert rows[0].posterior_score == pytest.approx(
         0.5 * math.log(2 * math.pi * math.e * 100 / 101)
     )
@@ -93,11 +93,11 @@ def test_table_is_deterministic_and_seeded():
 
 
 def test_values_near_spec_within_spread_over_seeds():
-    """SPEC: about 4.6 at s = 0.1 and about -11.8 at s = 1e-7 (one run of 10,000 proposals).
+    """Published: about 4.6 at s = 0.1, about -11.8 at s = 1e-7 (one run of 10,000 proposals).
 
     The estimate varies by about 2 nats from seed to seed (heavy-tailed: a few proposals in the
-    tail carry the weight), so compare SPEC's numbers with the mean over 30 seeds, to within three
-    standard errors of that mean plus SPEC's rounding (0.05).
+    tail carry the weight), so compare the published figures with the mean over 30 seeds, to
+    within three standard errors of that mean plus their rounding (0.05).
     """
     values = np.array(
         [[r.estimate for r in collapse_table(scales=(0.1, 1e-7), seed=s)] for s in range(30)]

@@ -1,4 +1,4 @@
-"""Built-in tasks: the models and data sets of the paper's experiments (SPEC section 6).
+"""Built-in tasks: the models and data sets of the paper's experiments (the paper's experiments).
 
 A task bundles a :class:`~smcwake.model.Model`, a seeded way to draw observations, and whatever
 ground truth is known for it: exact posterior samples (or samples from a dense grid), exact
@@ -87,7 +87,7 @@ _REGISTRY: dict[str, tuple[str, str]] = {
 
 
 def names() -> list[str]:
-    """The names of the built-in tasks, in the order of SPEC section 6.
+    """The names of the built-in tasks, in the order of the paper's experiments.
 
     >>> names()[:2]
     ['toy-collapse', 'two-moons']

@@ -1,4 +1,4 @@
-"""Handwritten digits with a learned linear-sigmoid decoder (SPEC section 6.5).
+"""Handwritten digits with a learned linear-sigmoid decoder (the paper's MNIST experiment).
 
 Data: scikit-learn's 8x8 handwritten digits (1,797 images, values 0..16; shipped inside the
 package, no download), binarized as pixel > ``threshold`` (8), optionally one class only, split

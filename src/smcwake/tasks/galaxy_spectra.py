@@ -1,4 +1,4 @@
-"""Galaxy spectra (SPEC section 6.6): a slot for a user-supplied spectrum emulator.
+"""Galaxy spectra (the paper's PROVABGS experiment): a slot for a user-supplied spectrum emulator.
 
 The paper fitted galaxy properties z (stellar mass, star-formation history, metallicity, dust,
 ...) to spectra through a neural emulator of the PROVABGS spectral model. That emulator is not

@@ -1,4 +1,4 @@
-"""Linear Gaussian model with an exact posterior (SPEC section 6.3).
+"""Linear Gaussian model with an exact posterior (the paper's linear Gaussian).
 
 z ~ N(0, I_d), x | z ~ N(A z, noise^2 I_p), with A = scale * (G + c [I_d; 0]): G has iid N(0, 1)
 entries drawn from ``matrix_seed`` and c = ``identity_weight`` (0.01) adds a small identity block
@@ -173,7 +173,7 @@ def linear_gaussian(
 
     ``defaults``: ``num_observations`` (50), ``num_particles`` (1000), ``encoder``
     (``"gaussian"``, full-rank), ``num_steps``, ``methods`` and ``metrics`` to
-    compare (SPEC 6.3), and ``design_matrix`` (A [p, d] in the task's dtype).
+    compare (the paper's linear Gaussian), and ``design_matrix`` (A [p, d] in the task's dtype).
 
     Shapes: z [B, K, d], x [B, p].
 
@@ -184,7 +184,7 @@ def linear_gaussian(
     """
     return build_linear_gaussian(
         "linear-gaussian",
-        "Linear Gaussian (SPEC 6.3):",
+        "Linear Gaussian (the paper's linear Gaussian):",
         {
             "num_observations": 50,
             "num_particles": 1000,

@@ -1,4 +1,4 @@
-"""Many small samplers against one big one (SPEC section 6.4).
+"""Many small samplers against one big one (the paper's ablation).
 
 The linear Gaussian model of :mod:`smcwake.tasks.linear_gaussian` with A scaled by 10 (a more
 informative likelihood, so posteriors are narrow and hard for SMC) and 10 observations. The
@@ -47,7 +47,7 @@ def many_samplers(
     """
     return build_linear_gaussian(
         "many-samplers",
-        "Many small samplers vs one big one (SPEC 6.4), linear Gaussian with A scaled:",
+        "Many small samplers vs one big one, linear Gaussian with A scaled:",
         {
             "num_observations": 10,
             "encoder": "gaussian",

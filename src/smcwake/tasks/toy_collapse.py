@@ -1,4 +1,4 @@
-"""Toy Gaussian model of SPEC section 2, and the table showing why the wake phase collapses.
+"""Toy Gaussian model of the paper, and the table showing why the wake phase collapses.
 
 z ~ N(0, prior_sd^2), x | z ~ N(z, noise_sd^2), d = p = 1. The posterior is
 N(v x / noise_sd^2, v) with v = (1 / prior_sd^2 + 1 / noise_sd^2)^-1 and the evidence is
@@ -62,7 +62,7 @@ def toy_collapse(
 ) -> Task:
     """The toy model z ~ N(0, prior_sd^2), x | z ~ N(z, noise_sd^2), with exact references.
 
-    ``defaults``: ``observed`` (12.0, SPEC's x), ``num_observations`` (1), ``num_particles``
+    ``defaults``: ``observed`` (12.0, the paper's x), ``num_observations`` (1), ``num_particles``
     (10,000, the table's number of proposals), ``encoder`` (``"gaussian"``), ``num_steps``.
 
     Shapes: z [B, K, 1], x [B, 1].
@@ -120,7 +120,7 @@ def toy_collapse(
         name="toy-collapse",
         model=model,
         description=(
-            f"Toy Gaussian model of SPEC section 2: z ~ N(0, {prior_sd:g}^2), x | z ~ "
+            f"Toy Gaussian model of the paper: z ~ N(0, {prior_sd:g}^2), x | z ~ "
             f"N(z, {noise_sd:g}^2), d = p = 1. Exact posterior samples, moments and evidence. "
             "collapse_table() shows the wake-phase estimate rewarding a collapsed proposal."
         ),
@@ -168,7 +168,7 @@ def collapse_table(
     w_k ∝ p(z_k) p(x | z_k) / r(z_k), normalize, and report sum_k w_k (-log r(z_k)), next to the
     exact -E_p[log r] under the posterior p = p(z | x) and the posterior's own score -E_p[log p].
     The estimate falls as s -> 0 while the exact value explodes: a self-normalized wake
-    objective prefers a collapsed encoder (SPEC section 2). Computed in float64. The rows share
+    objective prefers a collapsed encoder (the paper). Computed in float64. The rows share
     common random numbers: one set of K standard normal draws eps_k, seeded with ``seed``, gives
     z_k = s eps_k for every s, so differences between rows come from s, not from resampling
     noise (the estimate's spread over seeds is about 2 nats for s <= 0.1).

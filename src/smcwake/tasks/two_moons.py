@@ -1,4 +1,4 @@
-"""Two moons (SPEC section 6.2): a 2-D simulator whose posteriors are crescents, some bimodal.
+"""Two moons: a 2-D simulator whose posteriors are crescents, some of them bimodal.
 
 theta ~ U[-1, 1]^2, a ~ U(-pi/2, pi/2), r ~ N(0.1, 0.01^2) and
 
