@@ -124,6 +124,11 @@ class Model:
             raise TypeError(
                 "log_likelihood: expected a callable f(z [B, K, d], x [B, p]) -> [B, K]"
             )
+        if simulate is not None and not callable(simulate):
+            raise TypeError(
+                "simulate: expected None or a callable g(z [N, d]) -> x [N, p], received "
+                f"{type(simulate).__name__}"
+            )
         self.prior = prior
         self._log_likelihood = log_likelihood
         self._simulate = simulate
@@ -189,7 +194,7 @@ class Model:
 
     # -------------------------------------------------------------- likelihood
     def check_x(self, x: Tensor) -> Tensor:
-        """Validate observations: a floating tensor [B, p] without NaN. Returns x.
+        """Validate observations: a finite floating-point tensor [B, p]. Returns x.
 
         Shapes: x [B, p].
         """
@@ -209,18 +214,24 @@ class Model:
                 f"x: expected shape [*, {self.x_dim}] (as first used with this model), "
                 f"received {list(x.shape)}"
             )
-        nan_rows = torch.isnan(x).any(-1)
-        if bool(nan_rows.any()):
-            rows = torch.nonzero(nan_rows).flatten()[:5].tolist()
+        bad_rows = ~torch.isfinite(x).all(-1)
+        if bool(bad_rows.any()):
+            rows = torch.nonzero(bad_rows).flatten()
+            first = int(rows[0])
+            kind = "NaN" if bool(torch.isnan(x[first]).any()) else "inf"
             raise ValueError(
-                f"x: contains NaN in {int(nan_rows.sum())} observation(s), first {rows}"
+                f"x: expected finite observations, received NaN or inf in {rows.numel()} "
+                f"observation(s), first {rows[:5].tolist()} ({kind} in observation {first}); "
+                "drop or impute them before inference"
             )
         return x
 
     def log_likelihood(self, z: Tensor, x: Tensor, rows: Tensor | None = None) -> Tensor:
         """Evaluate and validate log p(x_b | z_bk).
 
-        NaN or ``+inf`` raise ``ValueError``; ``-inf`` is a valid zero likelihood.
+        NaN or ``+inf`` raise ``ValueError``; ``-inf`` is a valid zero likelihood. A
+        ``RuntimeError`` or ``IndexError`` from the first evaluation (usually x with the wrong
+        number of columns) is raised again as a ``ValueError`` that names the shapes.
 
         Shapes: z [B, K, d], x [B, p] -> [B, K]; ``rows`` [B] dataset indices for messages.
         """
@@ -228,7 +239,20 @@ class Model:
             raise ValueError(
                 f"z: expected shape [B={x.shape[0]}, K, d={self.dim}], received {list(z.shape)}"
             )
-        out = self._log_likelihood(z, x)
+        if self.x_dim is None:  # first evaluation: a failure here is usually a shape mismatch
+            try:
+                out = self._log_likelihood(z, x)
+            except (RuntimeError, IndexError) as err:
+                if isinstance(err, torch.cuda.OutOfMemoryError):
+                    raise
+                raise ValueError(
+                    f"log_likelihood failed on its first evaluation, with z {list(z.shape)} "
+                    f"(d={self.dim} from the prior) and x {list(x.shape)}: "
+                    f"{type(err).__name__}: {err}. Check that x has the number of columns p "
+                    "the likelihood expects."
+                ) from err
+        else:
+            out = self._log_likelihood(z, x)
         if not isinstance(out, Tensor) or out.shape != z.shape[:2]:
             got = list(out.shape) if isinstance(out, Tensor) else type(out).__name__
             raise ValueError(

@@ -8,6 +8,10 @@ Every objective has the same signature::
 bank or chain state the method keeps, the number of proposals and the random generator. The loss
 is a scalar whose gradient with respect to the encoder's parameters is the method's gradient
 estimate; ``evals`` is the number of likelihood evaluations (points z) the objective made.
+Every objective first checks its batch (finite observations ``x [b, p]``, one integer index per
+row, enough proposals) and raises ``ValueError`` or ``TypeError`` otherwise. The loss is never
+NaN from the objective itself: it is finite, or ``+inf`` where the bound is ``-inf`` (every draw
+has zero density), which :func:`~smcwake.fit` counts as a skipped step.
 
 - ``smc-wake-a``, ``smc-wake-b``, ``smc-wake-c``, ``smc-wake-naive``, ``smc-wake-pimh``:
   -sum_s w_s log q(z_s | x) over the bank's weighted particles (see :mod:`smcwake.bank`). The
@@ -81,6 +85,33 @@ class Context(NamedTuple):
 Objective = Callable[[torch.nn.Module, Batch, Context], tuple[Tensor, int]]
 
 
+_INDEX_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
+
+
+def _check_batch(batch: Batch, ctx: Context, *, min_particles: int = 1) -> None:
+    """Validate a minibatch and the proposal count before any work (user-facing boundary).
+
+    Shapes: batch.idx [b] integer, batch.x [b, p] finite floating point.
+    """
+    ctx.model.check_x(batch.x)
+    idx = batch.idx
+    if not isinstance(idx, Tensor) or idx.dim() != 1 or idx.dtype not in _INDEX_DTYPES:
+        got = f"{idx.dtype} {list(idx.shape)}" if isinstance(idx, Tensor) else type(idx).__name__
+        raise TypeError(
+            f"batch.idx: expected a 1-D integer tensor of dataset indices, received {got}"
+        )
+    if idx.shape[0] != batch.x.shape[0]:
+        raise ValueError(
+            f"batch: expected one index per observation, received idx [{idx.shape[0]}] for "
+            f"x {list(batch.x.shape)}"
+        )
+    count = ctx.num_particles
+    if not isinstance(count, int) or isinstance(count, bool) or count < min_particles:
+        raise ValueError(
+            f"num_particles: expected an integer >= {min_particles}, received {count!r}"
+        )
+
+
 def _weighted_score_loss(encoder, z: Tensor, weights: Tensor, x: Tensor) -> Tensor:
     """-mean_b sum_s w_bs log q(z_bs | x_b), skipping zero-weight particles' values."""
     log_q = encoder.log_prob(z, x)
@@ -92,6 +123,7 @@ def smc_wake(estimator: str) -> Objective:
     """SMC-Wake with estimator ``estimator`` in "a", "b", "c", "naive", "pimh"."""
 
     def objective(encoder, batch: Batch, ctx: Context) -> tuple[Tensor, int]:
+        _check_batch(batch, ctx)
         if ctx.bank is None:
             raise ValueError(f"smc-wake-{estimator} needs a ParticleBank in the context")
         view = ctx.bank.view(
@@ -124,6 +156,7 @@ def _self_normalized(log_w: Tensor) -> Tensor:
 
 def wake(encoder, batch: Batch, ctx: Context) -> tuple[Tensor, int]:
     """RWS wake-phi: self-normalized importance weights with q as its own proposal."""
+    _check_batch(batch, ctx)
     K = ctx.num_particles
     with torch.no_grad():
         z = encoder.sample(batch.x, K, generator=ctx.generator)
@@ -134,6 +167,7 @@ def wake(encoder, batch: Batch, ctx: Context) -> tuple[Tensor, int]:
 
 def defensive_wake(encoder, batch: Batch, ctx: Context) -> tuple[Tensor, int]:
     """Wake with half the proposals from the prior, weighted against the mixture density."""
+    _check_batch(batch, ctx, min_particles=2)
     K = ctx.num_particles
     half = K // 2
     with torch.no_grad():
@@ -156,6 +190,7 @@ def sleep(encoder, batch: Batch, ctx: Context) -> tuple[Tensor, int]:
     Draws ``num_particles`` simulations per observation of the batch (the batch's x are not
     used beyond their count and dtype). Counts simulations, not likelihood evaluations (0).
     """
+    _check_batch(batch, ctx)
     n = batch.x.shape[0]
     with torch.no_grad():
         z = ctx.model.sample_prior(
@@ -174,12 +209,15 @@ def elbo(encoder, batch: Batch, ctx: Context) -> tuple[Tensor, int]:
     Where q puts mass outside the prior's support the bound is -inf; those draws are dropped from
     the average (counted in the logs by the trainer as non-finite losses when all are).
     """
+    _check_batch(batch, ctx)
     K = ctx.num_particles
     z, log_q = encoder.rsample_and_log_prob(batch.x, K, generator=ctx.generator)
     log_joint = _log_joint(ctx.model, z, batch.x, batch.idx)
     bound = log_joint - log_q
     finite = torch.isfinite(bound)
     loss = -torch.where(finite, bound, 0.0).sum() / finite.sum().clamp_min(1)
+    # no finite draw at all: the bound is -inf, so the loss is +inf (the trainer skips the step)
+    loss = torch.where(finite.any(), loss, math.inf)
     return loss, z.shape[0] * K
 
 
@@ -188,6 +226,7 @@ def iwae(encoder, batch: Batch, ctx: Context) -> tuple[Tensor, int]:
 
     Shapes: batch.x [b, p]; K = ctx.num_particles draws per observation.
     """
+    _check_batch(batch, ctx)
     K = ctx.num_particles
     z, log_q = encoder.rsample_and_log_prob(batch.x, K, generator=ctx.generator)
     log_w = _log_joint(ctx.model, z, batch.x, batch.idx) - log_q
@@ -197,6 +236,7 @@ def iwae(encoder, batch: Batch, ctx: Context) -> tuple[Tensor, int]:
 
 def msc(encoder, batch: Batch, ctx: Context) -> tuple[Tensor, int]:
     """Markovian score climbing with the conditional importance sampling kernel."""
+    _check_batch(batch, ctx, min_particles=2)
     if ctx.chains is None:
         raise ValueError("msc needs chain states (Context.chains, [n, d])")
     K = ctx.num_particles
