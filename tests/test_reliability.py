@@ -214,7 +214,6 @@ def test_encoder_whose_dimensions_do_not_match_is_refused():
         encoder.log_prob(torch.zeros(12, 4, 2), torch.zeros(12, 3))
 
 
-@pytest.mark.xfail(strict=True, reason="fit reads encoder.z_dim without checking the type")
 def test_fit_refuses_an_encoder_that_is_not_an_encoder():
     model, x = conjugate()
     with pytest.raises(TypeError, match="encoder"):
@@ -279,7 +278,6 @@ def test_train_config_rejects_invalid_values(options, message):
         TrainConfig(**options)
 
 
-@pytest.mark.xfail(strict=True, reason="TrainConfig does not validate these fields yet")
 @pytest.mark.parametrize(
     ("options", "message"),
     [
@@ -417,11 +415,6 @@ def test_consecutive_non_finite_losses_raise_and_leave_a_usable_checkpoint(tmp_p
     assert out.history["step"][-1] == 20
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="fit saves the failing state before raising FloatingPointError, over the last "
-    "good checkpoint",
-)
 def test_floating_point_error_keeps_the_last_good_checkpoint(tmp_path):
     # Parameters that became NaN after checkpoint 10 (a stand-in for an overflowing update)
     # make every later loss NaN. The checkpoint left behind must be the one of step 10: resuming
@@ -714,11 +707,6 @@ def test_sigterm_from_outside_writes_a_checkpoint_at_the_step_it_stopped(
     same_training(whole, resumed)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="signals are handled only once training steps start: a SIGTERM during the initial "
-    "SMC kills the process and loses that SMC work",
-)
 def test_sigterm_during_the_initial_smc_writes_a_checkpoint(tmp_path, training_script):
     script, module, whole = training_script
     run_dir = tmp_path / "run"
@@ -785,9 +773,6 @@ def test_a_checkpoint_of_other_data_or_settings_is_refused(tmp_path):
         fit(model, x, run_dir=tmp_path, resume=True, **small(seed=1))
 
 
-@pytest.mark.xfail(
-    strict=True, reason="load_state_dict errors and missing keys surface as RuntimeError/KeyError"
-)
 @pytest.mark.parametrize("case", ["other-model-dimension", "missing-keys"])
 def test_a_checkpoint_that_does_not_fit_the_model_is_refused(tmp_path, case):
     model, x = conjugate()

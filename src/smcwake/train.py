@@ -34,9 +34,11 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from smcwake.bank import ParticleBank
-from smcwake.encoders import Encoder, build_encoder
+from smcwake.encoders import ENCODER_KINDS, Encoder, build_encoder
 from smcwake.model import Model, forked_rng
 from smcwake.objectives import SMC_WAKE_METHODS, Batch, Context, get_objective
+from smcwake.smc.kernels import get_kernel
+from smcwake.smc.resampling import get_resampler
 from smcwake.smc.sampler import run_smc
 
 __all__ = ["SMCOptions", "TrainConfig", "FitResult", "Synchronizer", "fit", "CHECKPOINT_NAME"]
@@ -45,6 +47,17 @@ logger = logging.getLogger(__name__)
 
 CHECKPOINT_NAME = "checkpoint.pt"
 _CHECKPOINT_VERSION = 1
+_CHECKPOINT_KEYS = (
+    "config",
+    "data",
+    "encoder",
+    "optimizer",
+    "bank",
+    "chains",
+    "generator",
+    "history",
+    "counters",
+)
 
 
 @dataclass(frozen=True)
@@ -57,6 +70,29 @@ class SMCOptions:
     kernel: str = "rwmh"
     num_mcmc_steps: int | None = None
     max_stages: int = 500
+
+    def __post_init__(self) -> None:
+        _check_fraction("smc.ess_target", self.ess_target, open_interval=True)
+        _check_fraction("smc.resample_threshold", self.resample_threshold, open_interval=False)
+        if (
+            isinstance(self.max_stages, bool)
+            or not isinstance(self.max_stages, int)
+            or (self.max_stages < 1)
+        ):
+            raise ValueError(
+                f"smc.max_stages: expected an integer >= 1, received {self.max_stages!r}"
+            )
+        get_resampler(self.resampling)
+        get_kernel(self.kernel, self.num_mcmc_steps)
+
+
+def _check_fraction(name: str, value: object, *, open_interval: bool) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{name}: expected a number, received {value!r}")
+    ok = 0 < value < 1 if open_interval else 0 <= value <= 1
+    if not ok:
+        interval = "(0, 1)" if open_interval else "[0, 1]"
+        raise ValueError(f"{name}: expected a fraction in {interval}, received {value!r}")
 
 
 @dataclass(frozen=True)
@@ -143,10 +179,38 @@ class TrainConfig:
                 raise ValueError(f"{name}: expected an integer >= {low}, received {value!r}")
         if self.num_particles < 2:
             raise ValueError(f"num_particles: expected >= 2, received {self.num_particles}")
-        if not self.lr > 0:
-            raise ValueError(f"lr: expected > 0, received {self.lr!r}")
+        for name in ("lr", "decoder_lr"):
+            value = getattr(self, name)
+            if not isinstance(value, int | float) or not 0 < value < math.inf:
+                raise ValueError(f"{name}: expected a finite number > 0, received {value!r}")
+        if self.grad_clip is not None and not (
+            isinstance(self.grad_clip, int | float) and 0 < self.grad_clip < math.inf
+        ):
+            raise ValueError(
+                f"grad_clip: expected None or a finite number > 0, received {self.grad_clip!r}"
+            )
+        for name, low in (
+            ("refresh_size", 1),
+            ("runs_per_step", 1),
+            ("max_evals", 0),
+            ("stale_after", 0),
+            ("decoder_proposals", 1),
+        ):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < low):
+                raise ValueError(
+                    f"{name}: expected None or an integer >= {low}, received {value!r}"
+                )
+        if self.encoder not in ENCODER_KINDS:
+            raise ValueError(
+                f"encoder: unknown kind {self.encoder!r}; expected one of {list(ENCODER_KINDS)}"
+            )
         if isinstance(self.smc, dict):
             object.__setattr__(self, "smc", SMCOptions(**self.smc))
+        if not isinstance(self.smc, SMCOptions):
+            raise TypeError(
+                f"smc: expected SMCOptions or a dict of its fields, received {self.smc!r}"
+            )
 
     @property
     def estimator(self) -> str | None:
@@ -383,6 +447,11 @@ def fit(
         encoder = encoder.to(device=device, dtype=x.dtype)
         z_ref = model.sample_prior((10_000,), generator=generator, dtype=x.dtype, device=device)
         encoder.set_standardization(x=x, z=z_ref)
+    elif not isinstance(encoder, Encoder):
+        raise TypeError(
+            f"encoder: expected an smcwake.encoders.Encoder (or a kind such as 'flow'), "
+            f"received {type(encoder).__name__}"
+        )
     elif encoder.z_dim != model.dim or encoder.x_dim != p:
         raise ValueError(
             f"encoder: built for z_dim={encoder.z_dim}, x_dim={encoder.x_dim}; the model has "
@@ -425,19 +494,26 @@ def fit(
         )
     }
     step, evals, sims, smc_runs, skipped, elapsed = 0, 0, 0, 0, 0, 0.0
+    initial_next = 0  # the next observation of the initial SMC pass
     if checkpoint is not None:
-        encoder.load_state_dict(checkpoint["encoder"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        if decoder is not None:
-            decoder.load_state_dict(checkpoint["decoder"])
-            dec_optimizer.load_state_dict(checkpoint["decoder_optimizer"])
-        if bank is not None:
-            bank.load_state_dict(checkpoint["bank"])
-        if chains is not None:
-            chains = checkpoint["chains"].to(device)
-        generator.set_state(checkpoint["generator"])
+        try:
+            encoder.load_state_dict(checkpoint["encoder"])
+            optimizer.load_state_dict(checkpoint["optimizer"])
+            if decoder is not None:
+                decoder.load_state_dict(checkpoint["decoder"])
+                dec_optimizer.load_state_dict(checkpoint["decoder_optimizer"])
+            if bank is not None:
+                bank.load_state_dict(checkpoint["bank"])
+            if chains is not None:
+                chains = checkpoint["chains"].to(device)
+            generator.set_state(checkpoint["generator"])
+        except (RuntimeError, ValueError, KeyError, AttributeError, TypeError) as err:
+            raise ValueError(
+                f"checkpoint in {run_path} does not fit this model and encoder ({err}); use "
+                "the model and encoder it was made with, or a new run_dir"
+            ) from err
         history = checkpoint["history"]
-        step, evals, sims, smc_runs, skipped, elapsed = checkpoint["counters"]
+        step, evals, sims, smc_runs, skipped, elapsed, initial_next = checkpoint["counters"]
         if history["step"] and history["step"][-1] % config.log_every:
             for column in history.values():  # an end-of-run row; the resumed run logs on
                 column.pop()
@@ -458,7 +534,7 @@ def fit(
             "chains": chains,
             "generator": generator.get_state(),
             "history": history,
-            "counters": (step, evals, sims, smc_runs, skipped, elapsed),
+            "counters": (step, evals, sims, smc_runs, skipped, elapsed, initial_next),
         }
         _atomic_save(state, run_path / CHECKPOINT_NAME)
         tmp = run_path / ".history.json.tmp"
@@ -466,13 +542,6 @@ def fit(
         os.replace(tmp, run_path / "history.json")
 
     start = time.perf_counter() - elapsed
-    if bank is not None and step == 0 and int(bank.num_runs.sum()) == 0:
-        logger.info("initial SMC for %d observations (K=%d)", n, config.num_particles)
-        e, r = _run_and_store(
-            model, x, torch.arange(n, device=device), bank, config, generator, step
-        )
-        evals, smc_runs = evals + e, smc_runs + r
-
     refresh_size = min(config.refresh_size or config.batch_size, n)
     bad_in_row = 0
     bar = tqdm(
@@ -484,7 +553,19 @@ def fit(
     )
     stop_reason = None
     with _Stop() as stop:
-        while step < config.steps:
+        if bank is not None and initial_next < n:
+            logger.info("initial SMC for %d observations (K=%d)", n, config.num_particles)
+        while bank is not None and initial_next < n and stop.signum is None:
+            chunk = torch.arange(
+                initial_next, min(n, initial_next + config.smc_batch_size), device=device
+            )
+            e, r = _run_and_store(model, x, chunk, bank, config, generator, step)
+            evals, smc_runs, initial_next = evals + e, smc_runs + r, int(chunk[-1]) + 1
+            if initial_next == n or stop.signum is not None:
+                save()  # the initial SMC is the costliest part of a run: keep it
+        if stop.signum is not None:
+            stop_reason = "signal"
+        while step < config.steps and stop_reason is None:
             eligible = ~bank.excluded & bank.has_runs if bank is not None else None
             if bank is not None and step > 0 and step % config.refresh_every == 0:
                 pool = torch.nonzero(~bank.excluded).flatten()
@@ -538,7 +619,7 @@ def fit(
                     bad_in_row,
                 )
                 if bad_in_row >= config.max_bad_steps:
-                    save()
+                    bar.close()  # the last checkpoint (before the fault) is kept as it is
                     raise FloatingPointError(
                         f"{bad_in_row} consecutive non-finite losses at step {step}; the last "
                         "checkpoint is kept. Lower lr, check the model, or raise max_bad_steps."
@@ -597,6 +678,11 @@ def _load_checkpoint(run_path: Path, config: TrainConfig, x: Tensor) -> dict | N
         raise ValueError(f"checkpoint {path} is unreadable ({err}); delete it to restart") from err
     if not isinstance(state, dict) or state.get("version") != _CHECKPOINT_VERSION:
         raise ValueError(f"checkpoint {path} is not an smcwake v{_CHECKPOINT_VERSION} checkpoint")
+    missing = [key for key in _CHECKPOINT_KEYS if key not in state]
+    if missing:
+        raise ValueError(
+            f"checkpoint {path} is incomplete (missing {missing}); delete it to restart"
+        )
     if state["data"] != _fingerprint(x):
         raise ValueError(f"checkpoint {path} was made with different observations")
     mine = _comparable(config)
