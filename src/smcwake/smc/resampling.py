@@ -56,10 +56,15 @@ def ess(log_weights: Tensor) -> Tensor:
     return torch.exp(2 * torch.logsumexp(shifted, -1) - torch.logsumexp(2 * shifted, -1))
 
 
+def _cdf(log_weights: Tensor) -> Tensor:
+    """Cumulative normalized weights C_k [B, K]; the last entry is exactly 1."""
+    cdf = torch.softmax(log_weights, dim=-1).cumsum(dim=-1)
+    return cdf / cdf[:, -1:]
+
+
 def _inverse_cdf(log_weights: Tensor, u: Tensor) -> Tensor:
     """Indices of the sorted points ``u`` [B, N] in [0, 1) under the weights' CDF."""
-    cdf = torch.softmax(log_weights, dim=-1).cumsum(dim=-1)
-    cdf = cdf / cdf[:, -1:]  # last entry exactly 1
+    cdf = _cdf(log_weights)
     below_one = torch.nextafter(cdf.new_ones(()), cdf.new_zeros(()))
     # right=True skips particles of zero weight (their CDF step is flat).
     idx = torch.searchsorted(cdf, u.clamp(max=below_one).contiguous(), right=True)
@@ -87,7 +92,14 @@ def systematic(
     B, K = log_weights.shape
     N = K if num_samples is None else num_samples
     u = torch.rand(B, 1, generator=generator, dtype=log_weights.dtype, device=log_weights.device)
-    return _inverse_cdf(log_weights, (_grid(log_weights, N) + u) / N)
+    # The points (n + u) / N are evenly spaced, so no search is needed: the first point at or
+    # above C_k is n_k = ceil(N C_k - u), and the ancestor of point n is the number of particles
+    # with C_k <= (n + u) / N, i.e. with n_k <= n: a cumulative count. A zero weight repeats
+    # C_{k-1}, hence n_{k-1}, so its particle is skipped; the last particle has n = N (unused).
+    first = torch.ceil(N * _cdf(log_weights) - u).clamp_(0, N).long()  # [B, K]
+    counts = torch.zeros(B, N + 1, dtype=torch.int64, device=log_weights.device)
+    counts.scatter_add_(1, first, torch.ones_like(first))
+    return counts[:, :N].cumsum(-1).clamp_(max=K - 1)
 
 
 def stratified(

@@ -4,8 +4,8 @@ For each observation x_b the sampler targets pi_t(z) ∝ p(z) p(x_b | z)^{tau_t}
 prior draws at tau_0 = 0 and ending at tau_T = 1. One stage, in the order the code runs
 (Chopin & Papaspiliopoulos, "An Introduction to Sequential Monte Carlo", ch. 17):
 
-1. choose tau_{t+1} so the conditional ESS of the increment equals ``ess_target`` (bisection,
-   all observations at once; jump to 1 when allowed);
+1. choose tau_{t+1} so the conditional ESS of the increment equals ``ess_target`` (a bracketed
+   Newton search, all observations at once; jump to 1 when allowed);
 2. reweight the *current* particles: log w_k += (tau_{t+1} - tau_t) loglik_k, and accumulate the
    evidence log Z += log sum_k W_k exp(increment_k) with the normalized carried weights W;
 3. resample the observations whose ESS fell below ``resample_threshold * K``;
@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from smcwake.model import Model
 from smcwake.smc.kernels import Kernel, Target, get_kernel, weighted_cholesky
-from smcwake.smc.resampling import Resampler, ess, get_resampler, normalize
+from smcwake.smc.resampling import Resampler, ess, get_resampler
 from smcwake.smc.tempering import next_temperature, tempered
 
 __all__ = ["SMCState", "SMCResult", "distinct_fraction", "run_smc", "smc_stage"]
@@ -114,29 +114,43 @@ def _gather_rows(state: SMCState, idx: Tensor) -> SMCState:
     return SMCState(*(t[idx] for t in state))
 
 
-def _scatter_rows(full: SMCState, idx: Tensor, part: SMCState) -> SMCState:
-    out = []
+def _scatter_rows_(full: SMCState, idx: Tensor, part: SMCState) -> SMCState:
+    """Write ``part`` into rows ``idx`` of ``full`` in place (run_smc owns ``full``'s tensors)."""
     for f, p in zip(full, part, strict=True):
-        f = f.clone()
-        f[idx] = p
-        out.append(f)
-    return SMCState(*out)
+        f.index_copy_(0, idx, p)
+    return full
 
 
 def _resample_rows(
     state: SMCState, which: Tensor, resampler: Resampler, generator: torch.Generator | None
 ) -> SMCState:
-    """Resample the rows flagged in ``which`` [B]; others keep their particles and weights."""
+    """Resample the rows flagged in ``which`` [B]; others keep their particles and weights.
+
+    Ancestors are drawn for every row, so the random stream does not depend on which rows
+    resample; only the flagged rows are gathered.
+    """
+    B, K = state.log_weights.shape
     ancestors = resampler(state.log_weights, generator=generator)  # [B, K]
-    keep = torch.arange(ancestors.shape[1], device=ancestors.device).expand_as(ancestors)
-    ancestors = torch.where(which[:, None], ancestors, keep)
+    rows = torch.nonzero(which).flatten()
+    r = rows.numel()
+    if r == 0:
+        return state
+    everyone = r == B
+    sub = state if everyone else _gather_rows(state, rows)
+    if not everyone:
+        ancestors = ancestors[rows]
     d = state.z.shape[-1]
-    uniform = torch.full_like(state.log_weights, -math.log(state.log_weights.shape[1]))
+    z = torch.gather(sub.z, 1, ancestors[..., None].expand(-1, -1, d))
+    log_prior = torch.gather(sub.log_prior, 1, ancestors)
+    loglik = torch.gather(sub.loglik, 1, ancestors)
+    log_weights = torch.full_like(sub.log_weights, -math.log(K))
+    if everyone:
+        return state._replace(z=z, log_prior=log_prior, loglik=loglik, log_weights=log_weights)
     return state._replace(
-        z=torch.gather(state.z, 1, ancestors[..., None].expand(-1, -1, d)),
-        log_prior=torch.gather(state.log_prior, 1, ancestors),
-        loglik=torch.gather(state.loglik, 1, ancestors),
-        log_weights=torch.where(which[:, None], uniform, state.log_weights),
+        z=state.z.index_copy(0, rows, z),
+        log_prior=state.log_prior.index_copy(0, rows, log_prior),
+        loglik=state.loglik.index_copy(0, rows, loglik),
+        log_weights=state.log_weights.index_copy(0, rows, log_weights),
     )
 
 
@@ -168,7 +182,7 @@ def smc_stage(
     log_norm = torch.logsumexp(unnormalized, -1)  # log sum_k W_k g_k
     zero = log_norm == -math.inf
     # a row with zero likelihood everywhere keeps finite weights (it is reported and stopped)
-    log_weights = torch.where(zero[:, None], state.log_weights, normalize(unnormalized))
+    log_weights = torch.where(zero[:, None], state.log_weights, unnormalized - log_norm[:, None])
     state = state._replace(
         log_weights=log_weights,
         tau=torch.where(zero, state.tau, tau_next),
@@ -313,7 +327,7 @@ def run_smc(
             min_increment=min_increment,
             generator=generator,
         )
-        state = part if everyone else _scatter_rows(state, idx, part)
+        state = part if everyone else _scatter_rows_(state, idx, part)
         evals[idx] += info.evals_per_particle * K
         num_stages[idx] += 1
         zero_lik[idx] |= info.zero_likelihood

@@ -1,4 +1,4 @@
-"""Adaptive choice of the next temperature, one per observation, by vectorized bisection.
+"""Adaptive choice of the next temperature, one per observation, by a safeguarded Newton search.
 
 The tempered targets are pi_t(z) ∝ p(z) p(x | z)^{tau_t}. Going from tau to tau + delta multiplies
 each particle's weight by g_k = exp(delta * loglik_k). The next temperature is the largest
@@ -9,6 +9,14 @@ tau + delta whose *conditional* effective sample size (Zhou, Johansen & Aston, 2
 equals ``target_ess``. With uniform carried weights W this is the usual ESS / K; with non-uniform W
 (when the previous stage did not resample) it measures only the degeneracy the new increment adds.
 When CESS at delta = 1 - tau already meets the target the schedule jumps straight to 1.
+
+CESS decreases in delta: d log CESS / d delta = 2 (m(delta) - m(2 delta)), where m(t) is the mean
+log-likelihood under the weights W g^t, which increases with t. :func:`next_temperature` solves
+``log(-log CESS) = log(-log target_ess)`` in s = log delta. For small delta,
+log CESS = -delta^2 Var_W(loglik) + O(delta^3), so the left side is close to linear in s: the
+expansion gives the first guess and Newton steps (with the exact derivative) converge in a few
+iterations. Each iterate is checked against a bracket [lo, hi] with CESS(e^lo) >= target >
+CESS(e^hi); a step that leaves the bracket is replaced by bisection, so the search cannot diverge.
 """
 
 from __future__ import annotations
@@ -19,6 +27,9 @@ import torch
 from torch import Tensor
 
 __all__ = ["tempered", "conditional_ess", "next_temperature"]
+
+# carried weights below exp(-230) (about 1e-100) of the largest do not set the reference level
+_NEGLIGIBLE_LOG_WEIGHT = 230.0
 
 
 def tempered(loglik: Tensor, tau: Tensor) -> Tensor:
@@ -47,6 +58,51 @@ def conditional_ess(loglik: Tensor, log_weights: Tensor, delta: Tensor) -> Tenso
     return torch.nan_to_num(torch.exp(log_cess), nan=0.0)
 
 
+class _LogCESS:
+    """log CESS(e^s) and its derivative in s for B rows, one exponential per evaluation.
+
+    With w_k = W_k / max W and a_k = loglik_k - loglik_ref, where loglik_ref is the largest
+    log-likelihood among particles of non-negligible weight, every term w_k exp(delta a_k) of
+    weight at least 1e-100 is at most 1, so nothing overflows; a particle of negligible weight
+    whose term overflows would make the CESS negligible too, and the resulting inf or NaN is
+    read as "below the target".
+
+    Shapes: loglik [B, K], log_weights [B, K] (float64).
+    """
+
+    def __init__(self, loglik: Tensor, log_weights: Tensor) -> None:
+        top_weight = log_weights.amax(-1, keepdim=True).clamp_min(-torch.finfo(torch.float64).max)
+        w = torch.exp(log_weights - top_weight)  # [B, K] in [0, 1]
+        finite = torch.isfinite(loglik) & (w > 0)
+        significant = finite & (log_weights >= top_weight - _NEGLIGIBLE_LOG_WEIGHT)
+        ref = torch.where(significant, loglik, -math.inf).amax(-1, keepdim=True)
+        ref = torch.where(torch.isfinite(ref), ref, 0.0)
+        self.a = torch.where(finite, loglik - ref, -math.inf)  # -inf: contributes 0
+        self.a0 = torch.where(finite, self.a, 0.0)  # for products with terms that are 0
+        self.w = w
+        self.log_w_sum = torch.log(w.sum(-1))
+        #: weighted share of particles with a positive likelihood: lim CESS(delta) at delta -> 0+
+        self.alive = (w * finite).sum(-1) / w.sum(-1)
+
+    def first_guess(self, log_target: float) -> Tensor:
+        """s solving -delta^2 Var_W(loglik) = log target (NaN where the variance is 0)."""
+        p = self.w * torch.isfinite(self.a)
+        p = p / p.sum(-1, keepdim=True)
+        mean = (p * self.a0).sum(-1, keepdim=True)
+        var = (p * (self.a0 - mean).square()).sum(-1)
+        return 0.5 * (math.log(-log_target) - torch.log(var))
+
+    def __call__(self, s: Tensor) -> tuple[Tensor, Tensor]:
+        delta = torch.exp(s)[:, None]  # [B, 1]
+        t = torch.exp(delta * self.a)  # exp(delta a): 0 where a = -inf
+        wt = self.w * t
+        wt2 = wt * t
+        s1, s2 = wt.sum(-1), wt2.sum(-1)
+        log_cess = 2 * torch.log(s1) - torch.log(s2) - self.log_w_sum
+        slope = 2 * delta[:, 0] * ((wt * self.a0).sum(-1) / s1 - (wt2 * self.a0).sum(-1) / s2)
+        return log_cess, slope
+
+
 def next_temperature(
     loglik: Tensor,
     log_weights: Tensor,
@@ -54,15 +110,20 @@ def next_temperature(
     *,
     target_ess: float = 0.5,
     min_increment: float = 1e-9,
-    num_bisections: int = 40,
+    max_iterations: int = 30,
+    rtol: float = 1e-6,
 ) -> Tensor:
     """Next temperature per observation: CESS(tau_next - tau) = target_ess, capped at 1.
 
-    Bisection runs a fixed number of halvings of log(delta) on all rows at once (no
-    data-dependent control flow) in float64, since useful increments span many decades. It keeps
-    the lower end of the bracket, so the achieved CESS is at least the target, and never steps
-    less than ``min_increment`` (which guarantees progress when a share of the particles has
-    zero likelihood).
+    A safeguarded Newton search on all rows at once, in float64 and in s = log(delta) (useful
+    increments span many decades; see the module docstring). The answer is always the lower end
+    of the bracket, so the achieved CESS is at least the target (within ``rtol`` relative to
+    it once converged), and the step is never below ``min_increment``, which guarantees progress
+    when a share of the particles has zero likelihood: if fewer than ``target_ess`` of the carried
+    weight sits on particles with a positive likelihood, no increment meets the target and the
+    step is ``min_increment``. The search stops when every row has converged (one host-device
+    synchronization per iteration) or after ``max_iterations`` Newton or bisection steps; a row
+    stopped by the cap keeps a valid, smaller step.
 
     Shapes: loglik [B, K], log_weights [B, K] (normalized), tau [B] (float64) -> [B] (float64).
 
@@ -70,17 +131,37 @@ def next_temperature(
     >>> next_temperature(ll, torch.full((1, 4), -1.386), torch.zeros(1, dtype=torch.float64))
     tensor([1.], dtype=torch.float64)
     """
-    ll = loglik.to(torch.float64)
-    lw = log_weights.to(torch.float64)
+    log_cess = _LogCESS(loglik.to(torch.float64), log_weights.to(torch.float64))
+    log_target = math.log(target_ess)
+    # Newton aims a little inside the feasible side, so iterates land on it and the bracket's
+    # lower end converges whichever side they approach from
+    goal = math.log(-log_target) - 0.5 * rtol
     gap = (1.0 - tau).clamp_min(0.0)
-    done = conditional_ess(ll, lw, gap) >= target_ess
-    # bisect on log(delta) over [log min_increment, log gap]: increments span many decades
     hi = torch.log(gap.clamp_min(min_increment))
     lo = torch.minimum(torch.full_like(hi, math.log(min_increment)), hi)
-    for _ in range(num_bisections):
-        mid = 0.5 * (lo + hi)
-        ok = conditional_ess(ll, lw, torch.exp(mid)) >= target_ess
-        lo = torch.where(ok, mid, lo)
-        hi = torch.where(ok, hi, mid)
+    value, _ = log_cess(hi)
+    done = value >= log_target  # NaN (no mass left) reads as below the target
+    resolved = done | (log_cess.alive < target_ess)
+    s = log_cess.first_guess(log_target)
+    s = torch.where((s > lo) & (s < hi), s, 0.5 * (lo + hi))  # NaN fails both tests
+    last_step = hi - lo
+    for _ in range(max_iterations):
+        value, slope = log_cess(s)
+        ok = value >= log_target
+        lo = torch.where(ok, s, lo)
+        hi = torch.where(ok, hi, s)
+        # h(s) = log(-log CESS) increases in s with h' = slope / log CESS; Newton step on h
+        h = torch.log(-value)
+        resolved = resolved | (ok & (h >= goal - 0.5 * rtol)) | (hi - lo <= rtol)
+        if bool(resolved.all()):
+            break
+        newton = s - (h - goal) * value / slope
+        # bisect when Newton leaves the bracket or does not at least halve the last step
+        # (slow progress where h bends sharply); NaN fails every test
+        step = (newton - s).abs()
+        take = (newton > lo) & (newton < hi) & (2 * step <= last_step)
+        following = torch.where(take, newton, 0.5 * (lo + hi))
+        last_step = torch.where(take, step, 0.5 * (hi - lo))
+        s = following
     delta = torch.minimum(torch.exp(lo), gap)
     return torch.where(done, torch.ones_like(tau), tau + delta)
