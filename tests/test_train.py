@@ -153,6 +153,6 @@ def test_learned_decoder_improves_its_bound_and_stale_runs_are_dropped():
     )
     # maximum likelihood: w^2 + 0.25 = var(x)
     w_mle = math.sqrt(max(float(x.var()) - 0.25, 0.0))
-    assert abs(abs(float(decoder.weight)) - w_mle) < 0.15
+    assert abs(abs(float(decoder.weight.detach())) - w_mle) < 0.15
     kept = torch.isfinite(out.bank.log_z_runs)
     assert int(out.bank.created[kept].min()) >= 300 - 20 - 10  # only recent runs are kept
