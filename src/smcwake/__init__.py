@@ -7,6 +7,7 @@ views of SMC-Wake), :mod:`smcwake.objectives` (every method's loss as a plain fu
 """
 
 from smcwake.bank import ParticleBank
+from smcwake.distributed import fit_distributed
 from smcwake.encoders import (
     Encoder,
     FlowEncoder,
@@ -33,6 +34,7 @@ __all__ = [
     "TrainConfig",
     "build_encoder",
     "fit",
+    "fit_distributed",
     "get_objective",
     "run_smc",
 ]

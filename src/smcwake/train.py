@@ -582,7 +582,10 @@ def fit(
                 if eligible is None
                 else torch.nonzero(eligible).flatten()
             )
-            if pool.numel() == 0:
+            empty = pool.numel() == 0
+            if sync is not None:  # raise on every process, not on one while the others wait
+                empty = sync.agree(empty)
+            if empty:
                 raise RuntimeError(
                     "no observation has a usable SMC run (all zero likelihood or unconverged); "
                     "raise smc.max_stages or set use_unconverged=True"
