@@ -165,3 +165,24 @@ def test_default_budget_is_the_first_methods_and_resume_reuses_runs(tmp_path):
     assert again["methods"]["wake"]["runs"][0] == json.loads(
         json.dumps(first["methods"]["wake"]["runs"][0], default=lambda t: t.tolist())
     )
+
+
+def test_digits_learns_a_decoder_and_scores_held_out_images(tmp_path):
+    results = run_bench(
+        "digits",
+        ["smc-wake-c", "wake"],
+        seeds=1,
+        steps=3,
+        out=tmp_path,
+        num_observations=16,
+        overrides={"refresh_size": 8, "num_particles": 30},
+        eval_options=EvalOptions(num_samples=30, heldout_particles=30),
+        progress=False,
+    )
+    for method in ("smc-wake-c", "wake"):
+        run = results["methods"][method]["runs"][0]
+        assert run["steps"] == 3
+        # log p(x) of a binary 8x8 image lies in [64 log(1e-3), 0) for any sane decoder
+        assert -450 < run["metrics"]["heldout_loglik"] < 0
+        assert len(run["reconstructions"]) == 8
+    assert (tmp_path / "reconstructions.png").exists()

@@ -479,10 +479,13 @@ def _train_one(
     curve_points: int,
     resume: bool,
     panel_obs: int,
-    fit_kwargs: dict[str, Any] | None = None,
-    extra_eval: Callable[[Any], dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """Train one (method, seed) and evaluate it; returns the run's JSON record."""
+    """Train one (method, seed) and evaluate it; returns the run's JSON record.
+
+    A run that stops with a FloatingPointError (``max_bad_steps`` non-finite gradients in a
+    row, which leave the parameters untouched) is evaluated at its last finite state and
+    marked ``diverged``.
+    """
     curve_def = _curve_metric(task, reference, x, options)
     observed = task.defaults.get("observed")
     if run_dir is not None:
@@ -492,6 +495,7 @@ def _train_one(
     if resume and curve_file is not None and curve_file.exists():
         curve = json.loads(curve_file.read_text())
     marks = sorted({max(1, round(config.steps * k / curve_points)) for k in range(curve_points)})
+    last_row: dict[str, Any] = {}
 
     def record(step: int, encoder, row: dict) -> None:
         if curve["step"] and step <= curve["step"][-1]:
@@ -509,38 +513,38 @@ def _train_one(
             curve_file.write_text(json.dumps(curve))
 
     def callback(step: int, encoder, row: dict) -> None:
+        last_row.update(row)
         if marks and step >= marks[0]:
             while marks and step >= marks[0]:
                 marks.pop(0)
             record(step, encoder, row)
 
+    encoder = _initial_encoder(task, x, config)
     if curve_def is not None or observed is not None:
-        record(0, _initial_encoder(task, x, config), {})
-    result = fit(
-        task.model,
-        x,
-        config=config,
-        run_dir=run_dir,
-        resume=resume,
-        callbacks=[callback],
-        **(fit_kwargs or {}),
-    )
-    history = result.history
-    steps = history["step"][-1] if history["step"] else 0
-    final_row = {k: v[-1] for k, v in history.items() if v}
-    record(steps, result.encoder, final_row)
+        record(0, encoder, {})
+    diverged = None
+    bank = None
+    try:
+        result = fit(
+            task.model,
+            x,
+            encoder=encoder,
+            config=config,
+            run_dir=run_dir,
+            resume=resume,
+            callbacks=[callback],
+        )
+        final_row = {k: v[-1] for k, v in result.history.items() if v}
+        bank = result.bank
+    except FloatingPointError as err:
+        diverged = str(err)
+        final_row = dict(last_row)
+        logger.warning("%s seed %d diverged: %s", method, seed, err)
+    steps = int(final_row.get("step", 0))
+    record(steps, encoder, final_row)
     metrics, arrays = evaluate(
-        task,
-        result.encoder,
-        z_true,
-        x,
-        options=options,
-        seed=seed,
-        bank=result.bank,
-        reference=reference,
+        task, encoder, z_true, x, options=options, seed=seed, bank=bank, reference=reference
     )
-    if extra_eval is not None:
-        metrics.update(extra_eval(result))
     record_ = {
         "seed": seed,
         "steps": steps,
@@ -549,23 +553,26 @@ def _train_one(
         "smc_runs": final_row.get("smc_runs", 0),
         "skipped_steps": final_row.get("skipped_steps", 0),
         "wall_time": final_row.get("wall_time", 0.0),
-        "stopped_by": "steps" if steps >= config.steps else "budget",
+        "stopped_by": "diverged" if diverged else "steps" if steps >= config.steps else "budget",
         "metrics": metrics,
         "curve": curve,
         **arrays,
     }
+    if diverged:
+        record_["diverged"] = diverged
     with torch.no_grad():
         if task.model.dim == 2 and panel_obs:
             g = torch.Generator().manual_seed(seed)
-            record_["panel_samples"] = result.encoder.sample(x[:panel_obs], 500, generator=g)
-        if observed is not None and hasattr(result.encoder, "gaussian_params"):
-            m, c = result.encoder.gaussian_params(torch.full((1, x.shape[1]), float(observed)))
+            record_["panel_samples"] = encoder.sample(x[:panel_obs], 500, generator=g)
+        if observed is not None and hasattr(encoder, "gaussian_params"):
+            m, c = encoder.gaussian_params(torch.full((1, x.shape[1]), float(observed)))
             record_["q_at_observed"] = {"mean": float(m[0, 0]), "sd": float(c[0, 0, 0].sqrt())}
     return record_
 
 
 def _initial_encoder(task: Task, x: Tensor, config: TrainConfig):
-    """The encoder fit() starts from (same seed and standardization), for the step-0 point."""
+    """A fresh encoder of ``config.encoder``, initialised from ``config.seed`` and standardized
+    with x and 10,000 prior draws (as :func:`smcwake.fit` builds one)."""
     from smcwake.encoders import build_encoder
     from smcwake.model import forked_rng
 
@@ -635,7 +642,7 @@ def _header(task: Task, kind: str, **fields: Any) -> dict[str, Any]:
 
 def run_bench(
     task_name: str,
-    methods: Sequence[str] = ALL_METHODS,
+    methods: Sequence[str] | None = None,
     seeds: int | Sequence[int] = 3,
     steps: int = 1000,
     budget: int | None = None,
@@ -666,7 +673,8 @@ def run_bench(
 
     Args:
         task_name: a built-in task (see :func:`smcwake.tasks.names`).
-        methods: method names (:data:`smcwake.objectives.OBJECTIVES`).
+        methods: method names (:data:`smcwake.objectives.OBJECTIVES`); default: the task's
+            ``defaults["methods"]``, else :data:`ALL_METHODS`.
         seeds: a count (0..n-1) or explicit training seeds.
         steps: gradient steps per run.
         budget: likelihood evaluations per run (None: see above).
@@ -700,7 +708,7 @@ def run_bench(
         )
     if task_name == "digits":
         return run_digits(
-            methods=[m for m in methods if m in ("wake", *SMC_WAKE_METHODS)] or None,
+            methods=methods,
             seeds=seeds,
             steps=steps,
             budget=budget,
@@ -713,6 +721,7 @@ def run_bench(
             num_observations=num_observations,
         )
     task = load_task(task_name, **(task_options or {}))
+    methods = list(methods or task.defaults.get("methods", ALL_METHODS))
     seed_list = list(range(seeds)) if isinstance(seeds, int) else list(seeds)
     options = eval_options or EvalOptions()
     n = num_observations or task.defaults.get("num_observations", 100)

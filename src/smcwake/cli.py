@@ -29,7 +29,7 @@ __all__ = ["build_parser", "main", "DEMO_SETTINGS", "DEMO_EVAL"]
 DEMO_SETTINGS: dict[str, Any] = {
     "task": "two-moons",
     "method": "smc-wake-b",
-    "steps": 3000,
+    "steps": 4000,
     "num_observations": 100,
     "overrides": {
         "num_particles": 1000,
@@ -37,7 +37,7 @@ DEMO_SETTINGS: dict[str, Any] = {
         "refresh_every": 50,
         "max_runs": 10,
         "num_resampled": 10,
-        "lr": 2e-3,
+        "lr": 1e-3,
     },
 }
 """What ``smcwake demo`` trains: two moons, NSF encoder, SMC-Wake estimator (b).
@@ -148,7 +148,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="compare methods at a matched budget over seeds")
     p.add_argument("task", help="a built-in task (many-samplers, digits: their own experiment)")
-    p.add_argument("--methods", default=",".join(ALL_METHODS), help="comma-separated methods")
+    p.add_argument(
+        "--methods",
+        help="comma-separated methods (default: the task's list, else "
+        + ",".join(ALL_METHODS)
+        + ")",
+    )
     p.add_argument("--seeds", type=int, default=3, help="training seeds 0..N-1")
     p.add_argument(
         "--budget",
@@ -209,7 +214,7 @@ def _cmd_fit(args: argparse.Namespace, command: str) -> int:
 def _cmd_bench(args: argparse.Namespace, command: str) -> int:
     from smcwake.bench import run_bench
 
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    methods = [m.strip() for m in (args.methods or "").split(",") if m.strip()] or None
 
     def on_run(method: str, seed: int, record: dict[str, Any]) -> None:
         if "failed" in record:

@@ -50,6 +50,7 @@ METRIC_INFO: dict[str, tuple[str, str]] = {
     "heldout_loglik": ("held-out log p(x)", "higher is better; SMC estimate, learned decoder"),
     "heldout_iwbo": ("held-out IWBO", "higher is better; importance-weighted bound with q"),
     "heldout_unconverged": ("unconverged", "held-out SMC runs that did not reach tau = 1"),
+    "iwbo": ("IWBO, 100 held-out images", "higher is better; K = 100, q as proposal"),
 }
 """Column label and meaning of every metric a report may show."""
 
@@ -137,7 +138,9 @@ def metric_table(results: dict[str, Any], keys: Sequence[str] | None = None) -> 
             continue
         cells = [_cell([r["metrics"].get(k, math.nan) for r in runs]) for k in keys]
         failed = len(entry.get("runs", [])) - len(runs)
-        seeds = f"{len(runs)}" + (f" ({failed} failed)" if failed else "")
+        diverged = sum("diverged" in r for r in runs)
+        notes = [f"{failed} failed"] * bool(failed) + [f"{diverged} diverged"] * bool(diverged)
+        seeds = f"{len(runs)}" + (f" ({', '.join(notes)})" if notes else "")
         lines.append("| " + " | ".join([method, seeds, *cells]) + " |")
     return "\n".join(lines)
 
@@ -246,6 +249,20 @@ def render_markdown(results: dict[str, Any], figures: Sequence[str] = ()) -> str
     if "c2st" in keys:
         out += [f"C2ST classifier: {results.get('c2st_classifier', 'see diagnostics.c2st')}.", ""]
     out += ["## Budget", "", budget_table(results), ""]
+    notes = [
+        f"- {method}, seed {run['seed']}: "
+        + (
+            f"diverged at step {run['steps']} ({run['diverged']}); its metrics are those of its "
+            "last finite state"
+            if "diverged" in run
+            else f"failed ({run['failed']})"
+        )
+        for method, entry in results["methods"].items()
+        for run in entry.get("runs", [])
+        if "diverged" in run or "failed" in run
+    ]
+    if notes:
+        out += ["Runs that did not finish normally:", "", *notes, ""]
     if "collapse" in results:
         c = results["collapse"]
         out += [
