@@ -105,11 +105,6 @@ def test_run_smc_returns_honest_results_or_a_clear_error(
     check_run_smc(problem, K, ess_target, kernel, resampling, seed)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="log-weights are normalized by subtracting their logsumexp without first "
-    "subtracting the row max, so log K is rounded away against large log-weights",
-)
 @settings(PROPERTY, derandomize=True)
 @given(problem=problems(moderate=False), **SMC_OPTIONS)
 def test_run_smc_returns_honest_results_at_any_magnitude(

@@ -29,6 +29,7 @@ __all__ = [
     "get_resampler",
     "ess",
     "normalize",
+    "normalize_with_log_norm",
 ]
 
 Resampler = Callable[..., Tensor]
@@ -39,7 +40,23 @@ def normalize(log_weights: Tensor) -> Tensor:
 
     Shapes: log_weights [*, K] -> [*, K].
     """
-    return log_weights - torch.logsumexp(log_weights, dim=-1, keepdim=True)
+    return normalize_with_log_norm(log_weights)[0]
+
+
+def normalize_with_log_norm(log_weights: Tensor) -> tuple[Tensor, Tensor]:
+    """Normalized log-weights and the log of their sum (float64).
+
+    The row maximum is subtracted first, so that normalizing large log-weights (say -1e6 in
+    float32) does not round away log K. Rows without a finite entry return -inf for the sum.
+
+    Shapes: log_weights [*, K] -> ([*, K], [*]).
+    """
+    top = log_weights.amax(-1, keepdim=True)
+    top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
+    shifted = log_weights - top
+    lse = torch.logsumexp(shifted, dim=-1, keepdim=True)
+    log_norm = top.to(torch.float64) + lse.to(torch.float64)
+    return shifted - lse, log_norm[..., 0]
 
 
 def ess(log_weights: Tensor) -> Tensor:

@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from smcwake.model import Model
 from smcwake.smc.kernels import Kernel, Target, get_kernel, weighted_cholesky
-from smcwake.smc.resampling import Resampler, ess, get_resampler
+from smcwake.smc.resampling import Resampler, ess, get_resampler, normalize_with_log_norm
 from smcwake.smc.tempering import next_temperature, tempered
 
 __all__ = ["SMCState", "SMCResult", "distinct_fraction", "run_smc", "smc_stage"]
@@ -179,10 +179,10 @@ def smc_stage(
     )
     increment = tempered(state.loglik, tau_next - state.tau)
     unnormalized = state.log_weights + increment
-    log_norm = torch.logsumexp(unnormalized, -1)  # log sum_k W_k g_k
+    normalized, log_norm = normalize_with_log_norm(unnormalized)  # log sum_k W_k g_k
     zero = log_norm == -math.inf
     # a row with zero likelihood everywhere keeps finite weights (it is reported and stopped)
-    log_weights = torch.where(zero[:, None], state.log_weights, unnormalized - log_norm[:, None])
+    log_weights = torch.where(zero[:, None], state.log_weights, normalized)
     state = state._replace(
         log_weights=log_weights,
         tau=torch.where(zero, state.tau, tau_next),
@@ -211,9 +211,23 @@ def smc_stage(
 
 
 def _check_options(
-    num_particles: int, ess_target: float, resample_threshold: float, max_stages: int
+    num_particles: int,
+    ess_target: float,
+    resample_threshold: float,
+    max_stages: int,
+    min_increment: float,
 ) -> None:
-    if not isinstance(num_particles, int) or num_particles < 2:
+    def is_int(value: object) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool)
+
+    for name, value in (
+        ("ess_target", ess_target),
+        ("resample_threshold", resample_threshold),
+        ("min_increment", min_increment),
+    ):
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise TypeError(f"{name}: expected a number, received {value!r}")
+    if not is_int(num_particles) or num_particles < 2:
         raise ValueError(f"num_particles: expected an integer >= 2, received {num_particles!r}")
     if not 0.0 < ess_target < 1.0:
         raise ValueError(f"ess_target: expected a fraction in (0, 1), received {ess_target!r}")
@@ -221,8 +235,10 @@ def _check_options(
         raise ValueError(
             f"resample_threshold: expected a fraction in [0, 1], received {resample_threshold!r}"
         )
-    if max_stages < 1:
-        raise ValueError(f"max_stages: expected >= 1, received {max_stages!r}")
+    if not is_int(max_stages) or max_stages < 1:
+        raise ValueError(f"max_stages: expected an integer >= 1, received {max_stages!r}")
+    if not 0.0 < min_increment < 1.0:
+        raise ValueError(f"min_increment: expected a number in (0, 1), received {min_increment!r}")
 
 
 def run_smc(
@@ -278,7 +294,7 @@ def run_smc(
     >>> bool(result.converged.all()), round(float(result.log_evidence[0]), 0)
     (True, -4.0)
     """
-    _check_options(num_particles, ess_target, resample_threshold, max_stages)
+    _check_options(num_particles, ess_target, resample_threshold, max_stages, min_increment)
     model.check_x(x)
     device = torch.device(device) if device is not None else x.device
     kernel = get_kernel(kernel, num_mcmc_steps)
