@@ -3,28 +3,41 @@
 A kernel is built by a function and is itself a function::
 
     move = random_walk_metropolis(num_steps=5)
-    state, info = move(state, target, generator)
+    state, info = move(state, target, generator, chol)
 
 ``state`` is an :class:`~smcwake.smc.sampler.SMCState` whose ``tau`` is the temperature to target
 and whose ``scale`` [B] is the kernel's step scale for each observation (held fixed during one
 call, so each call is an exact Metropolis-Hastings kernel; the sampler adapts it between stages
 from the returned acceptance rate). Log-densities of the current particles are cached in the state
 and never recomputed. Proposals are never clamped to the prior support: outside it the log prior
-is ``-inf`` and the move is rejected.
+is ``-inf`` and the move is rejected. The contract and the shared building blocks live in
+:mod:`smcwake.smc.mh`.
 
 All kernels precondition with the Cholesky factor of the weighted particle covariance, which the
-sampler computes once per stage (``weighted_cholesky``).
+sampler computes once per stage (``weighted_cholesky``). This module holds the gradient-free
+random walk and the gradient-based MALA and HMC, and the registry of kernels by name
+(:func:`get_kernel`); kernels for multimodal posteriors are in :mod:`smcwake.smc.multimodal`,
+combinators in :mod:`smcwake.smc.composite`.
 """
 
 from __future__ import annotations
 
 import math
-from typing import NamedTuple, Protocol
 
 import torch
 from torch import Tensor
 
-from smcwake.model import Model
+from smcwake.smc.composite import adaptive_steps, compose
+from smcwake.smc.mh import (
+    Kernel,
+    MoveInfo,
+    Target,
+    accept,
+    standard_normal,
+    weighted_cholesky,
+    whitened_sq_norm,
+)
+from smcwake.smc.multimodal import encoder_independence, local_random_walk, mixture_independence
 from smcwake.smc.tempering import tempered
 
 __all__ = [
@@ -35,94 +48,16 @@ __all__ = [
     "random_walk_metropolis",
     "mala",
     "hmc",
+    "mixture_independence",
+    "encoder_independence",
+    "local_random_walk",
+    "compose",
+    "adaptive_steps",
+    "mixture_then_rwmh",
+    "mixture_then_local",
+    "KERNEL_NAMES",
     "get_kernel",
 ]
-
-
-class Target(NamedTuple):
-    """The likelihood of B observations, with their dataset indices for error messages."""
-
-    model: Model
-    x: Tensor  # [B, p]
-    rows: Tensor | None = None  # [B]
-
-    def evaluate(self, z: Tensor) -> tuple[Tensor, Tensor]:
-        """Log prior and log-likelihood. Shapes: z [B, K, d] -> ([B, K], [B, K])."""
-        return self.model.log_prior(z), self.model.log_likelihood(z, self.x, self.rows)
-
-    def evaluate_with_grad(self, z: Tensor, tau: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Log prior, log-likelihood and the gradient of the tempered log target.
-
-        Gradients at points of zero target density are set to 0 (such points are never kept).
-
-        Shapes: z [B, K, d], tau [B] -> ([B, K], [B, K], [B, K, d]).
-        """
-        with torch.enable_grad():
-            zg = z.detach().requires_grad_(True)
-            lp, ll = self.evaluate(zg)
-            log_target = lp + tempered(ll, tau)
-            finite = torch.isfinite(log_target)
-            (grad,) = torch.autograd.grad(torch.where(finite, log_target, 0.0).sum(), zg)
-        grad = torch.where(torch.isfinite(grad) & finite[..., None], grad, 0.0)
-        return lp.detach(), ll.detach(), grad
-
-
-class MoveInfo(NamedTuple):
-    """What one kernel call did, per observation."""
-
-    acceptance_rate: Tensor  # [B] mean over steps and particles
-    evals_per_particle: int  # likelihood evaluations per particle in this call
-    sq_jump: Tensor  # [B] mean squared jump distance in whitened units, per step
-    extra: dict[str, Tensor] | None = None  # [B] each, e.g. acceptance of each sub-kernel
-
-
-class Kernel(Protocol):
-    """``move(state, target, generator, chol) -> (state, MoveInfo)``."""
-
-    target_acceptance: float
-    initial_scale: float
-
-    def __call__(self, state, target: Target, generator: torch.Generator | None, chol: Tensor): ...
-
-
-def weighted_cholesky(z: Tensor, log_weights: Tensor, jitter: float = 1e-6) -> Tensor:
-    """Cholesky factor of the weighted covariance of a particle cloud, regularized.
-
-    A relative ridge (``jitter`` times the mean variance) keeps it positive definite; rows whose
-    factorization still fails fall back to the diagonal.
-
-    Shapes: z [B, K, d], log_weights [B, K] -> [B, d, d].
-    """
-    w = torch.softmax(log_weights, dim=-1)[..., None]  # [B, K, 1]
-    mean = (w * z).sum(1, keepdim=True)
-    centred = z - mean
-    cov = (w * centred).mT @ centred  # [B, d, d]
-    d = z.shape[-1]
-    eye = torch.eye(d, dtype=z.dtype, device=z.device)
-    var = torch.diagonal(cov, dim1=-2, dim2=-1)
-    ridge = jitter * var.mean(-1).clamp_min(torch.finfo(z.dtype).tiny)[:, None, None]
-    tiny = torch.finfo(z.dtype).eps * eye
-    cov = cov + ridge * eye + tiny
-    chol, info = torch.linalg.cholesky_ex(cov)
-    diag = torch.diag_embed(torch.sqrt(torch.diagonal(cov, dim1=-2, dim2=-1)))
-    return torch.where((info == 0)[:, None, None], chol, diag)
-
-
-def _randn(like: Tensor, generator: torch.Generator | None) -> Tensor:
-    return torch.randn(like.shape, generator=generator, dtype=like.dtype, device=like.device)
-
-
-def _accept(log_ratio: Tensor, generator: torch.Generator | None) -> Tensor:
-    u = torch.rand(
-        log_ratio.shape, generator=generator, dtype=log_ratio.dtype, device=log_ratio.device
-    )
-    return torch.log(u) < torch.nan_to_num(log_ratio, nan=-math.inf)
-
-
-def _whitened_sq(step: Tensor, chol: Tensor) -> Tensor:
-    """Squared length of ``step`` [B, K, d] in the metric of the cloud covariance -> [B, K]."""
-    white = torch.linalg.solve_triangular(chol, step.mT, upper=False).mT
-    return white.square().sum(-1)
 
 
 def random_walk_metropolis(num_steps: int = 5, target_acceptance: float = 0.234) -> Kernel:
@@ -141,26 +76,28 @@ def random_walk_metropolis(num_steps: int = 5, target_acceptance: float = 0.234)
         accepted = torch.zeros_like(state.log_prior)
         jump = torch.zeros_like(state.log_prior)
         for _ in range(num_steps):
-            step = _randn(state.z, generator) @ step_chol.mT
+            step = standard_normal(state.z, generator) @ step_chol.mT
             z_new = state.z + step
             lp, ll = target.evaluate(z_new)
             log_ratio = (
                 lp + tempered(ll, state.tau) - state.log_prior - tempered(state.loglik, state.tau)
             )
-            acc = _accept(log_ratio, generator)
+            acc = accept(log_ratio, generator)
             state = state._replace(
                 z=torch.where(acc[..., None], z_new, state.z),
                 log_prior=torch.where(acc, lp, state.log_prior),
                 loglik=torch.where(acc, ll, state.loglik),
             )
             accepted += acc
-            jump += torch.where(acc, _whitened_sq(step, chol), 0.0)
+            jump += torch.where(acc, whitened_sq_norm(step, chol), 0.0)
         info = MoveInfo((accepted / num_steps).mean(-1), num_steps, (jump / num_steps).mean(-1))
         return state, info
 
     move.target_acceptance = target_acceptance
     move.initial_scale = 2.38
     move.num_steps = num_steps
+    move.name = "rwmh"
+    move.uses_scale = True
     return move
 
 
@@ -182,14 +119,14 @@ def mala(num_steps: int = 5, target_acceptance: float = 0.574) -> Kernel:
             return z + 0.5 * h * (grad @ sigma.mT)
 
         def log_q(to, frm_drift):  # log N(to; drift, h Sigma) up to a constant shared by both
-            return -0.5 * _whitened_sq(to - frm_drift, chol) / h[..., 0]
+            return -0.5 * whitened_sq_norm(to - frm_drift, chol) / h[..., 0]
 
         _, _, grad = target.evaluate_with_grad(state.z, state.tau)
         accepted = torch.zeros_like(state.log_prior)
         jump = torch.zeros_like(state.log_prior)
         for _ in range(num_steps):
             mean_fwd = drift(state.z, grad)
-            z_new = mean_fwd + torch.sqrt(h) * (_randn(state.z, generator) @ chol.mT)
+            z_new = mean_fwd + torch.sqrt(h) * (standard_normal(state.z, generator) @ chol.mT)
             lp, ll, grad_new = target.evaluate_with_grad(z_new, state.tau)
             log_ratio = (
                 lp
@@ -199,8 +136,8 @@ def mala(num_steps: int = 5, target_acceptance: float = 0.574) -> Kernel:
                 + log_q(state.z, drift(z_new, grad_new))
                 - log_q(z_new, mean_fwd)
             )
-            acc = _accept(log_ratio, generator)
-            jump += torch.where(acc, _whitened_sq(z_new - state.z, chol), 0.0)
+            acc = accept(log_ratio, generator)
+            jump += torch.where(acc, whitened_sq_norm(z_new - state.z, chol), 0.0)
             state = state._replace(
                 z=torch.where(acc[..., None], z_new, state.z),
                 log_prior=torch.where(acc, lp, state.log_prior),
@@ -216,6 +153,8 @@ def mala(num_steps: int = 5, target_acceptance: float = 0.574) -> Kernel:
     move.target_acceptance = target_acceptance
     move.initial_scale = 1.0
     move.num_steps = num_steps
+    move.name = "mala"
+    move.uses_scale = True
     return move
 
 
@@ -238,7 +177,7 @@ def hmc(num_steps: int = 2, num_leapfrog: int = 5, target_acceptance: float = 0.
         accepted = torch.zeros_like(state.log_prior)
         jump = torch.zeros_like(state.log_prior)
         for _ in range(num_steps):
-            p0 = _randn(state.z, generator)
+            p0 = standard_normal(state.z, generator)
             z_new, g_new = state.z, grad
             p = p0 + 0.5 * eps * (g_new @ chol)  # L^T grad, row-vector form
             for i in range(num_leapfrog):
@@ -253,8 +192,8 @@ def hmc(num_steps: int = 2, num_leapfrog: int = 5, target_acceptance: float = 0.
                 - tempered(state.loglik, state.tau)
                 - 0.5 * (p.square().sum(-1) - p0.square().sum(-1))
             )
-            acc = _accept(log_ratio, generator)
-            jump += torch.where(acc, _whitened_sq(z_new - state.z, chol), 0.0)
+            acc = accept(log_ratio, generator)
+            jump += torch.where(acc, whitened_sq_norm(z_new - state.z, chol), 0.0)
             state = state._replace(
                 z=torch.where(acc[..., None], z_new, state.z),
                 log_prior=torch.where(acc, lp, state.log_prior),
@@ -272,14 +211,68 @@ def hmc(num_steps: int = 2, num_leapfrog: int = 5, target_acceptance: float = 0.
     move.target_acceptance = target_acceptance
     move.initial_scale = 0.5
     move.num_steps = num_steps
+    move.name = "hmc"
+    move.uses_scale = True
     return move
 
 
-_KERNELS = {"rwmh": random_walk_metropolis, "mala": mala, "hmc": hmc}
+def mixture_then_rwmh(num_steps: int = 5, mixture_share: float = 0.3) -> Kernel:
+    """``compose(mixture_independence(m), random_walk_metropolis(num_steps - m))``.
+
+    m = round(mixture_share * num_steps) (at least 1, at most num_steps - 1) independence steps
+    from the crosswise-fitted cloud mixture, which carry particles between modes, then random-walk
+    steps with the cloud covariance, which are cheap and mix locally. The recommended kernel
+    (registered as "mixture+rwmh"): with the default 5 steps (2 + 3) it costs as many likelihood
+    evaluations as the plain random walk's default and keeps every mode's mass (see
+    ``docs/KERNELS.md``).
+
+    >>> move = mixture_then_rwmh()
+    >>> move.name, move.num_steps
+    ('mixture+rwmh', 5)
+    """
+    m = _split(num_steps, mixture_share)
+    return compose(mixture_independence(m), random_walk_metropolis(num_steps - m))
+
+
+def mixture_then_local(num_steps: int = 5, mixture_share: float = 0.3) -> Kernel:
+    """``compose(mixture_independence(m), local_random_walk(num_steps - m))``.
+
+    m as in :func:`mixture_then_rwmh`; the local steps use the covariance of each particle's
+    mixture component. Fewer likelihood evaluations wasted within modes than with the cloud
+    covariance, at a higher cost per step in arithmetic.
+    """
+    m = _split(num_steps, mixture_share)
+    return compose(mixture_independence(m), local_random_walk(num_steps - m))
+
+
+def _split(num_steps: int, share: float) -> int:
+    if num_steps < 2:
+        raise ValueError(f"num_steps: expected >= 2 for a composite kernel, received {num_steps}")
+    if not 0.0 < share < 1.0:
+        raise ValueError(f"mixture_share: expected a fraction in (0, 1), received {share!r}")
+    return min(num_steps - 1, max(1, round(share * num_steps)))
+
+
+_KERNELS = {
+    "rwmh": random_walk_metropolis,
+    "mala": mala,
+    "hmc": hmc,
+    "mixture": mixture_independence,
+    "local_rwmh": local_random_walk,
+    "mixture+rwmh": mixture_then_rwmh,
+    "mixture+local_rwmh": mixture_then_local,
+}
+KERNEL_NAMES = tuple(_KERNELS)
 
 
 def get_kernel(kernel: str | Kernel, num_mcmc_steps: int | None = None) -> Kernel:
-    """Build a kernel by name ("rwmh", "mala", "hmc") or pass a built kernel through."""
+    """Build a kernel by name or pass a built kernel through.
+
+    Names: "rwmh", "mala", "hmc", "mixture" (:func:`mixture_independence`), "local_rwmh"
+    (:func:`local_random_walk`), "mixture+rwmh" (:func:`mixture_then_rwmh`) and
+    "mixture+local_rwmh" (:func:`mixture_then_local`). ``num_mcmc_steps`` is the kernel's
+    number of steps per call (for a composite: its total).
+    """
     if callable(kernel):
         return kernel
     if kernel not in _KERNELS:
