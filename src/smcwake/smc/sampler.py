@@ -268,7 +268,9 @@ def run_smc(
         ess_target: the conditional ESS fraction each tempering step aims for.
         resample_threshold: resample an observation when ESS < resample_threshold * K.
         resampling: "systematic" (default), "stratified", "multinomial", "residual".
-        kernel: "rwmh" (default), "mala", "hmc" (differentiable likelihoods), or a built kernel
+        kernel: "rwmh" (default), "mala", "hmc" (differentiable likelihoods), "mixture+rwmh"
+            (recommended for multimodal posteriors: keeps every mode's mass, see
+            docs/KERNELS.md), "mixture", "local_rwmh", "mixture+local_rwmh", or a built kernel
             from :mod:`smcwake.smc.kernels`.
         num_mcmc_steps: MCMC steps per stage for a kernel given by name (kernel default if None).
         max_stages: cap on the number of stages; observations that hit it are flagged
