@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 import torch
 from torch import Tensor
-from torch.distributions import Distribution
+from torch.distributions import Distribution, constraints
 
 __all__ = ["Model", "LogLikelihood", "Simulator", "check_log_likelihood", "forked_rng"]
 
@@ -134,6 +134,10 @@ class Model:
         self._simulate = simulate
         self.name = name
         self.dim = int(prior.event_shape[0])
+        support = prior.support
+        while isinstance(support, constraints.independent):
+            support = support.base_constraint
+        self._unbounded = support is constraints.real
         self.x_dim: int | None = None
         self._interior: dict[tuple[torch.dtype, torch.device], Tensor] = {}
 
@@ -170,6 +174,8 @@ class Model:
 
         Shapes: z [*, d] -> [*].
         """
+        if self._unbounded:  # R^d support: nothing to mask
+            return self.prior.log_prob(z).to(z.dtype)
         inside = self.prior.support.check(z)
         if inside.dim() == z.dim():  # an element-wise constraint: reduce over the event
             inside = inside.all(-1)
