@@ -1,0 +1,92 @@
+"""Batching ratio: run_smc on B observations at once against B calls with one observation each.
+
+    python benchmarks/batching.py            # about 3 minutes; rewrites its section of
+                                             # docs/PERFORMANCE.md
+
+Tasks and sizes: two-moons with K = 1000 particles, linear-gaussian (d = 50, p = 100) with K = 100,
+B = 128 observations, the default random-walk kernel. The ratio is (time of one batched call) /
+(time of the B single-observation calls); the target is at most 1/20. ``--loop-calls`` times only
+that many single-observation calls and scales the time up to B (said so in the table).
+"""
+
+from __future__ import annotations
+
+import torch
+from _common import best_of, parser, setup, table, write_section
+
+from smcwake import run_smc
+from smcwake.tasks import get
+
+CASES = [("two-moons", {}, 1000), ("linear-gaussian", {}, 100)]
+
+
+def main() -> None:
+    p = parser(__doc__)
+    p.add_argument("--batch", type=int, default=128, help="B, observations per batched call")
+    p.add_argument("--loop-calls", type=int, default=None, help="time this many B=1 calls")
+    p.add_argument("--kernel", default="rwmh")
+    args = p.parse_args()
+    setup(args.threads)
+    B = args.batch
+    calls = min(args.loop_calls or B, B)
+    rows = []
+    for name, options, K in CASES:
+        task = get(name, **options)
+        _, x = task.observations(B, 0)
+        stages = {}
+
+        def batched(task=task, x=x, K=K, stages=stages):
+            g = torch.Generator().manual_seed(1)
+            result = run_smc(task.model, x, K, kernel=args.kernel, generator=g)
+            stages["batched"] = result.num_stages.float().mean().item()
+
+        def looped(task=task, x=x, K=K, stages=stages):
+            g = torch.Generator().manual_seed(1)
+            total = 0
+            for b in range(calls):
+                result = run_smc(task.model, x[b : b + 1], K, kernel=args.kernel, generator=g)
+                total += int(result.num_stages[0])
+            stages["looped"] = total / calls
+
+        best = best_of({"batched": batched, "looped": looped}, args.repeats)
+        loop_time = best["looped"] * B / calls
+        rows.append(
+            [
+                name,
+                K,
+                B,
+                best["batched"],
+                loop_time,
+                f"1/{loop_time / best['batched']:.1f}",
+                best["batched"] / loop_time <= 1 / 20,
+                f"{stages['batched']:.1f} / {stages['looped']:.1f}",
+            ]
+        )
+    note = (
+        ""
+        if calls == B
+        else f"\n\nThe loop column times {calls} single-observation calls, scaled up to {B}."
+    )
+    body = table(
+        [
+            "task",
+            "K",
+            "B",
+            "batched (s)",
+            f"{B} x B=1 (s)",
+            "ratio",
+            "<= 1/20",
+            "mean stages batched / B=1",
+        ],
+        rows,
+    )
+    write_section(
+        "batching",
+        f"Kernel `{args.kernel}`, fastest of {args.repeats} alternated repeats.\n\n{body}{note}",
+        args.out,
+        write=not args.no_write,
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,158 @@
+"""Overhead ratio: run_smc's time over the time of only the likelihood evaluations it makes.
+
+    python benchmarks/overhead.py            # about 5 minutes; rewrites its section of
+                                             # docs/PERFORMANCE.md
+
+One run per (task, kernel) records every call of the model's likelihood: the shape of z, the
+observations and whether a gradient was taken (MALA and HMC differentiate the tempered log
+target). The calls are then replayed alone, in the same batch shapes, on prior draws: the user's
+likelihood function only (no validation, prior or kernel arithmetic), plus ``autograd.grad`` of
+its sum for the calls that took a gradient. The ratio is run_smc time / replay time; everything
+above 1 is the sampler's own cost. Target: at most 1.5 for the random walk.
+"""
+
+from __future__ import annotations
+
+import torch
+from _common import best_of, parser, setup, table, write_section
+from torch.distributions import Independent, Normal
+
+from smcwake import Model, run_smc
+from smcwake.tasks import get
+
+CASES = [("two-moons", 1000, 128), ("linear-gaussian", 100, 128), ("emulator", 300, 32)]
+KERNELS = ["rwmh", "mala", "hmc"]
+
+
+def emulator(B: int) -> tuple[Model, torch.Tensor]:
+    """A likelihood as costly as a small neural emulator, and B observations from it.
+
+    z ~ N(0, I_10), x | z ~ N(f(z), 0.5^2 I_100), f an MLP 10 -> 256 -> 256 -> 100 (tanh) with
+    fixed random weights: about 93,000 multiply-adds per point z, where two-moons needs a few.
+    """
+    g = torch.Generator().manual_seed(0)
+    sizes = [10, 256, 256, 100]
+    weights = [
+        torch.randn(a, b, generator=g) / a**0.5 for a, b in zip(sizes[:-1], sizes[1:], strict=True)
+    ]
+
+    def f(z):
+        h = torch.tanh(z @ weights[0])
+        h = torch.tanh(h @ weights[1])
+        return h @ weights[2]
+
+    def log_likelihood(z, x):
+        return Normal(f(z), 0.5).log_prob(x[:, None, :]).sum(-1)
+
+    prior = Independent(Normal(torch.zeros(10), torch.ones(10)), 1)
+    z = torch.randn(B, 10, generator=g)
+    x = f(z) + 0.5 * torch.randn(B, 100, generator=g)
+    return Model(prior, log_likelihood, name="emulator"), x
+
+
+def case(name: str, B: int) -> tuple[Model, torch.Tensor]:
+    """The model and B observations of a benchmark case."""
+    if name == "emulator":
+        return emulator(B)
+    task = get(name)
+    return task.model, task.observations(B, 0)[1]
+
+
+Call = tuple[torch.Size, torch.Tensor, bool]
+
+
+def record_calls(model: Model, x, K: int, kernel: str) -> list[Call]:
+    """The likelihood calls of one seeded run: (z shape, x, whether a gradient was taken)."""
+    raw = model._log_likelihood  # the user's function, without the library's validation
+    calls = []
+
+    def recording(z, x_batch):
+        calls.append((z.shape, x_batch.detach().clone(), z.requires_grad))
+        return raw(z, x_batch)
+
+    recorder = Model(model.prior, recording, name=model.name)
+    run_smc(recorder, x, K, kernel=kernel, generator=torch.Generator().manual_seed(1))
+    return calls
+
+
+def replayer(model: Model, calls):
+    """A function replaying ``calls`` on prior draws of the recorded shapes."""
+    raw = model._log_likelihood
+    g = torch.Generator().manual_seed(2)
+    draws = {}
+    for shape, _, _ in calls:
+        if shape not in draws:
+            draws[shape] = model.sample_prior(tuple(shape[:2]), generator=g)
+
+    def replay():
+        for shape, x_batch, grad in calls:
+            z = draws[shape]
+            if grad:
+                zg = z.detach().requires_grad_(True)
+                (g_,) = torch.autograd.grad(raw(zg, x_batch).sum(), zg)
+            else:
+                raw(z, x_batch)
+
+    return replay
+
+
+def main() -> None:
+    p = parser(__doc__)
+    p.add_argument("--kernels", nargs="+", default=KERNELS)
+    args = p.parse_args()
+    setup(args.threads)
+    rows = []
+    for name, K, B in CASES:
+        model, x = case(name, B)
+        for kernel in args.kernels:
+            calls = record_calls(model, x, K, kernel)
+
+            def full(model=model, x=x, K=K, kernel=kernel):
+                g = torch.Generator().manual_seed(1)
+                run_smc(model, x, K, kernel=kernel, generator=g)
+
+            variants = {"run_smc": full, "likelihood": replayer(model, calls)}
+            best = best_of(variants, args.repeats)
+            ratio = best["run_smc"] / best["likelihood"]
+            points = sum(shape[0] * shape[1] for shape, _, _ in calls)
+            rows.append(
+                [
+                    name,
+                    kernel,
+                    K,
+                    B,
+                    len(calls),
+                    f"{points:,}",
+                    best["run_smc"],
+                    best["likelihood"],
+                    ratio,
+                    "yes" if ratio <= 1.5 else "no",
+                ]
+            )
+    body = table(
+        [
+            "task",
+            "kernel",
+            "K",
+            "B",
+            "likelihood calls",
+            "points z",
+            "run_smc (s)",
+            "likelihood only (s)",
+            "ratio",
+            "<= 1.5",
+        ],
+        rows,
+    )
+    write_section(
+        "overhead",
+        f"Fastest of {args.repeats} alternated repeats. For MALA and HMC the replay includes "
+        "the likelihood's gradient. `emulator` is a synthetic likelihood as costly as a small "
+        "neural network (see `emulator` in the script).\n\n" + body,
+        args.out,
+        write=not args.no_write,
+    )
+
+
+if __name__ == "__main__":
+    main()
