@@ -34,6 +34,7 @@ from smcwake.smc.mh import (
     Target,
     accept,
     standard_normal,
+    update_where,
     weighted_cholesky,
     whitened_sq_norm,
 )
@@ -84,11 +85,7 @@ def random_walk_metropolis(num_steps: int = 5, target_acceptance: float = 0.234)
                 lp + tempered(ll, state.tau) - state.log_prior - tempered(state.loglik, state.tau)
             )
             acc = accept(log_ratio, generator)
-            state = state._replace(
-                z=torch.where(acc[..., None], z_new, state.z),
-                log_prior=torch.where(acc, lp, state.log_prior),
-                loglik=torch.where(acc, ll, state.loglik),
-            )
+            state = update_where(state, acc, z_new, lp, ll)
             accepted += acc
             # the step is step_scale * L @ noise, so its whitened length needs no solve
             jump += torch.where(acc, noise.square().sum(-1), 0.0)
@@ -141,11 +138,7 @@ def mala(num_steps: int = 5, target_acceptance: float = 0.574) -> Kernel:
             )
             acc = accept(log_ratio, generator)
             jump += torch.where(acc, whitened_sq_norm(z_new - state.z, chol), 0.0)
-            state = state._replace(
-                z=torch.where(acc[..., None], z_new, state.z),
-                log_prior=torch.where(acc, lp, state.log_prior),
-                loglik=torch.where(acc, ll, state.loglik),
-            )
+            state = update_where(state, acc, z_new, lp, ll)
             grad = torch.where(acc[..., None], grad_new, grad)
             accepted += acc
         info = MoveInfo(
@@ -197,11 +190,7 @@ def hmc(num_steps: int = 2, num_leapfrog: int = 5, target_acceptance: float = 0.
             )
             acc = accept(log_ratio, generator)
             jump += torch.where(acc, whitened_sq_norm(z_new - state.z, chol), 0.0)
-            state = state._replace(
-                z=torch.where(acc[..., None], z_new, state.z),
-                log_prior=torch.where(acc, lp, state.log_prior),
-                loglik=torch.where(acc, ll, state.loglik),
-            )
+            state = update_where(state, acc, z_new, lp, ll)
             grad = torch.where(acc[..., None], g_new, grad)
             accepted += acc
         info = MoveInfo(
