@@ -80,16 +80,20 @@ class _LogCESS:
         self.a = torch.where(finite, loglik - ref, -math.inf)  # -inf: contributes 0
         self.a0 = torch.where(finite, self.a, 0.0)  # for products with terms that are 0
         self.w = w
-        self.log_w_sum = torch.log(w.sum(-1))
+        w_sum = w.sum(-1)
+        self.log_w_sum = torch.log(w_sum)
+        self.alive_mass = (w * finite).sum(-1)
         #: weighted share of particles with a positive likelihood: lim CESS(delta) at delta -> 0+
-        self.alive = (w * finite).sum(-1) / w.sum(-1)
+        self.alive = self.alive_mass / w_sum
 
     def first_guess(self, log_target: float) -> Tensor:
-        """s solving -delta^2 Var_W(loglik) = log target (NaN where the variance is 0)."""
-        p = self.w * torch.isfinite(self.a)
-        p = p / p.sum(-1, keepdim=True)
-        mean = (p * self.a0).sum(-1, keepdim=True)
-        var = (p * (self.a0 - mean).square()).sum(-1)
+        """s solving -delta^2 Var_W(loglik) = log target, over particles of positive likelihood.
+
+        NaN or infinite where the variance is 0 or rounds below it (the caller bisects instead).
+        """
+        wa = self.w * self.a0  # a0 is 0 where the likelihood is 0
+        mean = wa.sum(-1) / self.alive_mass
+        var = (wa * self.a0).sum(-1) / self.alive_mass - mean.square()
         return 0.5 * (math.log(-log_target) - torch.log(var))
 
     def __call__(self, s: Tensor) -> tuple[Tensor, Tensor]:
