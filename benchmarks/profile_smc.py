@@ -72,7 +72,7 @@ def main() -> None:
             t = cumulative(stats, names)
             if t == 0 and depth:
                 continue
-            rows.append([" " * 0 + "&nbsp;" * 4 * depth + label, t, f"{100 * t / whole:.0f}%"])
+            rows.append(["&nbsp;" * 4 * depth + label, t, f"{100 * t / whole:.0f}%"])
         sections.append(
             f"**{name}**, B = {args.batch}, K = {K}, kernel `{args.kernel}`:\n\n"
             + table(["part", "seconds", "share"], rows)

@@ -25,7 +25,7 @@ SCRIPTS = {
     "memory": [],
     "scaling": [],
     "torch_compile": [],
-    "end_to_end": [],
+    "end_to_end": ["--rounds", "2"],
 }
 
 

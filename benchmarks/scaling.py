@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import matplotlib
+import matplotlib.ticker
 import torch
 
 matplotlib.use("Agg")
@@ -127,18 +128,24 @@ def main() -> None:
                 "",
             ]
         )
-    fig, axes = plt.subplots(1, len(results), figsize=(4 * len(results), 3.4), squeeze=False)
-    for ax, (var, pts) in zip(axes[0], results.items(), strict=True):
+    columns = 2 if len(results) > 1 else 1
+    nrows = math.ceil(len(results) / columns)
+    fig, axes = plt.subplots(nrows, columns, figsize=(5 * columns, 3.4 * nrows), squeeze=False)
+    for ax, (var, pts) in zip(axes.flat, results.items(), strict=False):
         sizes = [v for v, *_ in pts]
         ax.loglog(sizes, [r for _, r, _, _ in pts], "o-", label="refresh (s)")
         ax.loglog(sizes, [s for _, _, s, _ in pts], "s-", label="step (s)")
+        ax.set_xticks(sizes, [str(v) for v in sizes])
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_xlabel(var)
         ax.set_title(
             f"{var}: slopes {slope(sizes, [r for _, r, _, _ in pts]):.2f} (refresh), "
             f"{slope(sizes, [s for _, _, s, _ in pts]):.2f} (step)",
             fontsize=9,
         )
-        ax.grid(True, which="both", alpha=0.3)
+        ax.grid(True, which="major", alpha=0.3)
+    for ax in list(axes.flat)[len(results) :]:
+        ax.set_visible(False)
     axes[0][0].legend(fontsize=8)
     base = ", ".join(f"{k} = {v}" for k, v in BASE.items())
     fig.suptitle(f"linear-gaussian, SMC-Wake (a); base point {base}", fontsize=10)

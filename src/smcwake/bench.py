@@ -256,12 +256,27 @@ def _log_joint(task: Task, z: Tensor, x: Tensor) -> Tensor:
     return torch.where(inside, log_prior + loglik, -math.inf)
 
 
+def _gaussian_of(encoder, x: Tensor) -> tuple[Tensor, Tensor]:
+    """A Gaussian encoder's mean and covariance in float64.
+
+    The covariance is formed from the Cholesky factor in float64: in float32, L L^T of a
+    nearly collapsed q can lose positive definiteness.
+
+    Shapes: x [B, p] -> (mean [B, d], cov [B, d, d]).
+    """
+    dist = encoder(x) if callable(encoder) else None
+    if isinstance(dist, MultivariateNormal):
+        tril = dist.scale_tril.double()
+        return dist.loc.double(), tril @ tril.mT
+    mean, cov = encoder.gaussian_params(x)
+    return mean.double(), cov.double()
+
+
 def _gaussian_metrics(task: Task, encoder, x: Tensor, q_samples: Tensor, log_q: Tensor, seed):
     """Forward KL, reverse KL and mean L1 against the exact Gaussian posterior, per obs [B]."""
     post = _exact_log_posterior(task, x)
     if hasattr(encoder, "gaussian_params"):
-        q_mean, q_cov = encoder.gaussian_params(x)
-        q_mean, q_cov = q_mean.double(), q_cov.double()
+        q_mean, q_cov = _gaussian_of(encoder, x)
         return {
             "forward_kl": diagnostics.forward_kl_gaussian(
                 post.mean, post.covariance_matrix, q_mean, q_cov
@@ -356,10 +371,15 @@ def evaluate(
         q_samples = encoder.sample(x, options.num_samples, generator=g)  # [B, S, d]
         log_q = encoder.log_prob(q_samples, x)  # [B, S]
         if task.posterior_moments is not None:
-            for key, value in _gaussian_metrics(task, encoder, x, q_samples, log_q, seed).items():
+            try:
+                gaussian = _gaussian_metrics(task, encoder, x, q_samples, log_q, seed)
+            except ValueError as err:  # a collapsed q: covariance numerically singular
+                gaussian = {}
+                arrays.setdefault("metric_errors", []).append(f"KL: {err}")
+            for key, value in gaussian.items():
                 metrics[key] = _mean(value)
         known = bool(torch.isfinite(z_true).all())
-        if known:  # coverage and SBC need >= 10 (z_true, x) pairs to mean anything
+        if known:  # coverage and SBC need many (z_true, x) pairs to mean anything
             lqt = diagnostics.log_q_true(encoder, z_true, x)
             metrics["log_q_true"] = _mean(lqt)
             if B >= 10:
@@ -367,6 +387,7 @@ def evaluate(
                 grid, cov = diagnostics.expected_coverage(levels.double())
                 metrics["coverage_error"] = float((cov - grid).abs().mean())
                 arrays["coverage"] = {"level": grid.tolist(), "coverage": cov.tolist()}
+            if B >= 20:  # fewer ranks leave the uniformity test without power
                 thinned = q_samples[:, : options.sbc_samples]
                 ranks = diagnostics.sbc_ranks(thinned, z_true)
                 p_values = diagnostics.sbc_uniformity(ranks, thinned.shape[1])
@@ -403,13 +424,17 @@ def evaluate(
             for i in range(n):
                 ref = reference.samples[i]
                 q = q_samples[i, : options.c2st_samples]
+                if not bool(torch.isfinite(q).all()):
+                    arrays.setdefault("metric_errors", []).append("C2ST: q draws non-finite")
+                    break
                 with threadpool_limits(1):  # small MLPs: threads only contend for cores
                     c2st.append(diagnostics.c2st(ref, q, seed=seed))
                 m = options.mmd_samples
                 mmd.append(float(diagnostics.mmd(ref[:m], q[:m])))
-            metrics["c2st"] = sum(c2st) / n
-            metrics["mmd"] = sum(mmd) / n
-            arrays["c2st_per_observation"] = c2st
+            if len(c2st) == n:
+                metrics["c2st"] = sum(c2st) / n
+                metrics["mmd"] = sum(mmd) / n
+                arrays["c2st_per_observation"] = c2st
     return metrics, arrays
 
 
@@ -422,10 +447,11 @@ def _curve_metric(task: Task, reference: _Reference, x: Tensor, options: EvalOpt
 
         def forward_kl(encoder) -> float:
             if hasattr(encoder, "gaussian_params"):
-                m, c = encoder.gaussian_params(x[:n])
-                kl = diagnostics.forward_kl_gaussian(
-                    post.mean, post.covariance_matrix, m.double(), c.double()
-                )
+                m, c = _gaussian_of(encoder, x[:n])
+                try:
+                    kl = diagnostics.forward_kl_gaussian(post.mean, post.covariance_matrix, m, c)
+                except ValueError:  # q's covariance is numerically singular
+                    return math.inf
                 return _mean(kl)
             log_p = post.log_prob(ref.double().movedim(1, 0)).movedim(0, 1)
             return _mean((log_p - encoder.log_prob(ref, x[:n]).double()).mean(-1))
@@ -612,7 +638,7 @@ def _base_settings(
         "encoder": encoder or defaults.get("encoder", "flow"),
         "num_particles": defaults.get("num_particles", 1000),
         "smc": RECOMMENDED_SMC.get(task.name, SMCOptions()),
-        "log_every": max(1, steps // 100),
+        "log_every": 1,  # a history row every step: exact counts when a budget stops a run
         "checkpoint_every": max(1, steps // 10),
         "progress": progress,
         **_TASK_DEFAULTS.get(task.name, {}),

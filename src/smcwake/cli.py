@@ -85,14 +85,17 @@ def _train_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _eval_options(args: argparse.Namespace):
+    """EvalOptions from the options given, or None (the runner's own defaults)."""
     from smcwake.bench import EvalOptions
 
     fields = {}
     if getattr(args, "c2st_observations", None) is not None:
         fields["c2st_observations"] = args.c2st_observations
+    if getattr(args, "c2st_samples", None) is not None:
+        fields["c2st_samples"] = args.c2st_samples
     if getattr(args, "num_samples", None) is not None:
         fields["num_samples"] = args.num_samples
-    return EvalOptions(**fields)
+    return EvalOptions(**fields) if fields else None
 
 
 def _add_training_options(p: argparse.ArgumentParser) -> None:
@@ -114,6 +117,7 @@ def _add_training_options(p: argparse.ArgumentParser) -> None:
         help="another TrainConfig field (JSON value): runs_per_step=1, smc.ess_target=0.7",
     )
     g.add_argument("--c2st-observations", type=int, help="observations scored by C2ST and MMD")
+    g.add_argument("--c2st-samples", type=int, help="samples per side for C2ST (default 1000)")
     g.add_argument("--num-samples", type=int, help="q samples per observation for the metrics")
     g.add_argument("--resume", action="store_true", help="continue from the checkpoints in --out")
     g.add_argument("--no-progress", action="store_true", help="no progress bars")

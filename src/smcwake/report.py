@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -58,20 +59,25 @@ _SUMMARY_ORDER = tuple(METRIC_INFO)
 
 
 # ------------------------------------------------------------------------------- numbers
-def _fmt(value: float | None, digits: int = 3) -> str:
-    """``digits`` significant digits; counts of 1000 or more as integers with separators.
+def _fmt(value: float | None, digits: int = 3, *, count: bool = False) -> str:
+    """``digits`` significant digits; ``count`` values of 1000 or more as integers with
+    separators, other values of 100,000 or more in scientific notation.
 
-    >>> [_fmt(v) for v in (0.2, 2.0, 123.456, 32000.4, 1.23e-5, float("nan"))]
-    ['0.2', '2', '123', '32,000', '1.23e-05', 'n/a']
+    >>> [_fmt(v) for v in (0.2, 2.0, 123.456, 32000.4, 1.6e16, 1.23e-5, float("nan"))]
+    ['0.2', '2', '123', '32,000', '1.60e+16', '1.23e-05', 'n/a']
+    >>> _fmt(25_610_000, count=True)
+    '25,610,000'
     """
     if value is None or math.isnan(value):
         return "n/a"
     if math.isinf(value):
         return "inf" if value > 0 else "-inf"
+    if count and abs(value) >= 1000:
+        return f"{round(value):,}"
+    if abs(value) >= 1e5 or (value != 0 and abs(value) < 1e-3):
+        return f"{value:.{digits - 1}e}"
     if abs(value) >= 1000:
         return f"{round(value):,}"
-    if value != 0 and abs(value) < 1e-3:
-        return f"{value:.{digits - 1}e}"
     return f"{value:.{digits}g}"
 
 
@@ -86,13 +92,13 @@ def _stats(values: Sequence[float]) -> tuple[float, float, int]:
     return mean, math.sqrt(var), len(vals)
 
 
-def _cell(values: Sequence[float]) -> str:
+def _cell(values: Sequence[float], *, count: bool = False) -> str:
     mean, sd, n = _stats(values)
     if n == 0:
         return "n/a"
     if n == 1 or math.isnan(sd) or sd == 0:
-        return _fmt(mean)
-    return f"{_fmt(mean)} ± {_fmt(sd, 2)}"
+        return _fmt(mean, count=count)
+    return f"{_fmt(mean, count=count)} ± {_fmt(sd, 2, count=count)}"
 
 
 def _ok_runs(entry: dict[str, Any]) -> list[dict[str, Any]]:
@@ -165,9 +171,9 @@ def budget_table(results: dict[str, Any]) -> str:
             continue
         stopped = sorted({r.get("stopped_by", "steps") for r in runs})
         lines.append(
-            f"| {method} | {_cell([r['steps'] for r in runs])} "
-            f"| {_cell([r['likelihood_evals'] for r in runs])} "
-            f"| {_cell([r.get('simulations', 0) for r in runs])} "
+            f"| {method} | {_cell([r['steps'] for r in runs], count=True)} "
+            f"| {_cell([r['likelihood_evals'] for r in runs], count=True)} "
+            f"| {_cell([r.get('simulations', 0) for r in runs], count=True)} "
             f"| {_cell([r['wall_time'] for r in runs])} | {', '.join(stopped)} |"
         )
     return "\n".join(lines)
@@ -185,6 +191,18 @@ def _collapse_table(collapse: dict[str, Any]) -> str:
             f"| {row['posterior_score']:.2f} | {row['ess']:.1f} |"
         )
     return "\n".join(lines)
+
+
+def _diverged_note(message: str) -> str:
+    """A run stopped by non-finite gradients, in words (parsed from fit's message)."""
+    found = re.search(r"(\d+) consecutive non-finite losses at step (\d+)", message)
+    if found is None:
+        return f"diverged ({message}); scored at its last finite state"
+    bad, step = int(found.group(1)), int(found.group(2))
+    return (
+        f"stopped at step {step} after {bad} non-finite gradients in a row; scored at its last "
+        f"update (step {step - bad})"
+    )
 
 
 def render_markdown(results: dict[str, Any], figures: Sequence[str] = ()) -> str:
@@ -207,6 +225,10 @@ def render_markdown(results: dict[str, Any], figures: Sequence[str] = ()) -> str
         facts.append(f"{count} observation{'s' if count != 1 else ''}")
     if train.get("encoder"):
         facts.append(f"encoder `{train['encoder']}`")
+    per_method = ("num_particles", "max_runs", "refresh_every")  # vary by setting there
+    if results.get("kind") == "many-samplers":
+        train = {k: v for k, v in train.items() if k not in per_method}
+        facts.append("K, M and the refresh interval as in each row's label")
     for key, label in (
         ("num_particles", "K"),
         ("batch_size", "batch"),
@@ -251,15 +273,16 @@ def render_markdown(results: dict[str, Any], figures: Sequence[str] = ()) -> str
     out += ["## Budget", "", budget_table(results), ""]
     notes = [
         f"- {method}, seed {run['seed']}: "
-        + (
-            f"diverged at step {run['steps']} ({run['diverged']}); its metrics are those of its "
-            "last finite state"
-            if "diverged" in run
-            else f"failed ({run['failed']})"
-        )
+        + (_diverged_note(run["diverged"]) if "diverged" in run else f"failed ({run['failed']})")
         for method, entry in results["methods"].items()
         for run in entry.get("runs", [])
         if "diverged" in run or "failed" in run
+    ]
+    notes += [
+        f"- {method}, seed {run['seed']}: not scored: {error}"
+        for method, entry in results["methods"].items()
+        for run in entry.get("runs", [])
+        for error in run.get("metric_errors", [])
     ]
     if notes:
         out += ["Runs that did not finish normally:", "", *notes, ""]
@@ -344,7 +367,8 @@ def plot_curves(results: dict[str, Any], path: Path) -> Path | None:
         if positive:
             ax.set_yscale("log")
         ax.grid(alpha=0.3)
-    axes[1].set_xscale("symlog", linthresh=1e3)
+    axes[1].ticklabel_format(axis="x", style="sci", scilimits=(0, 0))
+    axes[1].set_xlim(left=0)
     axes[0].legend(fontsize=8)
     fig.suptitle(f"{results['task']}: {label} during training")
     fig.tight_layout()
@@ -431,21 +455,32 @@ def plot_collapse(results: dict[str, Any], path: Path) -> Path | None:
     rows = collapse["rows"]
     scales = [r["scale"] for r in rows]
     ax = axes[0]
-    ax.plot(scales, [r["estimate"] for r in rows], marker="o", label="wake's estimate (SNIS)")
-    ax.plot(scales, [r["exact"] for r in rows], marker="s", label="exact -E_p[log r]")
+    ax.plot(
+        scales,
+        [r["estimate"] for r in rows],
+        marker="o",
+        color="C0",
+        label="wake's estimate (self-normalized)",
+    )
     ax.axhline(
         rows[0]["posterior_score"],
         color="black",
         ls="--",
-        label=f"exact posterior: {rows[0]['posterior_score']:.2f}",
+        label=f"exact posterior's score: {rows[0]['posterior_score']:.2f}",
     )
     ax.set_xscale("log")
-    ax.set_yscale("symlog")
     ax.invert_xaxis()
     ax.set_xlabel("proposal sd s (r = N(0, s²))")
-    ax.set_ylabel("cross-entropy -E_p[log r]")
+    ax.set_ylabel("estimate of -E_p[log r]", color="C0")
     ax.set_title(f"a. wake rewards collapse (x = {collapse['observed']:g})")
-    ax.legend(fontsize=8)
+    right = ax.twinx()
+    right.plot(
+        scales, [r["exact"] for r in rows], marker="s", color="C1", label="exact -E_p[log r]"
+    )
+    right.set_yscale("log")
+    right.set_ylabel("exact -E_p[log r] (log scale)", color="C1")
+    handles = ax.get_legend_handles_labels()[0] + right.get_legend_handles_labels()[0]
+    ax.legend(handles=handles, fontsize=8, loc="lower left")
     ax.grid(alpha=0.3)
 
     post = collapse["posterior"]
@@ -464,10 +499,18 @@ def plot_collapse(results: dict[str, Any], path: Path) -> Path | None:
             math.exp(-0.5 * ((g - mean) / sd) ** 2) / (sd * math.sqrt(2 * math.pi)) for g in grid
         ]
 
-    ax.plot(grid, density(post["mean"], post["sd"]), color="black", lw=2.5, label="exact")
     for method in methods:
         q = _ok_runs(results["methods"][method])[0]["q_at_observed"]
         ax.plot(grid, density(q["mean"], max(q["sd"], 1e-3)), color=colors[method], label=method)
+    ax.plot(
+        grid,
+        density(post["mean"], post["sd"]),
+        color="black",
+        ls="--",
+        lw=2,
+        label="exact",
+        zorder=5,
+    )
     ax.set_xlabel("z")
     ax.set_title(f"b. q(z | x = {collapse['observed']:g}) after training")
     ax.legend(fontsize=7)
