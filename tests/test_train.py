@@ -8,7 +8,7 @@ from torch.distributions import Independent, Normal
 
 from smcwake import Model
 from smcwake.diagnostics import forward_kl_gaussian
-from smcwake.train import TrainConfig, fit
+from smcwake.train import SMCOptions, TrainConfig, fit
 
 PRIOR_SD, NOISE_SD, D = 2.0, 0.5, 2
 
@@ -32,12 +32,14 @@ def forward_kl(encoder, x):
     return forward_kl_gaussian(post_var * x / NOISE_SD**2, post_cov, mean.detach(), cov.detach())
 
 
-def test_short_fit_reaches_the_exact_posterior():
+@pytest.mark.parametrize("kernel", ["rwmh", "encoder+rwmh"])
+def test_short_fit_reaches_the_exact_posterior(kernel):
     model, x = conjugate()
     out = fit(
         model,
         x,
         encoder="gaussian",
+        smc=SMCOptions(kernel=kernel),
         steps=300,
         num_particles=200,
         batch_size=20,
@@ -111,6 +113,10 @@ def test_bad_settings_are_rejected():
         TrainConfig(method="bogus")
     with pytest.raises(ValueError, match="batch_size"):
         TrainConfig(batch_size=0)
+    with pytest.raises(ValueError, match="unknown name 'bogus'"):
+        SMCOptions(kernel="bogus")
+    with pytest.raises(ValueError, match="num_steps"):
+        SMCOptions(kernel="encoder+rwmh", num_mcmc_steps=1)
     model, x = conjugate()
     from smcwake.encoders import GaussianEncoder
 

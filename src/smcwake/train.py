@@ -37,7 +37,7 @@ from smcwake.bank import ParticleBank
 from smcwake.encoders import ENCODER_KINDS, Encoder, build_encoder
 from smcwake.model import Model, forked_rng
 from smcwake.objectives import SMC_WAKE_METHODS, Batch, Context, get_objective
-from smcwake.smc.kernels import get_kernel
+from smcwake.smc.kernels import check_kernel_name, get_kernel
 from smcwake.smc.resampling import get_resampler
 from smcwake.smc.sampler import run_smc
 
@@ -83,7 +83,7 @@ class SMCOptions:
                 f"smc.max_stages: expected an integer >= 1, received {self.max_stages!r}"
             )
         get_resampler(self.resampling)
-        get_kernel(self.kernel, self.num_mcmc_steps)
+        check_kernel_name(self.kernel, self.num_mcmc_steps)
 
 
 def _check_fraction(name: str, value: object, *, open_interval: bool) -> None:
@@ -294,7 +294,9 @@ class _Stop:
 
 
 # ---------------------------------------------------------------------------- SMC
-def _smc(model: Model, x: Tensor, rows: Tensor, config: TrainConfig, generator):
+def _smc(
+    model: Model, x: Tensor, rows: Tensor, config: TrainConfig, generator, encoder: Encoder
+):
     opts = config.smc
     return run_smc(
         model,
@@ -303,8 +305,7 @@ def _smc(model: Model, x: Tensor, rows: Tensor, config: TrainConfig, generator):
         ess_target=opts.ess_target,
         resample_threshold=opts.resample_threshold,
         resampling=opts.resampling,
-        kernel=opts.kernel,
-        num_mcmc_steps=opts.num_mcmc_steps,
+        kernel=get_kernel(opts.kernel, opts.num_mcmc_steps, encoder=encoder),
         max_stages=opts.max_stages,
         generator=generator,
         rows=rows,
@@ -342,6 +343,7 @@ def _take_step(loss: Tensor, module: torch.nn.Module, optimizer, clip: float | N
 
 def _run_and_store(
     model: Model,
+    encoder: Encoder,
     x: Tensor,
     idx: Tensor,
     bank: ParticleBank,
@@ -355,7 +357,7 @@ def _run_and_store(
     for start in range(0, idx.numel(), config.smc_batch_size):
         chunk = idx[start : start + config.smc_batch_size]
         with torch.no_grad():  # a learned likelihood must not record a graph here
-            result = _smc(model, x[chunk], chunk, config, generator)
+            result = _smc(model, x[chunk], chunk, config, generator, encoder)
         evals += int(result.num_likelihood_evals.sum())
         bank.excluded[chunk[result.zero_likelihood]] = True
         usable = result.converged | (config.use_unconverged & ~result.zero_likelihood)
@@ -559,7 +561,7 @@ def fit(
             chunk = torch.arange(
                 initial_next, min(n, initial_next + config.smc_batch_size), device=device
             )
-            e, r = _run_and_store(model, x, chunk, bank, config, generator, step)
+            e, r = _run_and_store(model, encoder, x, chunk, bank, config, generator, step)
             evals, smc_runs, initial_next = evals + e, smc_runs + r, int(chunk[-1]) + 1
             if initial_next == n or stop.signum is not None:
                 save()  # the initial SMC is the costliest part of a run: keep it
@@ -574,7 +576,7 @@ def fit(
                 ]
                 if decoder is not None and config.stale_after is not None:
                     bank.drop_older_than(step - config.stale_after)
-                e, r = _run_and_store(model, x, pick, bank, config, generator, step)
+                e, r = _run_and_store(model, encoder, x, pick, bank, config, generator, step)
                 evals, smc_runs = evals + e, smc_runs + r
                 eligible = ~bank.excluded & bank.has_runs
             pool = (

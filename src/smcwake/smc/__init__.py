@@ -1,10 +1,13 @@
 """Batched likelihood-tempered sequential Monte Carlo."""
 
 from smcwake.smc.kernels import (
+    ENCODER_KERNEL_NAMES,
     KERNEL_NAMES,
     adaptive_steps,
     compose,
     encoder_independence,
+    encoder_then_mala,
+    encoder_then_rwmh,
     get_kernel,
     hmc,
     local_random_walk,
@@ -28,6 +31,7 @@ from smcwake.smc.sampler import SMCResult, SMCState, run_smc, smc_stage
 from smcwake.smc.tempering import conditional_ess, next_temperature, tempered
 
 __all__ = [
+    "ENCODER_KERNEL_NAMES",
     "KERNEL_NAMES",
     "Kernel",
     "MoveInfo",
@@ -35,6 +39,8 @@ __all__ = [
     "adaptive_steps",
     "compose",
     "encoder_independence",
+    "encoder_then_mala",
+    "encoder_then_rwmh",
     "local_random_walk",
     "mixture_independence",
     "mixture_then_rwmh",

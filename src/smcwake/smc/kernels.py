@@ -38,7 +38,12 @@ from smcwake.smc.mh import (
     weighted_cholesky,
     whitened_sq_norm,
 )
-from smcwake.smc.multimodal import encoder_independence, local_random_walk, mixture_independence
+from smcwake.smc.multimodal import (
+    ProposalEncoder,
+    encoder_independence,
+    local_random_walk,
+    mixture_independence,
+)
 from smcwake.smc.tempering import tempered
 
 __all__ = [
@@ -56,7 +61,11 @@ __all__ = [
     "adaptive_steps",
     "mixture_then_rwmh",
     "mixture_then_local",
+    "encoder_then_rwmh",
+    "encoder_then_mala",
     "KERNEL_NAMES",
+    "ENCODER_KERNEL_NAMES",
+    "check_kernel_name",
     "get_kernel",
 ]
 
@@ -245,6 +254,31 @@ def _split(num_steps: int, share: float) -> int:
     return min(num_steps - 1, max(1, round(share * num_steps)))
 
 
+def encoder_then_rwmh(
+    encoder: ProposalEncoder, num_steps: int = 5, encoder_share: float = 0.3
+) -> Kernel:
+    """``compose(encoder_independence(encoder, m), random_walk_metropolis(num_steps - m))``.
+
+    m as in :func:`mixture_then_rwmh`. The independence steps propose from the defensive mixture
+    of the encoder q(z | x) and the cloud mixture (see :func:`encoder_independence`), so an
+    encoder that already covers the posterior moves particles between its modes in one step and
+    a poor one costs only wasted proposals. Registered as "encoder+rwmh"; :func:`smcwake.fit`
+    builds it with the encoder being trained.
+    """
+    m = _split(num_steps, encoder_share)
+    return compose(encoder_independence(encoder, m), random_walk_metropolis(num_steps - m))
+
+
+def encoder_then_mala(
+    encoder: ProposalEncoder, num_steps: int = 5, encoder_share: float = 0.3
+) -> Kernel:
+    """``compose(encoder_independence(encoder, m), mala(num_steps - m))``: as
+    :func:`encoder_then_rwmh` with gradient-based local steps (differentiable likelihoods in
+    higher dimensions). Registered as "encoder+mala"."""
+    m = _split(num_steps, encoder_share)
+    return compose(encoder_independence(encoder, m), mala(num_steps - m))
+
+
 _KERNELS = {
     "rwmh": random_walk_metropolis,
     "mala": mala,
@@ -255,18 +289,59 @@ _KERNELS = {
     "mixture+local_rwmh": mixture_then_local,
 }
 KERNEL_NAMES = tuple(_KERNELS)
+"""Kernels :func:`get_kernel` builds from a name alone."""
+
+_ENCODER_KERNELS = {"encoder+rwmh": encoder_then_rwmh, "encoder+mala": encoder_then_mala}
+ENCODER_KERNEL_NAMES = tuple(_ENCODER_KERNELS)
+"""Kernels that also need the encoder (``get_kernel(name, encoder=...)``; ``fit`` passes it)."""
 
 
-def get_kernel(kernel: str | Kernel, num_mcmc_steps: int | None = None) -> Kernel:
+def check_kernel_name(kernel: str | Kernel, num_mcmc_steps: int | None = None) -> None:
+    """Raise ``ValueError`` for an unknown kernel name or a step count it cannot use.
+
+    Encoder kernels are checked without an encoder, so settings can be validated before one
+    exists.
+    """
+    if callable(kernel):
+        return
+    if kernel in _ENCODER_KERNELS:
+        if num_mcmc_steps is not None:
+            _split(num_mcmc_steps, 0.3)
+        return
+    get_kernel(kernel, num_mcmc_steps)
+
+
+def get_kernel(
+    kernel: str | Kernel,
+    num_mcmc_steps: int | None = None,
+    *,
+    encoder: ProposalEncoder | None = None,
+) -> Kernel:
     """Build a kernel by name or pass a built kernel through.
 
     Names: "rwmh", "mala", "hmc", "mixture" (:func:`mixture_independence`), "local_rwmh"
-    (:func:`local_random_walk`), "mixture+rwmh" (:func:`mixture_then_rwmh`) and
-    "mixture+local_rwmh" (:func:`mixture_then_local`). ``num_mcmc_steps`` is the kernel's
-    number of steps per call (for a composite: its total).
+    (:func:`local_random_walk`), "mixture+rwmh" (:func:`mixture_then_rwmh`),
+    "mixture+local_rwmh" (:func:`mixture_then_local`), and, with ``encoder``, "encoder+rwmh"
+    (:func:`encoder_then_rwmh`) and "encoder+mala" (:func:`encoder_then_mala`).
+    ``num_mcmc_steps`` is the kernel's number of steps per call (for a composite: its total).
+
+    >>> get_kernel("mixture+rwmh").name
+    'mixture+rwmh'
+    >>> get_kernel("encoder+rwmh")
+    Traceback (most recent call last):
+    ...
+    ValueError: kernel 'encoder+rwmh' proposes from an encoder: pass encoder= (fit() does)
     """
     if callable(kernel):
         return kernel
+    if kernel in _ENCODER_KERNELS:
+        if encoder is None:
+            raise ValueError(
+                f"kernel {kernel!r} proposes from an encoder: pass encoder= (fit() does)"
+            )
+        build = _ENCODER_KERNELS[kernel]
+        return build(encoder) if num_mcmc_steps is None else build(encoder, num_mcmc_steps)
     if kernel not in _KERNELS:
-        raise ValueError(f"kernel: unknown name {kernel!r}; expected one of {sorted(_KERNELS)}")
+        known = sorted(_KERNELS) + sorted(_ENCODER_KERNELS)
+        raise ValueError(f"kernel: unknown name {kernel!r}; expected one of {known}")
     return _KERNELS[kernel]() if num_mcmc_steps is None else _KERNELS[kernel](num_mcmc_steps)
