@@ -118,3 +118,36 @@ def test_drop_older_than_removes_runs_and_recomputes_zbar():
     view = bank.view(torch.tensor([0, 1]))
     torch.testing.assert_close(view.weights.sum(-1), torch.tensor([1.0, 0.0]))
     assert (view.z[0][view.weights[0] > 0] == 1.0).all()
+
+
+@pytest.mark.parametrize("estimator", ESTIMATORS)
+def test_sampled_view_has_the_full_views_expectation(estimator):
+    # random runs with random weights and evidences: the draws' weighted mean of z must match
+    # the full view's weighted sum within 4 multinomial standard errors (systematic draws are
+    # never noisier), and only rows with runs may carry weight
+    g = torch.Generator().manual_seed(3)
+    n, K, d, S = 4, 40, 2, 4000
+    bank = ParticleBank(n, K, d, estimator=estimator, max_runs=3, num_resampled=20)
+    idx = torch.arange(3)  # observation 3 never gets a run
+    for _ in range(4):
+        z = torch.randn(3, K, d, generator=g) * 3
+        lw = torch.log_softmax(torch.randn(3, K, generator=g) * 2, -1)
+        log_z = torch.randn(3, generator=g, dtype=torch.float64)
+        bank.add(idx, z, lw, log_z, generator=g)
+    rows = torch.arange(n)
+    full = bank.view(rows)
+    total = full.weights.sum(-1)
+    exact = (full.weights[..., None] * full.z).sum(1)  # [n, d]
+    mean_z = exact / total.clamp_min(1e-30)[:, None]
+    var = (full.weights[..., None] * (full.z - mean_z[:, None]) ** 2).sum(1) / total.clamp_min(
+        1e-30
+    )[:, None]
+    sampled = bank.view(rows, num_samples=S, generator=g)
+    assert sampled.z.shape == (n, S, d) and sampled.weights.shape == (n, S)
+    torch.testing.assert_close(sampled.weights.sum(-1), total)
+    estimate = (sampled.weights[..., None] * sampled.z).sum(1)
+    se = total[:, None] * (var / S).sqrt()
+    assert ((estimate - exact).abs() <= 4 * se + 1e-6).all(), (estimate, exact, se)
+    assert float(sampled.weights[3].sum()) == 0.0
+    with pytest.raises(ValueError, match="num_samples"):
+        bank.view(rows, num_samples=0)

@@ -38,7 +38,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from smcwake.smc.resampling import multinomial, normalize
+from smcwake.smc.resampling import multinomial, normalize, systematic
 
 __all__ = ["ParticleBank", "WeightedParticles", "ESTIMATORS", "bank_bytes_per_observation"]
 
@@ -247,6 +247,7 @@ class ParticleBank:
         *,
         estimator: str | None = None,
         runs_per_step: int | None = None,
+        num_samples: int | None = None,
         generator: torch.Generator | None = None,
     ) -> WeightedParticles:
         """The weighted particles whose weighted score is the estimator's gradient.
@@ -255,9 +256,17 @@ class ParticleBank:
             idx: observations of the minibatch.
             estimator: defaults to the bank's own.
             runs_per_step: for "a", draw this many runs ~ Cat(omega) (None: use every run).
+                Ignored when ``num_samples`` is given.
+            num_samples: draw this many particles per observation in proportion to their
+                weights (systematic resampling over all the estimator's weighted particles),
+                each weighted by the row's total weight / num_samples: the same expected
+                gradient from a fixed, small number of encoder evaluations (None: every
+                weighted particle).
 
-        Shapes: idx [b] -> z [b, S, d], weights [b, S].
+        Shapes: idx [b] -> z [b, S, d], weights [b, S] (S = num_samples if given).
         """
+        if num_samples is not None:
+            return self._sampled_view(idx, estimator or self.estimator, num_samples, generator)
         est = estimator or self.estimator
         z, lw, log_z = self.z[idx], self.log_weights[idx], self.log_z_runs[idx]
         if self.estimator == "b":  # equal weights 1/R within each stored run
@@ -284,3 +293,43 @@ class ParticleBank:
             factor = log_z[rows, newest] - self.log_zbar[idx]
             lw = lw + torch.nan_to_num(factor, nan=-math.inf)[:, None].to(lw.dtype)
         return WeightedParticles(z, torch.exp(lw))
+
+    def _sampled_view(
+        self, idx: Tensor, est: str, num_samples: int, generator: torch.Generator | None
+    ) -> WeightedParticles:
+        """``num_samples`` draws per observation from the estimator's weighted particles.
+
+        Only the drawn particles are gathered, so the cost does not grow with M * K.
+        """
+        if not isinstance(num_samples, int) or isinstance(num_samples, bool) or num_samples < 1:
+            raise ValueError(f"num_samples: expected an integer >= 1, received {num_samples!r}")
+        b = idx.shape[0]
+        log_z = self.log_z_runs[idx]  # [b, M]
+        if est in ("a", "b"):
+            if est != self.estimator:
+                raise ValueError(f"a bank built for {self.estimator!r} cannot serve {est!r}")
+            slots = torch.arange(self.z.shape[1], device=idx.device).expand(b, -1)
+            log_omega = torch.nan_to_num(normalize(log_z), nan=-math.inf)  # [b, M]
+            if est == "b":
+                R = self.z.shape[2]
+                lw = (log_omega - math.log(R))[..., None].expand(-1, -1, R)
+            else:
+                lw = self.log_weights[idx].double() + log_omega[..., None]
+            log_total = torch.zeros(b, dtype=torch.float64, device=idx.device)
+        else:
+            newest = (self.position[idx] - 1).clamp_min(0) % self.z.shape[1]
+            slots = newest[:, None]
+            lw = self.log_weights[idx, newest].double()[:, None]  # [b, 1, K]
+            log_total = torch.zeros(b, dtype=torch.float64, device=idx.device)
+            if est == "c":
+                factor = log_z[torch.arange(b, device=idx.device), newest] - self.log_zbar[idx]
+                log_total = torch.nan_to_num(factor, nan=-math.inf)
+        P = lw.shape[-1]
+        flat = lw.reshape(b, -1)
+        usable = torch.isfinite(flat).any(-1) & torch.isfinite(log_total)
+        safe = torch.where(usable[:, None], flat, 0.0)
+        picks = systematic(safe, num_samples, generator=generator)  # [b, S]
+        runs = torch.gather(slots, 1, torch.div(picks, P, rounding_mode="floor"))
+        z = self.z[idx[:, None], runs, picks % P]  # [b, S, d]
+        weight = torch.where(usable, log_total, -math.inf).exp() / num_samples
+        return WeightedParticles(z, weight[:, None].to(z.dtype).expand(-1, num_samples))

@@ -80,6 +80,7 @@ class Context(NamedTuple):
     bank: ParticleBank | None = None  # SMC-Wake methods
     chains: Tensor | None = None  # [n, d] MSC chain states, updated in place
     runs_per_step: int | None = None  # estimator (a): runs drawn per step (None = all)
+    particles_per_step: int | None = None  # SMC-Wake: particles drawn per observation
 
 
 Objective = Callable[[torch.nn.Module, Batch, Context], tuple[Tensor, int]]
@@ -130,6 +131,7 @@ def smc_wake(estimator: str) -> Objective:
             batch.idx,
             estimator=estimator,
             runs_per_step=ctx.runs_per_step,
+            num_samples=ctx.particles_per_step,
             generator=ctx.generator,
         )
         return _weighted_score_loss(encoder, view.z, view.weights, batch.x), 0

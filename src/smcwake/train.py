@@ -113,7 +113,13 @@ class TrainConfig:
         encoder: kind for :func:`smcwake.encoders.build_encoder` when no encoder is given.
         max_runs: runs kept per observation by estimators (a) and (b).
         num_resampled: particles kept per run by estimator (b).
-        runs_per_step: estimator (a) draws this many runs ~ Cat(omega) per step (None: all).
+        runs_per_step: estimator (a) draws this many runs ~ Cat(omega) per step (None: all);
+            used only when ``particles_per_step`` is None.
+        particles_per_step: SMC-Wake methods score this many particles per observation and
+            step, drawn in proportion to the estimator's weights from everything it keeps
+            (same expected gradient; the encoder's cost per step no longer grows with the
+            bank). None: every weighted particle (M * R per observation for (b), up to
+            M * K for (a)).
         smc: SMC settings.
         smc_batch_size: observations per batched SMC call.
         use_unconverged: store SMC runs that stopped at max_stages (off: they are dropped).
@@ -144,6 +150,7 @@ class TrainConfig:
     max_runs: int = 50
     num_resampled: int = 100
     runs_per_step: int | None = 4
+    particles_per_step: int | None = 256
     smc: SMCOptions = field(default_factory=SMCOptions)
     smc_batch_size: int = 256
     use_unconverged: bool = False
@@ -192,6 +199,7 @@ class TrainConfig:
         for name, low in (
             ("refresh_size", 1),
             ("runs_per_step", 1),
+            ("particles_per_step", 1),
             ("max_evals", 0),
             ("stale_after", 0),
             ("decoder_proposals", 1),
@@ -598,7 +606,13 @@ def fit(
                 ]
             ]
             ctx = Context(
-                model, config.num_proposals, generator, bank, chains, config.runs_per_step
+                model,
+                config.num_proposals,
+                generator,
+                bank,
+                chains,
+                config.runs_per_step,
+                config.particles_per_step,
             )
             loss, obj_evals = objective(encoder, Batch(idx, x[idx]), ctx)
             evals += obj_evals
