@@ -143,7 +143,8 @@ def test_sampled_view_has_the_full_views_expectation(estimator):
         1e-30
     )[:, None]
     sampled = bank.view(rows, num_samples=S, generator=g)
-    assert sampled.z.shape == (n, S, d) and sampled.weights.shape == (n, S)
+    assert sampled.z.shape == (n, S, d)
+    assert sampled.weights.shape == (n, S)
     torch.testing.assert_close(sampled.weights.sum(-1), total)
     estimate = (sampled.weights[..., None] * sampled.z).sum(1)
     se = total[:, None] * (var / S).sqrt()
