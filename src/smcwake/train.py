@@ -302,9 +302,7 @@ class _Stop:
 
 
 # ---------------------------------------------------------------------------- SMC
-def _smc(
-    model: Model, x: Tensor, rows: Tensor, config: TrainConfig, generator, encoder: Encoder
-):
+def _smc(model: Model, x: Tensor, rows: Tensor, config: TrainConfig, generator, encoder: Encoder):
     opts = config.smc
     return run_smc(
         model,
