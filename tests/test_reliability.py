@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from torch.distributions import Independent, Normal
+from torch.distributions import Independent, Normal, Uniform
 
 from smcwake import Model, TrainConfig, fit, run_smc
 from smcwake.encoders import GaussianEncoder
@@ -153,6 +153,31 @@ def test_observations_with_the_wrong_number_of_columns_are_named():
 def test_model_needs_a_prior_with_one_event_dimension(prior, error, message):
     with pytest.raises(error, match=message):
         Model(prior, gaussian_loglik)
+
+
+class _TiltedUniform(Uniform):
+    """A user subclass that changes log_prob: the box shortcut must not apply to it."""
+
+    def log_prob(self, value):
+        return super().log_prob(value) + value
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_box_uniform_prior_matches_torch_inside_outside_and_on_the_edges(dtype):
+    low, high = torch.tensor([-1.0, -2.0]), torch.tensor([1.0, 3.0])
+    z = torch.tensor(
+        [[0.0, 0.0], [-1.0, -2.0], [1.0, 0.0], [0.0, 3.0], [-1.5, 0.0], [0.5, 2.999]], dtype=dtype
+    )[None]  # [1, 6, 2]: inside, low corner, high edges (outside: half-open), outside, inside
+    for prior in (Independent(Uniform(low, high), 1), Independent(_TiltedUniform(low, high), 1)):
+        model = Model(prior, gaussian_loglik)
+        reference = prior.base_dist.log_prob(z.clamp(low, high).to(torch.float32)).sum(-1)
+        inside = ((z >= low) & (z < high)).all(-1)
+        expected = torch.where(inside, reference.to(dtype), -math.inf)
+        got = model.log_prior(z)
+        assert got.dtype == dtype
+        torch.testing.assert_close(got, expected)
+    assert Model(Independent(Uniform(low, high), 1), gaussian_loglik)._box is not None
+    assert Model(Independent(_TiltedUniform(low, high), 1), gaussian_loglik)._box is None
 
 
 def test_model_needs_callables():

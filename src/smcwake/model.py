@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 import torch
 from torch import Tensor
-from torch.distributions import Distribution, constraints
+from torch.distributions import Distribution, Independent, Uniform, constraints
 
 __all__ = ["Model", "LogLikelihood", "Simulator", "check_log_likelihood", "forked_rng"]
 
@@ -138,8 +138,10 @@ class Model:
         while isinstance(support, constraints.independent):
             support = support.base_constraint
         self._unbounded = support is constraints.real
+        self._box = _uniform_box(prior)
         self.x_dim: int | None = None
         self._interior: dict[tuple[torch.dtype, torch.device], Tensor] = {}
+        self._box_cache: dict[tuple[torch.dtype, torch.device], tuple[Tensor, ...]] = {}
 
     def __repr__(self) -> str:
         return f"Model(name={self.name!r}, dim={self.dim}, prior={self.prior!r})"
@@ -150,6 +152,15 @@ class Model:
         return self._simulate is not None
 
     # ------------------------------------------------------------------ prior
+    def _box_for(self, like: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(low [d], high [d], log density []) of a uniform box prior in z's dtype and device."""
+        key = (like.dtype, like.device)
+        if key not in self._box_cache:
+            low, high = (t.detach().to(dtype=like.dtype, device=like.device) for t in self._box)
+            log_density = -torch.log((high - low).double()).sum().to(like.dtype)
+            self._box_cache[key] = (low, high, log_density)
+        return self._box_cache[key]
+
     def _interior_point(self, like: Tensor) -> Tensor:
         """A point inside the prior's support, used to keep log_prob finite where masked."""
         key = (like.dtype, like.device)
@@ -176,6 +187,10 @@ class Model:
         """
         if self._unbounded:  # R^d support: nothing to mask
             return self.prior.log_prob(z).to(z.dtype)
+        if self._box is not None:  # a product of uniforms: a constant inside the box
+            low, high, log_density = self._box_for(z)
+            inside = ((z >= low) & (z < high)).all(-1)  # Uniform's own half-open convention
+            return torch.where(inside, log_density, -math.inf)
         inside = self.prior.support.check(z)
         if inside.dim() == z.dim():  # an element-wise constraint: reduce over the event
             inside = inside.all(-1)
@@ -288,3 +303,20 @@ class Model:
                 f"simulate: expected output shape [N={z.shape[0]}, p], received {got}"
             )
         return x
+
+
+def _uniform_box(prior: Distribution) -> tuple[Tensor, Tensor] | None:
+    """(low, high) [d] if the prior is a product of uniforms over a box (sbi's BoxUniform is
+    one), else None. Its log density is then a constant inside the box, computed without
+    torch's generic masking."""
+    if not (isinstance(prior, Independent) and isinstance(prior.base_dist, Uniform)):
+        return None
+    overridden = (
+        type(prior).log_prob is not Independent.log_prob
+        or type(prior.base_dist).log_prob is not Uniform.log_prob
+    )
+    if overridden or prior.reinterpreted_batch_ndims != 1:
+        return None
+    base = prior.base_dist
+    low, high = base.low.expand(prior.event_shape), base.high.expand(prior.event_shape)
+    return low, high
