@@ -67,7 +67,7 @@ class SMCOptions:
     ess_target: float = 0.5
     resample_threshold: float = 0.5
     resampling: str = "systematic"
-    kernel: str = "rwmh"
+    kernel: str = "mixture+rwmh"
     num_mcmc_steps: int | None = None
     max_stages: int = 500
 

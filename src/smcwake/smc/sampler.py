@@ -249,7 +249,7 @@ def run_smc(
     ess_target: float = 0.5,
     resample_threshold: float = 0.5,
     resampling: str | Resampler = "systematic",
-    kernel: str | Kernel = "rwmh",
+    kernel: str | Kernel = "mixture+rwmh",
     num_mcmc_steps: int | None = None,
     max_stages: int = 500,
     min_increment: float = 1e-9,
