@@ -383,7 +383,37 @@ def test_adaptive_steps_stops_each_observation_when_enough_particles_moved():
     assert (info.extra["moved"] >= 0.9).all(), info.extra
     assert info.extra["calls"][0] > info.extra["calls"][1:].max() + 3, info.extra
     assert calls[-1] == 1  # only the slow observation was still evaluated
-    assert info.evals_per_particle == len(calls)
+    # evaluations are counted per observation: one per call that included it
+    assert info.evals_per_particle.tolist() == info.extra["calls"].long().tolist()
+    assert int(info.evals_per_particle[0]) == len(calls)
+
+
+def test_adaptive_steps_counts_evaluations_per_observation_in_run_smc():
+    # through run_smc the per-observation counts must equal K * (1 + sum of calls per stage)
+    g = torch.Generator().manual_seed(11)
+    B, K = 3, 200
+    counted = []
+    inner = random_walk_metropolis(1)
+
+    def counting(state, target, generator, chol):
+        counted.append(state.z.shape[0])
+        return inner(state, target, generator, chol)
+
+    counting.target_acceptance, counting.initial_scale, counting.num_steps = 0.234, 2.38, 1
+    model = mixture_model()
+    x_rows = torch.tensor([[0.5, 0.5], [0.3, 0.6], [0.7, 0.2]], dtype=DT)
+    calls_by_row = torch.zeros(B, dtype=torch.int64)
+    original = model._log_likelihood
+
+    def loglik(z, x):
+        # each call sees only the rows still moving: count the points per row by its x
+        for row in range(B):
+            calls_by_row[row] += int((x == x_rows[row]).all(-1).sum()) * z.shape[1]
+        return original(z, x)
+
+    model = Model(model.prior, loglik)
+    result = run_smc(model, x_rows, K, kernel=adaptive_steps(counting, max_calls=20), generator=g)
+    torch.testing.assert_close(result.num_likelihood_evals, calls_by_row)
 
 
 # ---------------------------------------------------------------------- the fitted mixture

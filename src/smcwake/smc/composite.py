@@ -123,8 +123,8 @@ def adaptive_steps(kernel: Kernel, *, min_moved: float = 0.9, max_calls: int = 1
     system and leaves the method consistent as K grows (Beskos, Jasra, Kantas & Thiery, 2016).
     Use a fixed number of steps where an exactly fixed kernel is required.
 
-    Observations that stop are not evaluated again. ``evals_per_particle`` is that of the
-    observation with the most calls; ``MoveInfo.extra`` adds ``"calls"`` and ``"moved"`` (the
+    Observations that stop are not evaluated again, and ``evals_per_particle`` is counted per
+    observation (an int64 tensor [B]); ``MoveInfo.extra`` adds ``"calls"`` and ``"moved"`` (the
     number of calls and the final share of moved particles, per observation), and averages the
     inner kernel's diagnostics over its calls.
 
@@ -152,14 +152,14 @@ def adaptive_steps(kernel: Kernel, *, min_moved: float = 0.9, max_calls: int = 1
         jump_sum = torch.zeros_like(acc_sum)
         extra_sum: dict[str, Tensor] = {}
         active = torch.arange(B, device=start.device)
-        evals = 0
+        evals = torch.zeros(B, dtype=torch.int64, device=start.device)
         for _ in range(max_calls):
             everyone = active.numel() == B
             part = state if everyone else _rows(state, active)
             sub_target = target if everyone else target.select(active)
             part, info = kernel(part, sub_target, generator, chol[active])
             state = part if everyone else _put_rows(state, active, part)
-            evals += info.evals_per_particle
+            evals[active] += info.evals_per_particle
             calls[active] += 1
             acc_sum[active] += info.acceptance_rate.to(dtype)
             jump_sum[active] += info.sq_jump.to(dtype)

@@ -82,7 +82,7 @@ class MoveInfo(NamedTuple):
     """What one kernel call did, per observation."""
 
     acceptance_rate: Tensor  # [B] mean over steps and particles
-    evals_per_particle: int  # likelihood evaluations per particle in this call
+    evals_per_particle: int | Tensor  # evaluations per particle in this call (or [B] int64)
     sq_jump: Tensor  # [B] mean squared jump distance in whitened units, per step
     extra: dict[str, Tensor] | None = None  # [B] each, e.g. acceptance of each sub-kernel
 

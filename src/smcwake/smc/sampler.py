@@ -56,7 +56,7 @@ class StageInfo(NamedTuple):
     resampled: Tensor  # [B] bool
     acceptance_rate: Tensor  # [B]
     zero_likelihood: Tensor  # [B] bool: every weighted particle had zero likelihood
-    evals_per_particle: int
+    evals_per_particle: int | Tensor  # or [B] int64 when the kernel's count varies by row
     extra: dict[str, Tensor]  # [B] each, from the kernel
 
 
