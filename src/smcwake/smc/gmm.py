@@ -101,7 +101,9 @@ def _stacked(factors: Tensor) -> Tensor:
     return factors.permute(0, 3, 1, 2).reshape(B, d, M * d)
 
 
-def _quadratic_forms(z: Tensor, loc: Tensor, scale_tril: Tensor) -> tuple[Tensor, Tensor]:
+def _quadratic_forms(
+    z: Tensor, loc: Tensor, scale_tril: Tensor, outer: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
     """|L_j^-1 (z_k - mu_j)|^2 for every point and component, in float64, and half log-dets.
 
     Two equivalent evaluations, chosen by cost. With few dimensions (d <= M) the form is
@@ -109,6 +111,8 @@ def _quadratic_forms(z: Tensor, loc: Tensor, scale_tril: Tensor) -> tuple[Tensor
     flattened outer products z z^T [K, d^2]. Otherwise every L_j^-1 is applied to every point by
     one matrix product [K, d] x [d, M d]. Both are taken about the mean of the locations, in
     float64, which keeps the cancellation error far below the form for any realistic spread.
+    ``outer``: the precomputed ``_outer(z)`` of float64 points z that are already centred (EM
+    on whitened points reuses it across iterations); z is then not recentred.
 
     Shapes: z [B, K, d], loc [B, M, d], scale_tril [B, M, d, d] -> ([B, K, M], [B, M]).
     """
@@ -116,25 +120,32 @@ def _quadratic_forms(z: Tensor, loc: Tensor, scale_tril: Tensor) -> tuple[Tensor
     M = loc.shape[1]
     f64 = torch.float64
     inv, half_log_det = _inverse_tril(scale_tril.to(f64))
-    center = loc.to(f64).mean(1, keepdim=True)  # [B, 1, d]
-    u = z.to(f64) - center
-    mu = loc.to(f64) - center  # [B, M, d]
+    if outer is None:
+        center = loc.to(f64).mean(1, keepdim=True)  # [B, 1, d]
+        u, mu = z.to(f64) - center, loc.to(f64) - center  # mu [B, M, d]
+    else:
+        u, mu = z, loc.to(f64)
     if d <= M:
         prec = inv.mT @ inv  # [B, M, d, d]
         p_mu = (prec @ mu[..., None])[..., 0]  # [B, M, d]
-        quad = _outer(u) @ prec.flatten(-2).mT - 2 * (u @ p_mu.mT)  # [B, K, M]
+        uu = _outer(u) if outer is None else outer
+        quad = uu @ prec.flatten(-2).mT - 2 * (u @ p_mu.mT)  # [B, K, M]
         return quad + (mu * p_mu).sum(-1)[:, None, :], half_log_det
     white = (u @ _stacked(inv)).view(B, K, M, d) - (inv @ mu[..., None])[..., 0][:, None]
     return white.square().sum(-1), half_log_det
 
 
-def _gaussian_log_prob(z: Tensor, loc: Tensor, scale_tril: Tensor) -> Tensor:
+def _gaussian_log_prob(
+    z: Tensor, loc: Tensor, scale_tril: Tensor, outer: Tensor | None = None
+) -> Tensor:
     """log N(z_k; loc_j, L_j L_j^T) for every particle and component, in the dtype of z.
+
+    ``outer`` as in :func:`_quadratic_forms`.
 
     Shapes: z [B, K, d], loc [B, M, d], scale_tril [B, M, d, d] -> [B, K, M].
     """
     d = z.shape[-1]
-    quad, half_log_det = _quadratic_forms(z, loc, scale_tril)
+    quad, half_log_det = _quadratic_forms(z, loc, scale_tril, outer)
     const = 2 * half_log_det + d * math.log(2 * math.pi)  # [B, M]
     return (-0.5 * (quad + const[:, None, :])).to(z.dtype)
 
@@ -229,7 +240,10 @@ def _kmeans_plus_plus(
     probs = weights
     min_sq = None
     for _ in range(num_components):
-        idx = torch.multinomial(probs, 1, generator=generator)[:, 0]  # [B]
+        # one draw per row by inverse CDF (torch.multinomial costs far more for one draw)
+        cdf = probs.cumsum(-1)
+        target = torch.rand(B, 1, generator=generator, dtype=cdf.dtype, device=u.device)
+        idx = torch.searchsorted(cdf, target * cdf[:, -1:]).clamp(max=K - 1)[:, 0]  # [B]
         seed = u[rows, idx]  # [B, d]
         seeds.append(seed)
         sq = (u - seed[:, None]).square().sum(-1)  # [B, K]
@@ -265,7 +279,10 @@ def fit_mixture(
         log_weights: their log-weights (unnormalized; ``-inf`` is a zero weight).
         num_components: M, the number of components per observation; fewer (at least one) when
             the cloud has under 20 d particles per component.
-        num_iterations: EM iterations after the k-means++ seeding.
+        num_iterations: EM iterations after the k-means++ seeding. Ten can stop short of
+            convergence when clusters differ much in weight and spread (a component may still
+            straddle two of them); a kernel proposing from the fit stays exact, only its
+            acceptance suffers.
         relative_ridge: added to each covariance times its mean variance (times I).
         max_points: clouds of more particles are fitted on this many, drawn from the weighted
             cloud by systematic resampling (None: always use every particle).
@@ -321,7 +338,8 @@ def fit_mixture(
     tril = (eye / M ** (1.0 / d)).expand(B, M, d, d)  # the cloud's volume split M ways
     log_mix = torch.full((B, M), -math.log(M), dtype=f64, device=z.device)
     for _ in range(num_iterations):
-        log_p = log_mix[:, None, :] + _gaussian_log_prob(u, loc, tril)  # [B, n, M]
+        # u is centred on the cloud's mean and whitened: no recentring, its outer products kept
+        log_p = log_mix[:, None, :] + _gaussian_log_prob(u, loc, tril, uu)  # [B, n, M]
         resp = _softmax(log_p) * weights[..., None]  # W_k r_kj
         mass = resp.sum(1)  # [B, M], sums to 1
         loc = (resp.mT @ u) / mass.clamp_min(tiny)[..., None]
