@@ -443,6 +443,24 @@ def test_fit_mixture_recovers_weighted_components():
     assert (rel.abs() < 4 * math.sqrt(2 / (K // 2))).all(), rel
 
 
+def test_fit_mixture_stays_finite_on_resampled_clouds_with_few_distinct_points():
+    # clouds after resampling: 500 copies of ~130 distinct points, one cluster of near-copies,
+    # flat directions: EM can empty a component, and rounding then left its variances
+    # negative and its fit NaN, which poisoned sampling from the whole mixture
+    g = torch.Generator().manual_seed(0)
+    B = 200
+    base = torch.randn(B, 8, 5, generator=g) * torch.tensor([1.0, 1.0, 0.01, 0.01, 0.01])
+    base = torch.cat([base, base[:, :1] + 1e-4 * torch.randn(B, 120, 5, generator=g)], 1)
+    pick = torch.randint(0, base.shape[1], (B, 500), generator=g)
+    z = torch.gather(base, 1, pick[..., None].expand(-1, -1, 5))
+    mix = fit_mixture(z, torch.randn(B, 500, generator=g) * 3, 5, generator=g)
+    assert torch.isfinite(mix.loc).all()
+    assert torch.isfinite(mix.scale_tril).all()
+    torch.testing.assert_close(torch.logsumexp(mix.log_mix, -1), torch.zeros(B), atol=1e-5, rtol=0)
+    draws, _ = sample_mixture(mix, 10, generator=g)
+    assert torch.isfinite(draws).all()
+
+
 @pytest.mark.parametrize(("d", "m"), [(2, 3), (4, 3)])  # both evaluation paths (d <= M, d > M)
 def test_mixture_densities_match_torch(d, m):
     from torch.distributions import MultivariateNormal

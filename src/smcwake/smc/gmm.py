@@ -254,10 +254,20 @@ def _kmeans_plus_plus(
     return torch.stack(seeds, 1)
 
 
+_EMPTY_MASS = 1e-10
+"""Components whose share of the weight falls below this are dropped from an EM fit."""
+
+
 def _safe_cholesky(cov: Tensor) -> Tensor:
-    """Cholesky factor, falling back to the square root of the diagonal where it fails."""
+    """Cholesky factor, falling back to the square root of the diagonal where it fails.
+
+    Rounding can leave a nearly empty component's variances slightly negative: the fallback
+    floors them, so the factor is always finite.
+    """
     chol, info = torch.linalg.cholesky_ex(cov)
-    diag = torch.diag_embed(torch.sqrt(torch.diagonal(cov, dim1=-2, dim2=-1)))
+    variances = torch.diagonal(cov, dim1=-2, dim2=-1)
+    floor = torch.finfo(cov.dtype).eps * variances.abs().amax(-1, keepdim=True).clamp_min(1.0)
+    diag = torch.diag_embed(torch.sqrt(variances.clamp_min(0.0) + floor))
     return torch.where((info == 0)[..., None, None], chol, diag)
 
 
@@ -356,7 +366,12 @@ def fit_mixture(
         own = torch.diagonal(cov, dim1=-2, dim2=-1).mean(-1)[..., None, None]
         cov = cov + (relative_ridge * own + absolute_ridge) * eye
         tril = _safe_cholesky(0.5 * (cov + cov.mT))
-        log_mix = torch.log(mass)
+        # a component that lost (nearly) all its points: its moments are rounding noise; park
+        # it, finite, at weight zero, so it can neither poison the others nor be proposed from
+        alive = mass > _EMPTY_MASS
+        loc = torch.where(alive[..., None], loc, 0.0)
+        tril = torch.where(alive[..., None, None], tril, eye)
+        log_mix = torch.where(alive, torch.log(mass.clamp_min(tiny)), -math.inf)
     return GaussianMixture(
         (log_mix - torch.logsumexp(log_mix, -1, keepdim=True)).to(z.dtype),
         (mean[:, None, :] + loc @ L.mT).to(z.dtype),
