@@ -64,6 +64,9 @@ def _positive(raw: Tensor) -> Tensor:
     return nn.functional.softplus(raw + _SOFTPLUS_ONE) + _MIN_SCALE
 
 
+_LOG_2PI = math.log(2 * math.pi)
+
+
 class Encoder(nn.Module):
     """Base class: standardization buffers, input checks, and the sampling/log-density API.
 
@@ -345,6 +348,31 @@ class GaussianEncoder(Encoder):
         if self.full_rank:
             return loc[:, None, :] + eps @ dist.scale_tril.mT
         return loc[:, None, :] + eps * base.scale[:, None, :]
+
+    def _rsample_and_log_prob(
+        self, dist: Distribution, n: int, generator: torch.Generator | None
+    ) -> tuple[Tensor, Tensor]:
+        """z = loc + L eps and log q(z) = log N(eps; 0, I) - log |det L|, from eps itself.
+
+        The same function of the parameters as ``log_prob(z)``, but without solving with L:
+        in float32 that solve loses all precision once L is ill-conditioned, and the ELBO's
+        optimizer then climbs the rounding error (log q of its own draws near -1e20) instead
+        of the bound. Shapes: -> ([B, n, d], [B, n]).
+        """
+        base = dist if self.full_rank else dist.base_dist
+        loc = base.loc
+        eps = torch.randn(
+            (loc.shape[0], n, self.z_dim), generator=generator, dtype=loc.dtype, device=loc.device
+        )
+        if self.full_rank:
+            factor = dist.scale_tril
+            z = loc[:, None, :] + eps @ factor.mT
+            log_det = torch.diagonal(factor, dim1=-2, dim2=-1).log().sum(-1)
+        else:
+            z = loc[:, None, :] + eps * base.scale[:, None, :]
+            log_det = base.scale.log().sum(-1)
+        log_q = -0.5 * eps.square().sum(-1) - log_det[:, None] - 0.5 * self.z_dim * _LOG_2PI
+        return z, log_q
 
 
 class MixtureDensityEncoder(Encoder):
