@@ -40,7 +40,7 @@ METRIC_INFO: dict[str, tuple[str, str]] = {
         "SBC p",
         "Bonferroni-corrected smallest SBC uniformity p-value; small = miscalibrated",
     ),
-    "log_q_true": ("log q(z_true|x)", "higher is better"),
+    "log_q_true": ("log q(z_true given x)", "higher is better"),
     "log_evidence_is": ("log p(x) (IS)", "importance-sampling estimate with q as proposal"),
     "evidence_error": ("IS evidence error", "0 is best: IS estimate minus the exact log p(x)"),
     "bank_evidence_error": (
