@@ -268,10 +268,12 @@ def run_smc(
         ess_target: the conditional ESS fraction each tempering step aims for.
         resample_threshold: resample an observation when ESS < resample_threshold * K.
         resampling: "systematic" (default), "stratified", "multinomial", "residual".
-        kernel: "rwmh" (default), "mala", "hmc" (differentiable likelihoods), "mixture+rwmh"
-            (recommended for multimodal posteriors: keeps every mode's mass, see
-            docs/KERNELS.md), "mixture", "local_rwmh", "mixture+local_rwmh", or a built kernel
-            from :mod:`smcwake.smc.kernels`.
+        kernel: "mixture+rwmh" (default: jumps between modes from a Gaussian mixture fitted
+            to the cloud, then random-walk steps; keeps every mode's mass, see
+            docs/KERNELS.md), "rwmh" (cheaper per stage when the likelihood is nearly free
+            and the posterior unimodal), "mala", "hmc" (differentiable likelihoods),
+            "mixture", "local_rwmh", "mixture+local_rwmh", or a built kernel from
+            :mod:`smcwake.smc.kernels` (e.g. ``encoder_then_rwmh(encoder)``).
         num_mcmc_steps: MCMC steps per stage for a kernel given by name (kernel default if None).
         max_stages: cap on the number of stages; observations that hit it are flagged
             ``converged = False`` and a warning is logged.
