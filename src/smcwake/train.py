@@ -62,7 +62,12 @@ _CHECKPOINT_KEYS = (
 
 @dataclass(frozen=True)
 class SMCOptions:
-    """Settings of the SMC runs made during training (see :func:`smcwake.run_smc`)."""
+    """Settings of the SMC runs made during training (see :func:`smcwake.run_smc`).
+
+    ``kernel`` is a name :func:`smcwake.run_smc` accepts, or ``"encoder+rwmh"`` /
+    ``"encoder+mala"``, which also propose from the encoder being trained (defensively mixed
+    with a mixture fitted to the particles; see docs/KERNELS.md).
+    """
 
     ess_target: float = 0.5
     resample_threshold: float = 0.5
