@@ -392,14 +392,6 @@ def test_adaptive_steps_counts_evaluations_per_observation_in_run_smc():
     # through run_smc the per-observation counts must equal K * (1 + sum of calls per stage)
     g = torch.Generator().manual_seed(11)
     B, K = 3, 200
-    counted = []
-    inner = random_walk_metropolis(1)
-
-    def counting(state, target, generator, chol):
-        counted.append(state.z.shape[0])
-        return inner(state, target, generator, chol)
-
-    counting.target_acceptance, counting.initial_scale, counting.num_steps = 0.234, 2.38, 1
     model = mixture_model()
     x_rows = torch.tensor([[0.5, 0.5], [0.3, 0.6], [0.7, 0.2]], dtype=DT)
     calls_by_row = torch.zeros(B, dtype=torch.int64)
@@ -412,7 +404,13 @@ def test_adaptive_steps_counts_evaluations_per_observation_in_run_smc():
         return original(z, x)
 
     model = Model(model.prior, loglik)
-    result = run_smc(model, x_rows, K, kernel=adaptive_steps(counting, max_calls=20), generator=g)
+    result = run_smc(
+        model,
+        x_rows,
+        K,
+        kernel=adaptive_steps(random_walk_metropolis(1), max_calls=20),
+        generator=g,
+    )
     torch.testing.assert_close(result.num_likelihood_evals, calls_by_row)
 
 
