@@ -305,6 +305,7 @@ class ParticleBank:
             raise ValueError(f"num_samples: expected an integer >= 1, received {num_samples!r}")
         b = idx.shape[0]
         log_z = self.log_z_runs[idx]  # [b, M]
+        log_total = torch.zeros(b, dtype=torch.float64, device=idx.device)  # log sum of weights
         if est in ("a", "b"):
             if est != self.estimator:
                 raise ValueError(f"a bank built for {self.estimator!r} cannot serve {est!r}")
@@ -315,12 +316,10 @@ class ParticleBank:
                 lw = (log_omega - math.log(R))[..., None].expand(-1, -1, R)
             else:
                 lw = self.log_weights[idx].double() + log_omega[..., None]
-            log_total = torch.zeros(b, dtype=torch.float64, device=idx.device)
         else:
             newest = (self.position[idx] - 1).clamp_min(0) % self.z.shape[1]
             slots = newest[:, None]
             lw = self.log_weights[idx, newest].double()[:, None]  # [b, 1, K]
-            log_total = torch.zeros(b, dtype=torch.float64, device=idx.device)
             if est == "c":
                 factor = log_z[torch.arange(b, device=idx.device), newest] - self.log_zbar[idx]
                 log_total = torch.nan_to_num(factor, nan=-math.inf)

@@ -338,16 +338,22 @@ class GaussianEncoder(Encoder):
         scale_tril = self.z_scale[:, None] * tril  # diag(z_scale) @ L: still a Cholesky factor
         return MultivariateNormal(loc, scale_tril=scale_tril, validate_args=False)
 
-    def _draw(self, dist: Distribution, n: int, generator: torch.Generator | None) -> Tensor:
-        """loc + L eps with eps from ``generator``; reparameterized. -> [B, n, d]."""
+    def _noise_and_draw(
+        self, dist: Distribution, n: int, generator: torch.Generator | None
+    ) -> tuple[Tensor, Tensor]:
+        """eps from ``generator`` and z = loc + L eps (reparameterized). -> (eps, z), [B, n, d]."""
         base = dist if self.full_rank else dist.base_dist
         loc = base.loc
         eps = torch.randn(
             (loc.shape[0], n, self.z_dim), generator=generator, dtype=loc.dtype, device=loc.device
         )
         if self.full_rank:
-            return loc[:, None, :] + eps @ dist.scale_tril.mT
-        return loc[:, None, :] + eps * base.scale[:, None, :]
+            return eps, loc[:, None, :] + eps @ dist.scale_tril.mT
+        return eps, loc[:, None, :] + eps * base.scale[:, None, :]
+
+    def _draw(self, dist: Distribution, n: int, generator: torch.Generator | None) -> Tensor:
+        """loc + L eps with eps from ``generator``; reparameterized. -> [B, n, d]."""
+        return self._noise_and_draw(dist, n, generator)[1]
 
     def _rsample_and_log_prob(
         self, dist: Distribution, n: int, generator: torch.Generator | None
@@ -359,18 +365,11 @@ class GaussianEncoder(Encoder):
         optimizer then climbs the rounding error (log q of its own draws near -1e20) instead
         of the bound. Shapes: -> ([B, n, d], [B, n]).
         """
-        base = dist if self.full_rank else dist.base_dist
-        loc = base.loc
-        eps = torch.randn(
-            (loc.shape[0], n, self.z_dim), generator=generator, dtype=loc.dtype, device=loc.device
-        )
+        eps, z = self._noise_and_draw(dist, n, generator)
         if self.full_rank:
-            factor = dist.scale_tril
-            z = loc[:, None, :] + eps @ factor.mT
-            log_det = torch.diagonal(factor, dim1=-2, dim2=-1).log().sum(-1)
+            log_det = torch.diagonal(dist.scale_tril, dim1=-2, dim2=-1).log().sum(-1)
         else:
-            z = loc[:, None, :] + eps * base.scale[:, None, :]
-            log_det = base.scale.log().sum(-1)
+            log_det = dist.base_dist.scale.log().sum(-1)
         log_q = -0.5 * eps.square().sum(-1) - log_det[:, None] - 0.5 * self.z_dim * _LOG_2PI
         return z, log_q
 

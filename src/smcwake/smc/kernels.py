@@ -254,8 +254,11 @@ def _split(num_steps: int, share: float) -> int:
     return min(num_steps - 1, max(1, round(share * num_steps)))
 
 
+_ENCODER_SHARE = 0.3  # share of an encoder composite's steps that propose from the encoder
+
+
 def encoder_then_rwmh(
-    encoder: ProposalEncoder, num_steps: int = 5, encoder_share: float = 0.3
+    encoder: ProposalEncoder, num_steps: int = 5, encoder_share: float = _ENCODER_SHARE
 ) -> Kernel:
     """``compose(encoder_independence(encoder, m), random_walk_metropolis(num_steps - m))``.
 
@@ -270,7 +273,7 @@ def encoder_then_rwmh(
 
 
 def encoder_then_mala(
-    encoder: ProposalEncoder, num_steps: int = 5, encoder_share: float = 0.3
+    encoder: ProposalEncoder, num_steps: int = 5, encoder_share: float = _ENCODER_SHARE
 ) -> Kernel:
     """``compose(encoder_independence(encoder, m), mala(num_steps - m))``: as
     :func:`encoder_then_rwmh` with gradient-based local steps (differentiable likelihoods in
@@ -306,7 +309,7 @@ def check_kernel_name(kernel: str | Kernel, num_mcmc_steps: int | None = None) -
         return
     if kernel in _ENCODER_KERNELS:
         if num_mcmc_steps is not None:
-            _split(num_mcmc_steps, 0.3)
+            _split(num_mcmc_steps, _ENCODER_SHARE)
         return
     get_kernel(kernel, num_mcmc_steps)
 
