@@ -11,7 +11,11 @@ from collections.abc import Callable
 
 import torch
 from torch import Tensor
-from torch.distributions import Distribution, Independent, Uniform, constraints
+from torch.distributions import Distribution, Independent, Normal, Uniform, constraints
+
+from smcwake._ops import select
+
+_COORDINATE_LOOP_MAX_DIM = 8
 
 __all__ = ["Model", "LogLikelihood", "Simulator", "check_log_likelihood", "forked_rng"]
 
@@ -54,6 +58,11 @@ def check_log_likelihood(loglik: Tensor, z: Tensor, rows: Tensor | None = None) 
 
     Shapes: loglik [B, K], z [B, K, d]; ``rows`` [B] maps local rows to dataset indices.
     """
+    # one reduction decides the common case: the sum is finite or -inf exactly when there is
+    # no NaN and no +inf (+inf plus anything but -inf is +inf, plus -inf is NaN)
+    total = loglik.sum()
+    if bool(total < math.inf):
+        return loglik
     bad = torch.isnan(loglik) | (loglik == math.inf)
     if bool(bad.any()):
         per_obs = bad.sum(-1)
@@ -139,6 +148,12 @@ class Model:
             support = support.base_constraint
         self._unbounded = support is constraints.real
         self._box = _uniform_box(prior)
+        self._diagonal_normal = _is_plain_independent(prior, Normal)
+        self._box_bounds = (
+            None
+            if self._box is None
+            else list(zip(self._box[0].tolist(), self._box[1].tolist(), strict=True))
+        )
         self.x_dim: int | None = None
         self._interior: dict[tuple[torch.dtype, torch.device], Tensor] = {}
         self._box_cache: dict[tuple[torch.dtype, torch.device], tuple[Tensor, ...]] = {}
@@ -185,12 +200,25 @@ class Model:
 
         Shapes: z [*, d] -> [*].
         """
+        if self._diagonal_normal:  # the most common prior, in four passes over z
+            base = self.prior.base_dist
+            loc, scale = (t.to(dtype=z.dtype, device=z.device) for t in (base.loc, base.scale))
+            const = -scale.log().sum() - 0.5 * self.dim * math.log(2 * math.pi)
+            return const - 0.5 * ((z - loc) / scale).square().sum(-1)
         if self._unbounded:  # R^d support: nothing to mask
             return self.prior.log_prob(z).to(z.dtype)
         if self._box is not None:  # a product of uniforms: a constant inside the box
             low, high, log_density = self._box_for(z)
-            inside = ((z >= low) & (z < high)).all(-1)  # Uniform's own half-open convention
-            return torch.where(inside, log_density, -math.inf)
+            if self.dim <= _COORDINATE_LOOP_MAX_DIM:
+                # one comparison per coordinate: reductions over a short last axis are slow
+                inside = None
+                for j, (lo, hi) in enumerate(self._box_bounds):
+                    zj = z[..., j]
+                    here = (zj >= lo) & (zj < hi)
+                    inside = here if inside is None else inside & here
+            else:
+                inside = ((z >= low) & (z < high)).all(-1)  # Uniform's half-open convention
+            return select(inside, log_density.expand(inside.shape), -math.inf)
         inside = self.prior.support.check(z)
         if inside.dim() == z.dim():  # an element-wise constraint: reduce over the event
             inside = inside.all(-1)
@@ -305,17 +333,22 @@ class Model:
         return x
 
 
+def _is_plain_independent(prior: Distribution, base_type: type) -> bool:
+    """Whether the prior is ``Independent(base_type(...), 1)`` with torch's own log_prob."""
+    return (
+        isinstance(prior, Independent)
+        and isinstance(prior.base_dist, base_type)
+        and type(prior).log_prob is Independent.log_prob
+        and type(prior.base_dist).log_prob is base_type.log_prob
+        and prior.reinterpreted_batch_ndims == 1
+    )
+
+
 def _uniform_box(prior: Distribution) -> tuple[Tensor, Tensor] | None:
     """(low, high) [d] if the prior is a product of uniforms over a box (sbi's BoxUniform is
     one), else None. Its log density is then a constant inside the box, computed without
     torch's generic masking."""
-    if not (isinstance(prior, Independent) and isinstance(prior.base_dist, Uniform)):
-        return None
-    overridden = (
-        type(prior).log_prob is not Independent.log_prob
-        or type(prior.base_dist).log_prob is not Uniform.log_prob
-    )
-    if overridden or prior.reinterpreted_batch_ndims != 1:
+    if not _is_plain_independent(prior, Uniform):
         return None
     base = prior.base_dist
     low, high = base.low.expand(prior.event_shape), base.high.expand(prior.event_shape)

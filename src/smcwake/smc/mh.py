@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, NamedTuple, Protocol
 import torch
 from torch import Tensor
 
+from smcwake._ops import select
 from smcwake.model import Model
 from smcwake.smc.tempering import tempered
 
@@ -181,7 +182,7 @@ def update_where(
     Shapes: accepted [B, K] bool, z [B, K, d], log_prior [B, K], loglik [B, K].
     """
     return state._replace(
-        z=torch.where(accepted[..., None], z, state.z),
-        log_prior=torch.where(accepted, log_prior, state.log_prior),
-        loglik=torch.where(accepted, loglik, state.loglik),
+        z=select(accepted[..., None], z, state.z),
+        log_prior=select(accepted, log_prior, state.log_prior),
+        loglik=select(accepted, loglik, state.loglik),
     )

@@ -37,11 +37,17 @@ def tempered(loglik: Tensor, tau: Tensor) -> Tensor:
 
     Shapes: loglik [B, K], tau [B] -> [B, K].
 
-    >>> tempered(torch.tensor([[-float("inf"), -2.0]]), torch.tensor([0.0]))
-    tensor([[0., 0.]])
+    >>> loglik = torch.tensor([[-float("inf"), -2.0]])
+    >>> tempered(loglik, torch.tensor([0.5]))
+    tensor([[-inf, -1.]])
+    >>> bool((tempered(loglik, torch.tensor([0.0])) == 0).all())
+    True
     """
     tau = tau.to(loglik.dtype)[:, None]
-    return torch.where(tau == 0, torch.zeros_like(loglik), tau * loglik)
+    if loglik.requires_grad or tau.requires_grad:
+        return torch.where(tau == 0, torch.zeros_like(loglik), tau * loglik)
+    # the only NaN of the product is 0 * (-inf): a log-likelihood is never NaN or +inf here
+    return torch.nan_to_num(tau * loglik, nan=0.0, posinf=math.inf, neginf=-math.inf)
 
 
 def conditional_ess(loglik: Tensor, log_weights: Tensor, delta: Tensor) -> Tensor:
