@@ -60,12 +60,6 @@ class GaussianMixture(NamedTuple):
     scale_tril: Tensor  # [B, M, d, d] lower Cholesky factors of the covariances
 
 
-def _softmax(log_p: Tensor) -> Tensor:
-    """Softmax over a short last axis (written out: much faster than torch.softmax there)."""
-    e = torch.exp(log_p - log_p.amax(-1, keepdim=True))
-    return e / e.sum(-1, keepdim=True)
-
-
 def log_sum_exp(log_p: Tensor, keepdim: bool = False) -> Tensor:
     """logsumexp over a short last axis such as the components (faster than torch's there).
 
@@ -101,20 +95,30 @@ def _stacked(factors: Tensor) -> Tensor:
     return factors.permute(0, 3, 1, 2).reshape(B, d, M * d)
 
 
-def _quadratic_forms(
-    z: Tensor, loc: Tensor, scale_tril: Tensor, outer: Tensor | None = None
-) -> tuple[Tensor, Tensor]:
-    """|L_j^-1 (z_k - mu_j)|^2 for every point and component, in float64, and half log-dets.
+def _log_density_by_component(
+    z: Tensor,
+    loc: Tensor,
+    scale_tril: Tensor,
+    outer: Tensor | None = None,
+    log_mix: Tensor | None = None,
+) -> Tensor:
+    """log N(z_k; loc_j, L_j L_j^T) (plus log_mix_j if given) for every component and point,
+    as a float64 tensor [B, M, K] with the points on the last axis.
 
-    Two equivalent evaluations, chosen by cost. With few dimensions (d <= M) the form is
-    expanded, z^T P z - 2 mu^T P z + mu^T P mu with P the precision: one product with the
-    flattened outer products z z^T [K, d^2]. Otherwise every L_j^-1 is applied to every point by
-    one matrix product [K, d] x [d, M d]. Both are taken about the mean of the locations, in
-    float64, which keeps the cancellation error far below the form for any realistic spread.
-    ``outer``: the precomputed ``_outer(z)`` of float64 points z that are already centred (EM
-    on whitened points reuses it across iterations); z is then not recentred.
+    Two equivalent evaluations of the quadratic form |L_j^-1 (z_k - mu_j)|^2, chosen by cost.
+    With few dimensions (d <= M) it is expanded, z^T P z - 2 mu^T P z + mu^T P mu with P the
+    precision: one product with the flattened outer products z z^T [K, d^2]. Otherwise every
+    L_j^-1 is applied to every point by one matrix product [K, d] x [d, M d]. Both are taken
+    about the mean of the locations, in float64, which keeps the cancellation error far below
+    the form for any realistic spread. ``outer``: the precomputed ``_outer(z)`` of float64 points
+    z that are already centred (EM on whitened points reuses it across iterations); z is then
+    not recentred.
 
-    Shapes: z [B, K, d], loc [B, M, d], scale_tril [B, M, d, d] -> ([B, K, M], [B, M]).
+    The [B, M, K] layout makes the big products long and thin the fast way round, and the
+    result is finished in place: with many points these tensors are megabytes, and every fresh
+    one costs the operating system's page faults as much again as the arithmetic.
+
+    Shapes: z [B, K, d], loc [B, M, d], scale_tril [B, M, d, d], log_mix [B, M] -> [B, M, K].
     """
     B, K, d = z.shape
     M = loc.shape[1]
@@ -125,14 +129,21 @@ def _quadratic_forms(
         u, mu = z.to(f64) - center, loc.to(f64) - center  # mu [B, M, d]
     else:
         u, mu = z, loc.to(f64)
+    const = 2 * half_log_det + d * math.log(2 * math.pi)  # [B, M]
     if d <= M:
         prec = inv.mT @ inv  # [B, M, d, d]
         p_mu = (prec @ mu[..., None])[..., 0]  # [B, M, d]
         uu = _outer(u) if outer is None else outer
-        quad = uu @ prec.flatten(-2).mT - 2 * (u @ p_mu.mT)  # [B, K, M]
-        return quad + (mu * p_mu).sum(-1)[:, None, :], half_log_det
-    white = (u @ _stacked(inv)).view(B, K, M, d) - (inv @ mu[..., None])[..., 0][:, None]
-    return white.square().sum(-1), half_log_det
+        out = prec.flatten(-2) @ uu.mT  # [B, M, K]
+        out.baddbmm_(p_mu, u.mT, alpha=-2.0)
+        const = const + (mu * p_mu).sum(-1)
+    else:
+        white = (u @ _stacked(inv)).view(B, K, M, d) - (inv @ mu[..., None])[..., 0][:, None]
+        out = white.square_().sum(-1).mT.contiguous()  # [B, M, K]
+    out.add_(const[..., None]).mul_(-0.5)
+    if log_mix is not None:
+        out.add_(log_mix.to(f64)[..., None])
+    return out
 
 
 def _gaussian_log_prob(
@@ -140,14 +151,11 @@ def _gaussian_log_prob(
 ) -> Tensor:
     """log N(z_k; loc_j, L_j L_j^T) for every particle and component, in the dtype of z.
 
-    ``outer`` as in :func:`_quadratic_forms`.
+    ``outer`` as in :func:`_log_density_by_component`.
 
     Shapes: z [B, K, d], loc [B, M, d], scale_tril [B, M, d, d] -> [B, K, M].
     """
-    d = z.shape[-1]
-    quad, half_log_det = _quadratic_forms(z, loc, scale_tril, outer)
-    const = 2 * half_log_det + d * math.log(2 * math.pi)  # [B, M]
-    return (-0.5 * (quad + const[:, None, :])).to(z.dtype)
+    return _log_density_by_component(z, loc, scale_tril, outer).to(z.dtype).mT
 
 
 def step_log_prob(step: Tensor, scale_tril: Tensor) -> Tensor:
@@ -349,14 +357,16 @@ def fit_mixture(
     log_mix = torch.full((B, M), -math.log(M), dtype=f64, device=z.device)
     for _ in range(num_iterations):
         # u is centred on the cloud's mean and whitened: no recentring, its outer products kept
-        log_p = log_mix[:, None, :] + _gaussian_log_prob(u, loc, tril, uu)  # [B, n, M]
-        resp = _softmax(log_p) * weights[..., None]  # W_k r_kj
-        mass = resp.sum(1)  # [B, M], sums to 1
-        loc = (resp.mT @ u) / mass.clamp_min(tiny)[..., None]
+        resp = _log_density_by_component(u, loc, tril, uu, log_mix)  # [B, M, n]
+        # responsibilities times the weights, W_k r_kj, in place (softmax over the components)
+        resp.sub_(resp.amax(1, keepdim=True)).exp_()
+        resp.mul_(weights[:, None, :] / resp.sum(1, keepdim=True))
+        mass = resp.sum(2)  # [B, M], sums to 1
+        loc = (resp @ u) / mass.clamp_min(tiny)[..., None]
         if uu is not None:
-            second = (resp.mT @ uu).unflatten(-1, (d, d))  # sum_k W_k r_kj u_k u_k^T
+            second = (resp @ uu).unflatten(-1, (d, d))  # sum_k W_k r_kj u_k u_k^T
         else:
-            weighted = (resp[..., :, None] * u[..., None, :]).flatten(-2)  # [B, n, M * d]
+            weighted = (resp.mT[..., :, None] * u[..., None, :]).flatten(-2)  # [B, n, M * d]
             second = (weighted.mT @ u).unflatten(1, (M, d))
         scatter = second - mass[..., None, None] * (loc[..., :, None] * loc[..., None, :])
         cov = scatter / mass.clamp_min(tiny)[..., None, None]
