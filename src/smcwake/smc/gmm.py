@@ -196,7 +196,12 @@ def mixture_log_prob(mixture: GaussianMixture, z: Tensor) -> Tensor:
     >>> round(float(mixture_log_prob(mix, torch.zeros(1, 1, 2))), 4)  # -log(2 pi)
     -1.8379
     """
-    return log_sum_exp(component_log_prob(mixture, z))
+    # summed over the components in the [B, M, K] layout, in place
+    log_p = _log_density_by_component(z, mixture.loc, mixture.scale_tril, None, mixture.log_mix)
+    top = log_p.amax(1, keepdim=True)
+    top = torch.where(torch.isfinite(top), top, 0.0)
+    total = log_p.sub_(top).exp_().sum(1, keepdim=True).log_().add_(top)
+    return total[:, 0].to(z.dtype)
 
 
 def log_responsibilities(mixture: GaussianMixture, z: Tensor) -> Tensor:
