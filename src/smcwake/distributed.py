@@ -477,6 +477,10 @@ def fit_distributed(
                 "history": history,
             }
             _write_json(Path(run_dir) / SUMMARY_NAME, summary)
+        if created:
+            # leave together: a rank that tears the group down while another is still writing
+            # can abort the process (gloo)
+            dist.barrier()
         return FitResult(result.encoder, history, result.bank, result.config)
     finally:
         if created:
