@@ -155,6 +155,7 @@ def _worker(rank: int, store_path: str, root: str) -> None:
         means = (view.weights[..., None] * view.z).sum(1) / view.weights.sum(1, keepdim=True)
         found = {"bank_means": means, "history": result.history, "seed": result.config.seed}
         torch.save(found, out / f"result-{rank}.pt")
+        dist.barrier()  # both ranks done: neither tears the group down under the other
     finally:
         dist.destroy_process_group()
 

@@ -477,10 +477,10 @@ def fit_distributed(
                 "history": history,
             }
             _write_json(Path(run_dir) / SUMMARY_NAME, summary)
-        if created:
-            # leave together: a rank that tears the group down while another is still writing
-            # can abort the process (gloo)
-            dist.barrier()
+        # leave together: a rank that tears the group down (or exits) while another is still
+        # working can abort that process (gloo); a caller that made the group should also meet
+        # at a barrier right before destroy_process_group
+        dist.barrier(group=sync.group)
         return FitResult(result.encoder, history, result.bank, result.config)
     finally:
         if created:
