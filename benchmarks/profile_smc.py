@@ -35,7 +35,7 @@ PARTS = [
     ("likelihood with validation (Model.log_likelihood)", 2, ["log_likelihood"]),
     ("validation (check_log_likelihood)", 3, ["check_log_likelihood"]),
     ("whitened jump length (solve_triangular)", 2, ["whitened_sq_norm", "_whitened_sq"]),
-    ("normal draws", 2, ["standard_normal", "_randn"]),
+    ("normal draws", 2, ["standard_normal"]),
     ("accept / reject draws", 2, ["accept", "_accept"]),
     ("final summaries (distinct_fraction)", 1, ["distinct_fraction"]),
 ]

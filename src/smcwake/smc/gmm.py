@@ -60,15 +60,16 @@ class GaussianMixture(NamedTuple):
     scale_tril: Tensor  # [B, M, d, d] lower Cholesky factors of the covariances
 
 
-def log_sum_exp(log_p: Tensor, keepdim: bool = False) -> Tensor:
-    """logsumexp over a short last axis such as the components (faster than torch's there).
+def log_sum_exp(log_p: Tensor, keepdim: bool = False, dim: int = -1) -> Tensor:
+    """logsumexp over a short axis such as the components (faster than torch's there).
 
-    Rows of all ``-inf`` give ``-inf``. Shapes: log_p [*, M] -> [*] (or [*, 1] with keepdim).
+    Rows of all ``-inf`` give ``-inf``. Shapes: log_p [*, M] -> [*] (or [*, 1] with keepdim),
+    reducing ``dim`` (the last axis by default).
     """
-    top = log_p.amax(-1, keepdim=True)
+    top = log_p.amax(dim, keepdim=True)
     top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
-    out = top + torch.log(torch.exp(log_p - top).sum(-1, keepdim=True))
-    return out if keepdim else out[..., 0]
+    out = (log_p - top).exp_().sum(dim, keepdim=True).log_().add_(top)
+    return out if keepdim else out.squeeze(dim)
 
 
 def _outer(u: Tensor) -> Tensor:
@@ -146,16 +147,12 @@ def _log_density_by_component(
     return out
 
 
-def _gaussian_log_prob(
-    z: Tensor, loc: Tensor, scale_tril: Tensor, outer: Tensor | None = None
-) -> Tensor:
+def _gaussian_log_prob(z: Tensor, loc: Tensor, scale_tril: Tensor) -> Tensor:
     """log N(z_k; loc_j, L_j L_j^T) for every particle and component, in the dtype of z.
-
-    ``outer`` as in :func:`_log_density_by_component`.
 
     Shapes: z [B, K, d], loc [B, M, d], scale_tril [B, M, d, d] -> [B, K, M].
     """
-    return _log_density_by_component(z, loc, scale_tril, outer).to(z.dtype).mT
+    return _log_density_by_component(z, loc, scale_tril).to(z.dtype).mT
 
 
 def step_log_prob(step: Tensor, scale_tril: Tensor) -> Tensor:
@@ -196,12 +193,9 @@ def mixture_log_prob(mixture: GaussianMixture, z: Tensor) -> Tensor:
     >>> round(float(mixture_log_prob(mix, torch.zeros(1, 1, 2))), 4)  # -log(2 pi)
     -1.8379
     """
-    # summed over the components in the [B, M, K] layout, in place
+    # summed over the components in the [B, M, K] layout
     log_p = _log_density_by_component(z, mixture.loc, mixture.scale_tril, None, mixture.log_mix)
-    top = log_p.amax(1, keepdim=True)
-    top = torch.where(torch.isfinite(top), top, 0.0)
-    total = log_p.sub_(top).exp_().sum(1, keepdim=True).log_().add_(top)
-    return total[:, 0].to(z.dtype)
+    return log_sum_exp(log_p, dim=1).to(z.dtype)
 
 
 def log_responsibilities(mixture: GaussianMixture, z: Tensor) -> Tensor:

@@ -71,11 +71,6 @@ __all__ = [
 ]
 
 
-def _randn(shape: tuple[int, ...], generator: torch.Generator | None, like: Tensor) -> Tensor:
-    """Standard normal draws of the given shape, in ``like``'s dtype and device."""
-    return torch.randn(shape, generator=generator, dtype=like.dtype, device=like.device)
-
-
 def random_walk_metropolis(num_steps: int = 5, target_acceptance: float = 0.234) -> Kernel:
     """Random-walk Metropolis with proposal N(z, (scale^2 / d) Sigma), Sigma the cloud covariance.
 
@@ -94,11 +89,10 @@ def random_walk_metropolis(num_steps: int = 5, target_acceptance: float = 0.234)
         current = state.log_prior + tempered(state.loglik, state.tau)
         accepted = torch.zeros_like(state.log_prior)
         jump = torch.zeros_like(state.log_prior)
-        like = state.z
         for _ in range(num_steps):
             # noise drawn as [B, d, K]: L @ noise is a product with a long inner row, which
             # runs many times faster than noise @ L^T when d is small
-            noise = _randn((B, d, K), generator, like)
+            noise = standard_normal(state.z, generator, (B, d, K))
             z_new = state.z + (step_chol @ noise).mT
             lp, ll = target.evaluate(z_new)
             proposed = lp + tempered(ll, state.tau)

@@ -134,9 +134,13 @@ def weighted_cholesky(z: Tensor, log_weights: Tensor, jitter: float = 1e-6) -> T
     return torch.where((info == 0)[:, None, None], chol, diag)
 
 
-def standard_normal(like: Tensor, generator: torch.Generator | None) -> Tensor:
-    """Standard normal draws with the shape, dtype and device of ``like``."""
-    return torch.randn(like.shape, generator=generator, dtype=like.dtype, device=like.device)
+def standard_normal(
+    like: Tensor, generator: torch.Generator | None, shape: tuple[int, ...] | None = None
+) -> Tensor:
+    """Standard normal draws with the dtype and device of ``like``, and its shape unless
+    ``shape`` is given."""
+    shape = like.shape if shape is None else shape
+    return torch.randn(shape, generator=generator, dtype=like.dtype, device=like.device)
 
 
 def accept(log_ratio: Tensor, generator: torch.Generator | None) -> Tensor:
