@@ -265,64 +265,79 @@ class ParticleBank:
 
         Shapes: idx [b] -> z [b, S, d], weights [b, S] (S = num_samples if given).
         """
-        if num_samples is not None:
-            return self._sampled_view(idx, estimator or self.estimator, num_samples, generator)
         est = estimator or self.estimator
-        z, lw, log_z = self.z[idx], self.log_weights[idx], self.log_z_runs[idx]
+        slots, log_run, log_row = self._run_weights(idx, est)
+        if num_samples is not None:
+            return self._sampled_view(idx, est, slots, log_run, log_row, num_samples, generator)
+        z, lw = self.z[idx], self.log_weights[idx]
         if self.estimator == "b":  # equal weights 1/R within each stored run
             lw = torch.full(z.shape[:3], -math.log(z.shape[2]), dtype=z.dtype, device=z.device)
         b = idx.shape[0]
         if est in ("a", "b"):
-            if est != self.estimator:
-                raise ValueError(f"a bank built for {self.estimator!r} cannot serve {est!r}")
-            log_omega = torch.nan_to_num(normalize(log_z), nan=-math.inf)  # [b, M]
             if est == "a" and runs_per_step is not None:
-                usable = torch.isfinite(log_omega).any(-1, keepdim=True)
-                safe = torch.where(usable, log_omega, 0.0)
+                usable = torch.isfinite(log_run).any(-1, keepdim=True)
+                safe = torch.where(usable, log_run, 0.0)
                 runs = multinomial(safe, runs_per_step, generator=generator)  # [b, R]
                 z = torch.gather(z, 1, runs[..., None, None].expand(-1, -1, *z.shape[2:]))
                 lw = torch.gather(lw, 1, runs[..., None].expand(-1, -1, lw.shape[-1]))
                 lw = torch.where(usable[..., None], lw - math.log(runs_per_step), -math.inf)
             else:
-                lw = lw + log_omega[..., None].to(lw.dtype)
+                lw = lw + log_run[..., None].to(lw.dtype)
             return WeightedParticles(z.reshape(b, -1, self.dim), torch.exp(lw.reshape(b, -1)))
-        newest = (self.position[idx] - 1).clamp_min(0) % self.z.shape[1]
         rows = torch.arange(b, device=idx.device)
-        z, lw = z[rows, newest], lw[rows, newest]
+        z, lw = z[rows, slots[:, 0]], lw[rows, slots[:, 0]]
         if est == "c":
-            factor = log_z[rows, newest] - self.log_zbar[idx]
-            lw = lw + torch.nan_to_num(factor, nan=-math.inf)[:, None].to(lw.dtype)
+            lw = lw + log_row[:, None].to(lw.dtype)
         return WeightedParticles(z, torch.exp(lw))
 
+    def _run_weights(self, idx: Tensor, est: str) -> tuple[Tensor, Tensor, Tensor]:
+        """Which stored runs an estimator reads, and their weights.
+
+        Returns ``slots`` [b, m] (every ring slot for "a" and "b", the newest run for the
+        others), ``log_run`` [b, m] float64 (log omega, the normalized evidence weight of each
+        run, for "a" and "b"; 0 otherwise) and ``log_row`` [b] float64 (the (c) factor
+        log Zhat_newest - log Zbar for "c"; 0 otherwise). A particle's log weight is its
+        within-run log weight + log_run + log_row.
+        """
+        b, M = idx.shape[0], self.z.shape[1]
+        log_z = self.log_z_runs[idx]  # [b, M]
+        log_row = torch.zeros(b, dtype=torch.float64, device=idx.device)
+        if est in ("a", "b"):
+            if est != self.estimator:
+                raise ValueError(f"a bank built for {self.estimator!r} cannot serve {est!r}")
+            slots = torch.arange(M, device=idx.device).expand(b, -1)
+            log_run = torch.nan_to_num(normalize(log_z), nan=-math.inf)
+            return slots, log_run, log_row
+        newest = (self.position[idx] - 1).clamp_min(0) % M
+        if est == "c":
+            factor = log_z[torch.arange(b, device=idx.device), newest] - self.log_zbar[idx]
+            log_row = torch.nan_to_num(factor, nan=-math.inf)
+        return newest[:, None], torch.zeros(b, 1, dtype=torch.float64, device=idx.device), log_row
+
     def _sampled_view(
-        self, idx: Tensor, est: str, num_samples: int, generator: torch.Generator | None
+        self,
+        idx: Tensor,
+        est: str,
+        slots: Tensor,
+        log_run: Tensor,
+        log_row: Tensor,
+        num_samples: int,
+        generator: torch.Generator | None,
     ) -> WeightedParticles:
-        """``num_samples`` draws per observation from the estimator's weighted particles.
+        """``num_samples`` draws per observation from the estimator's weighted particles
+        (``slots``, ``log_run``, ``log_row`` from :meth:`_run_weights`).
 
         Only the drawn particles are gathered, so the cost does not grow with M * K.
         """
         if not isinstance(num_samples, int) or isinstance(num_samples, bool) or num_samples < 1:
             raise ValueError(f"num_samples: expected an integer >= 1, received {num_samples!r}")
         b = idx.shape[0]
-        log_z = self.log_z_runs[idx]  # [b, M]
-        log_total = torch.zeros(b, dtype=torch.float64, device=idx.device)  # log sum of weights
-        if est in ("a", "b"):
-            if est != self.estimator:
-                raise ValueError(f"a bank built for {self.estimator!r} cannot serve {est!r}")
-            slots = torch.arange(self.z.shape[1], device=idx.device).expand(b, -1)
-            log_omega = torch.nan_to_num(normalize(log_z), nan=-math.inf)  # [b, M]
-            if est == "b":
-                R = self.z.shape[2]
-                lw = (log_omega - math.log(R))[..., None].expand(-1, -1, R)
-            else:
-                lw = self.log_weights[idx].double() + log_omega[..., None]
+        if est == "b":  # equal weights 1/R within each stored run
+            R = self.z.shape[2]
+            lw = (log_run - math.log(R))[..., None].expand(-1, -1, R)
         else:
-            newest = (self.position[idx] - 1).clamp_min(0) % self.z.shape[1]
-            slots = newest[:, None]
-            lw = self.log_weights[idx, newest].double()[:, None]  # [b, 1, K]
-            if est == "c":
-                factor = log_z[torch.arange(b, device=idx.device), newest] - self.log_zbar[idx]
-                log_total = torch.nan_to_num(factor, nan=-math.inf)
+            lw = self.log_weights[idx[:, None], slots].double() + log_run[..., None]  # [b, m, K]
+        log_total = log_row  # log of the row's summed weight
         P = lw.shape[-1]
         flat = lw.reshape(b, -1)
         usable = torch.isfinite(flat).any(-1) & torch.isfinite(log_total)
