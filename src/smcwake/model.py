@@ -149,11 +149,6 @@ class Model:
         self._unbounded = support is constraints.real
         self._box = _uniform_box(prior)
         self._diagonal_normal = _is_plain_independent(prior, Normal)
-        self._box_bounds = (
-            None
-            if self._box is None
-            else list(zip(self._box[0].tolist(), self._box[1].tolist(), strict=True))
-        )
         self.x_dim: int | None = None
         self._interior: dict[tuple[torch.dtype, torch.device], Tensor] = {}
         self._box_cache: dict[tuple[torch.dtype, torch.device], tuple[Tensor, ...]] = {}
@@ -211,11 +206,9 @@ class Model:
             low, high, log_density = self._box_for(z)
             if self.dim <= _COORDINATE_LOOP_MAX_DIM:
                 # one comparison per coordinate: reductions over a short last axis are slow
-                inside = None
-                for j, (lo, hi) in enumerate(self._box_bounds):
-                    zj = z[..., j]
-                    here = (zj >= lo) & (zj < hi)
-                    inside = here if inside is None else inside & here
+                inside = (z[..., 0] >= low[0]) & (z[..., 0] < high[0])
+                for j in range(1, self.dim):
+                    inside &= (z[..., j] >= low[j]) & (z[..., j] < high[j])
             else:
                 inside = ((z >= low) & (z < high)).all(-1)  # Uniform's half-open convention
             return select(inside, log_density.expand(inside.shape), -math.inf)
