@@ -248,14 +248,6 @@ def _exact_log_posterior(task: Task, x: Tensor) -> MultivariateNormal:
     return MultivariateNormal(mean.double(), covariance_matrix=cov.double())
 
 
-def _log_joint(task: Task, z: Tensor, x: Tensor) -> Tensor:
-    """log p(z) + log p(x | z), -inf outside the prior's support. Shapes: z [B, S, d] -> [B, S]."""
-    log_prior = task.model.log_prior(z)
-    inside = torch.isfinite(log_prior)
-    loglik = task.model.log_likelihood(torch.where(inside[..., None], z, z.new_zeros(())), x)
-    return torch.where(inside, log_prior + loglik, -math.inf)
-
-
 def _gaussian_of(encoder, x: Tensor) -> tuple[Tensor, Tensor]:
     """A Gaussian encoder's mean and covariance in float64.
 
@@ -317,7 +309,9 @@ class _Reference:
             self.samples = task.reference_posterior(x[:n], options.c2st_samples, seed + 10_000)
             if task.posterior_moments is None and _box(task) is not None and task.model.dim == 2:
                 self.log_z = grid_log_evidence(task, x[:n], options.grid_size)
-                self.log_p = _log_joint(task, self.samples, x[:n]).double() - self.log_z[:, None]
+                self.log_p = (
+                    task.model.log_joint(self.samples, x[:n]).double() - self.log_z[:, None]
+                )
 
     def forward_kl(self, encoder, x: Tensor) -> Tensor | None:
         """Grid-normalized forward KL on the reference subset, per observation [n] (or None)."""
@@ -393,7 +387,7 @@ def evaluate(
                 p_values = diagnostics.sbc_uniformity(ranks, thinned.shape[1])
                 metrics["sbc_p"] = min(1.0, float(p_values.min()) * p_values.numel())
                 arrays["sbc_p_values"] = p_values.tolist()
-        log_w = _log_joint(task, q_samples, x).double() - log_q.double()
+        log_w = task.model.log_joint(q_samples, x).double() - log_q.double()
         log_z_is = torch.logsumexp(log_w, -1) - math.log(options.num_samples)
         metrics["log_evidence_is"] = _mean(log_z_is)
         exact_log_z = task.log_evidence(x).double() if task.log_evidence is not None else None
@@ -1169,7 +1163,7 @@ def _digits_run(method, seed, x, heldout, base, budget, run_dir, resume, options
         g = torch.Generator().manual_seed(0)
         with torch.no_grad():
             z = encoder.sample(probe, 100, generator=g)
-            log_w = _log_joint(task, z, probe).double() - encoder.log_prob(z, probe).double()
+            log_w = task.model.log_joint(z, probe).double() - encoder.log_prob(z, probe).double()
         return float((torch.logsumexp(log_w, -1) - math.log(100)).mean())
 
     def callback(step, encoder, row):
@@ -1197,7 +1191,7 @@ def _digits_run(method, seed, x, heldout, base, budget, run_dir, resume, options
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         z = encoder.sample(heldout, options.num_samples, generator=g)
-        log_w = _log_joint(task, z, heldout).double() - encoder.log_prob(z, heldout).double()
+        log_w = task.model.log_joint(z, heldout).double() - encoder.log_prob(z, heldout).double()
         bound = torch.logsumexp(log_w, -1) - math.log(options.num_samples)
         mean, _ = encoder.gaussian_params(heldout[:8])
         recon = decoder.mean(mean)

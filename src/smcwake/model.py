@@ -85,6 +85,31 @@ def check_log_likelihood(loglik: Tensor, z: Tensor, rows: Tensor | None = None) 
     return loglik
 
 
+def _check_continuous_support(prior: Distribution) -> None:
+    """Raise ``ValueError`` for priors whose support is discrete or of lower dimension than d.
+
+    The move kernels propose points in R^d; on a discrete set or on the simplex (a Dirichlet
+    prior, whose d coordinates sum to 1) they would not target the posterior.
+    """
+    support = prior.support
+    if support.is_discrete:
+        raise ValueError(
+            f"prior: expected a continuous distribution, received {type(prior).__name__} with "
+            f"discrete support {support}. The samplers move z continuously in R^d; sum a "
+            "discrete latent variable out inside the likelihood instead."
+        )
+    while isinstance(support, constraints.independent):
+        support = support.base_constraint
+    if isinstance(support, type(constraints.simplex)):
+        raise ValueError(
+            f"prior: {type(prior).__name__} has support on the simplex, a surface of dimension "
+            "d - 1 in R^d, where the samplers cannot move. Sample the d - 1 unconstrained "
+            "coordinates instead: prior = TransformedDistribution(Dirichlet(alpha), "
+            "[StickBreakingTransform().inv]) (event shape [d - 1]), and map z back with "
+            "StickBreakingTransform()(z) inside the likelihood."
+        )
+
+
 class Model:
     """A prior over ``z`` in R^d (or a subset) and a likelihood that can be evaluated in batch.
 
@@ -93,7 +118,10 @@ class Model:
             shape, e.g. ``Independent(Normal(zeros(d), ones(d)), 1)`` or ``MultivariateNormal``.
             Its parameters' device is the device the model runs on.
         log_likelihood: ``f(z [B, K, d], x [B, p]) -> [B, K]``: log p(x_b | z_bk). Return ``-inf``
-            for zero likelihood; NaN is reported as an error.
+            for zero likelihood; NaN is reported as an error. It only needs to be defined inside
+            the prior's support: the samplers also call it at proposals outside, and ignore
+            what it returns there (NaN included) or, if it raises, call it again with those
+            points moved inside.
         simulate: optional ``g(z [N, d]) -> x [N, p]`` drawing x ~ p(x | z) (needed by the sleep /
             NPE baseline and by simulation-based checks).
         name: a label used in logs and reports.
@@ -138,6 +166,7 @@ class Model:
                 "simulate: expected None or a callable g(z [N, d]) -> x [N, p], received "
                 f"{type(simulate).__name__}"
             )
+        _check_continuous_support(prior)
         self.prior = prior
         self._log_likelihood = log_likelihood
         self._simulate = simulate
@@ -268,33 +297,45 @@ class Model:
             )
         return x
 
-    def log_likelihood(self, z: Tensor, x: Tensor, rows: Tensor | None = None) -> Tensor:
+    def log_likelihood(
+        self,
+        z: Tensor,
+        x: Tensor,
+        rows: Tensor | None = None,
+        *,
+        log_prior: Tensor | None = None,
+    ) -> Tensor:
         """Evaluate and validate log p(x_b | z_bk).
 
         NaN or ``+inf`` raise ``ValueError``; ``-inf`` is a valid zero likelihood. A
         ``RuntimeError`` or ``IndexError`` from the first evaluation (usually x with the wrong
         number of columns) is raised again as a ``ValueError`` that names the shapes.
 
-        Shapes: z [B, K, d], x [B, p] -> [B, K]; ``rows`` [B] dataset indices for messages.
+        ``log_prior`` (the log prior at z, when the caller has it) marks the points outside the
+        prior's support, where it is ``-inf``: the result is ``-inf`` there whatever the user's
+        function returns (a likelihood need not be defined outside the support, e.g. a Poisson
+        rate below 0), and if the function raises, it is called again with those points moved
+        to a point inside the support.
+
+        Shapes: z [B, K, d], x [B, p] -> [B, K]; ``rows`` [B] dataset indices for messages;
+        ``log_prior`` [B, K].
         """
         if z.dim() != 3 or z.shape[-1] != self.dim or z.shape[0] != x.shape[0]:
             raise ValueError(
                 f"z: expected shape [B={x.shape[0]}, K, d={self.dim}], received {list(z.shape)}"
             )
-        if self.x_dim is None:  # first evaluation: a failure here is usually a shape mismatch
-            try:
-                out = self._log_likelihood(z, x)
-            except (RuntimeError, IndexError) as err:
-                if isinstance(err, torch.cuda.OutOfMemoryError):
-                    raise
-                raise ValueError(
-                    f"log_likelihood failed on its first evaluation, with z {list(z.shape)} "
-                    f"(d={self.dim} from the prior) and x {list(x.shape)}: "
-                    f"{type(err).__name__}: {err}. Check that x has the number of columns p "
-                    "the likelihood expects."
-                ) from err
-        else:
-            out = self._log_likelihood(z, x)
+        outside = None if log_prior is None or self._unbounded else log_prior == -math.inf
+        try:
+            out = self._evaluate_likelihood(z, x)
+        except Exception as err:
+            if isinstance(err, torch.cuda.OutOfMemoryError) or outside is None:
+                raise
+            if not bool(outside.any()):
+                raise
+            # the function may reject points outside the support (torch.distributions'
+            # argument validation does): evaluate at an interior point there instead
+            inside_z = torch.where(outside[..., None], self._interior_point(z), z)
+            out = self._evaluate_likelihood(inside_z, x)
         if not isinstance(out, Tensor) or out.shape != z.shape[:2]:
             got = list(out.shape) if isinstance(out, Tensor) else type(out).__name__
             raise ValueError(
@@ -304,7 +345,42 @@ class Model:
             )
         if self.x_dim is None:
             self.x_dim = int(x.shape[1])
+        if outside is not None:
+            out = select(outside, -math.inf, out)
         return check_log_likelihood(out, z, rows)
+
+    def _evaluate_likelihood(self, z: Tensor, x: Tensor) -> Tensor:
+        """The user's function; its failure on the first evaluation is reported with shapes."""
+        if self.x_dim is not None:
+            return self._log_likelihood(z, x)
+        try:  # first evaluation: a failure here is usually a shape mismatch
+            return self._log_likelihood(z, x)
+        except (RuntimeError, IndexError) as err:
+            if isinstance(err, torch.cuda.OutOfMemoryError):
+                raise
+            raise ValueError(
+                f"log_likelihood failed on its first evaluation, with z {list(z.shape)} "
+                f"(d={self.dim} from the prior) and x {list(x.shape)}: "
+                f"{type(err).__name__}: {err}. Check that x has the number of columns p "
+                "the likelihood expects."
+            ) from err
+
+    def log_joint(self, z: Tensor, x: Tensor, rows: Tensor | None = None) -> Tensor:
+        """log p(z) + log p(x | z), ``-inf`` outside the prior's support.
+
+        The likelihood is only evaluated inside the support (points outside are replaced by an
+        interior point before the call), so gradients with respect to z stay finite for
+        likelihoods that are undefined outside it.
+
+        Shapes: z [B, K, d], x [B, p] -> [B, K].
+        """
+        log_prior = self.log_prior(z)
+        if self._unbounded:
+            return log_prior + self.log_likelihood(z, x, rows)
+        inside = torch.isfinite(log_prior)
+        z_safe = torch.where(inside[..., None], z, self._interior_point(z))
+        loglik = self.log_likelihood(z_safe, x, rows)
+        return torch.where(inside, log_prior + loglik, -math.inf)
 
     def simulate(self, z: Tensor, *, generator: torch.Generator | None = None) -> Tensor:
         """Draw x ~ p(x | z) with the user's simulator (global RNG forked, seeded from generator).

@@ -141,15 +141,6 @@ def smc_wake(estimator: str) -> Objective:
     return objective
 
 
-def _log_joint(model: Model, z: Tensor, x: Tensor, idx: Tensor) -> Tensor:
-    """log p(z) + log p(x | z), -inf outside the prior support. Shapes: z [b, K, d] -> [b, K]."""
-    log_prior = model.log_prior(z)
-    inside = torch.isfinite(log_prior)
-    z_safe = torch.where(inside[..., None], z, model._interior_point(z))
-    loglik = model.log_likelihood(z_safe, x, idx)
-    return torch.where(inside, log_prior + loglik, -math.inf)
-
-
 def _self_normalized(log_w: Tensor) -> Tensor:
     """Per-row normalized weights; rows with no finite weight get zeros."""
     w = torch.softmax(log_w, dim=-1)
@@ -162,7 +153,7 @@ def wake(encoder, batch: Batch, ctx: Context) -> tuple[Tensor, int]:
     K = ctx.num_particles
     with torch.no_grad():
         z = encoder.sample(batch.x, K, generator=ctx.generator)
-        log_w = _log_joint(ctx.model, z, batch.x, batch.idx) - encoder.log_prob(z, batch.x)
+        log_w = ctx.model.log_joint(z, batch.x, batch.idx) - encoder.log_prob(z, batch.x)
         w = _self_normalized(log_w)
     return _weighted_score_loss(encoder, z, w, batch.x), z.shape[0] * K
 
@@ -181,7 +172,7 @@ def defensive_wake(encoder, batch: Batch, ctx: Context) -> tuple[Tensor, int]:
         log_mix = torch.logaddexp(ctx.model.log_prior(z), encoder.log_prob(z, batch.x)) - math.log(
             2
         )
-        log_w = _log_joint(ctx.model, z, batch.x, batch.idx) - log_mix
+        log_w = ctx.model.log_joint(z, batch.x, batch.idx) - log_mix
         w = _self_normalized(log_w)
     return _weighted_score_loss(encoder, z, w, batch.x), z.shape[0] * K
 
@@ -214,7 +205,7 @@ def elbo(encoder, batch: Batch, ctx: Context) -> tuple[Tensor, int]:
     _check_batch(batch, ctx)
     K = ctx.num_particles
     z, log_q = encoder.rsample_and_log_prob(batch.x, K, generator=ctx.generator)
-    log_joint = _log_joint(ctx.model, z, batch.x, batch.idx)
+    log_joint = ctx.model.log_joint(z, batch.x, batch.idx)
     bound = log_joint - log_q
     finite = torch.isfinite(bound)
     loss = -torch.where(finite, bound, 0.0).sum() / finite.sum().clamp_min(1)
@@ -231,7 +222,7 @@ def iwae(encoder, batch: Batch, ctx: Context) -> tuple[Tensor, int]:
     _check_batch(batch, ctx)
     K = ctx.num_particles
     z, log_q = encoder.rsample_and_log_prob(batch.x, K, generator=ctx.generator)
-    log_w = _log_joint(ctx.model, z, batch.x, batch.idx) - log_q
+    log_w = ctx.model.log_joint(z, batch.x, batch.idx) - log_q
     bound = torch.logsumexp(log_w, -1) - math.log(K)
     return -bound.mean(), z.shape[0] * K
 
@@ -246,7 +237,7 @@ def msc(encoder, batch: Batch, ctx: Context) -> tuple[Tensor, int]:
         current = ctx.chains[batch.idx].to(batch.x.dtype)  # [b, d]
         proposals = encoder.sample(batch.x, K - 1, generator=ctx.generator)
         z = torch.cat([proposals, current[:, None, :]], dim=1)  # [b, K, d]
-        log_w = _log_joint(ctx.model, z, batch.x, batch.idx) - encoder.log_prob(z, batch.x)
+        log_w = ctx.model.log_joint(z, batch.x, batch.idx) - encoder.log_prob(z, batch.x)
         # rows where every weight is -inf keep the current state (last slot)
         dead = ~torch.isfinite(log_w).any(-1, keepdim=True)
         last = torch.zeros_like(log_w).fill_(-math.inf)

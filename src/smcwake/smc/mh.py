@@ -15,7 +15,8 @@ The tempered target is pi_tau(z) ∝ p(z) p(x | z)^tau. Every move accepts a pro
 with probability min(1, pi_tau(z') q(z | z') / (pi_tau(z) q(z' | z))) (Metropolis et al., 1953;
 Hastings, 1970), which satisfies detailed balance for pi_tau. Log-densities of the current
 particles are cached in the state and never recomputed. Proposals are never clamped to the prior
-support: outside it the log prior is ``-inf`` and the move is rejected.
+support: outside it the log prior is ``-inf`` and the move is rejected (the log-likelihood there
+is ``-inf`` as well, whatever the user's function returns; see ``Model.log_likelihood``).
 """
 
 from __future__ import annotations
@@ -55,8 +56,12 @@ class Target(NamedTuple):
     rows: Tensor | None = None  # [B]
 
     def evaluate(self, z: Tensor) -> tuple[Tensor, Tensor]:
-        """Log prior and log-likelihood. Shapes: z [B, K, d] -> ([B, K], [B, K])."""
-        return self.model.log_prior(z), self.model.log_likelihood(z, self.x, self.rows)
+        """Log prior and log-likelihood, the latter ``-inf`` outside the prior's support.
+
+        Shapes: z [B, K, d] -> ([B, K], [B, K]).
+        """
+        log_prior = self.model.log_prior(z)
+        return log_prior, self.model.log_likelihood(z, self.x, self.rows, log_prior=log_prior)
 
     def evaluate_with_grad(self, z: Tensor, tau: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Log prior, log-likelihood and the gradient of the tempered log target.
