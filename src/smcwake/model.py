@@ -317,6 +317,9 @@ class Model:
         rate below 0), and if the function raises, it is called again with those points moved
         to a point inside the support.
 
+        The result has z's dtype (a result in another dtype is converted; run the sampler in
+        float64 when log-likelihoods are too large for float32's resolution).
+
         Shapes: z [B, K, d], x [B, p] -> [B, K]; ``rows`` [B] dataset indices for messages;
         ``log_prior`` [B, K].
         """
@@ -345,6 +348,8 @@ class Model:
             )
         if self.x_dim is None:
             self.x_dim = int(x.shape[1])
+        if out.dtype != z.dtype:  # the samplers keep every quantity in z's dtype
+            out = out.to(z.dtype)
         if outside is not None:
             out = select(outside, -math.inf, out)
         return check_log_likelihood(out, z, rows)

@@ -175,6 +175,23 @@ def test_seeded_runs_are_reproducible_and_float32_works():
     assert torch.equal(a.log_evidence, b.log_evidence)
 
 
+@pytest.mark.parametrize("kernel", ["rwmh", "mala", "hmc", "mixture+rwmh"])
+def test_likelihood_in_another_dtype_is_converted_to_z_dtype(kernel):
+    # a float32 model whose likelihood computes in float64: every kernel runs in float32 and
+    # matches the run of the same model whose likelihood rounds to float32 itself
+    model = conjugate_model(2, dtype=torch.float32)
+    in_float64 = Model(model.prior, lambda z, x: model._log_likelihood(z.double(), x.double()))
+    rounded = Model(model.prior, lambda z, x: in_float64._log_likelihood(z, x).float())
+    x = observations(3, 2, seed=6, dtype=torch.float32)
+    assert in_float64.log_likelihood(torch.zeros(3, 4, 2), x).dtype == torch.float32
+    runs = [
+        run_smc(m, x, 100, kernel=kernel, generator=torch.Generator().manual_seed(7))
+        for m in (in_float64, rounded)
+    ]
+    assert runs[0].particles.dtype == torch.float32
+    assert torch.equal(runs[0].particles, runs[1].particles)
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
