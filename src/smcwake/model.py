@@ -85,6 +85,13 @@ def check_log_likelihood(loglik: Tensor, z: Tensor, rows: Tensor | None = None) 
     return loglik
 
 
+def _base_constraint(support: constraints.Constraint) -> constraints.Constraint:
+    """The constraint on the coordinates: ``support`` without its ``independent`` wrappers."""
+    while isinstance(support, constraints.independent):
+        support = support.base_constraint
+    return support
+
+
 def _check_continuous_support(prior: Distribution) -> None:
     """Raise ``ValueError`` for priors whose support is discrete or of lower dimension than d.
 
@@ -98,9 +105,7 @@ def _check_continuous_support(prior: Distribution) -> None:
             f"discrete support {support}. The samplers move z continuously in R^d; sum a "
             "discrete latent variable out inside the likelihood instead."
         )
-    while isinstance(support, constraints.independent):
-        support = support.base_constraint
-    if isinstance(support, type(constraints.simplex)):
+    if isinstance(_base_constraint(support), type(constraints.simplex)):
         raise ValueError(
             f"prior: {type(prior).__name__} has support on the simplex, a surface of dimension "
             "d - 1 in R^d, where the samplers cannot move. Sample the d - 1 unconstrained "
@@ -172,10 +177,7 @@ class Model:
         self._simulate = simulate
         self.name = name
         self.dim = int(prior.event_shape[0])
-        support = prior.support
-        while isinstance(support, constraints.independent):
-            support = support.base_constraint
-        self._unbounded = support is constraints.real
+        self._unbounded = _base_constraint(prior.support) is constraints.real
         self._box = _uniform_box(prior)
         self._diagonal_normal = _is_plain_independent(prior, Normal)
         self.x_dim: int | None = None
@@ -219,6 +221,13 @@ class Model:
             self._interior[key] = point.to(dtype=like.dtype, device=like.device)
         return self._interior[key]
 
+    def _moved_inside(self, z: Tensor, inside: Tensor) -> Tensor:
+        """z with the points where ``inside`` is False replaced by a point inside the support.
+
+        Shapes: z [*, d], inside [*] bool -> [*, d].
+        """
+        return torch.where(inside[..., None], z, self._interior_point(z))
+
     def log_prior(self, z: Tensor) -> Tensor:
         """Log prior density, ``-inf`` outside the support (whatever torch's validation flag).
 
@@ -244,8 +253,8 @@ class Model:
         inside = self.prior.support.check(z)
         if inside.dim() == z.dim():  # an element-wise constraint: reduce over the event
             inside = inside.all(-1)
-        z_safe = torch.where(inside[..., None], z, self._interior_point(z))
-        return torch.where(inside, self.prior.log_prob(z_safe), -math.inf).to(z.dtype)
+        log_prob = self.prior.log_prob(self._moved_inside(z, inside))
+        return torch.where(inside, log_prob, -math.inf).to(z.dtype)
 
     def sample_prior(
         self,
@@ -337,8 +346,7 @@ class Model:
                 raise
             # the function may reject points outside the support (torch.distributions'
             # argument validation does): evaluate at an interior point there instead
-            inside_z = torch.where(outside[..., None], self._interior_point(z), z)
-            out = self._evaluate_likelihood(inside_z, x)
+            out = self._evaluate_likelihood(self._moved_inside(z, ~outside), x)
         if not isinstance(out, Tensor) or out.shape != z.shape[:2]:
             got = list(out.shape) if isinstance(out, Tensor) else type(out).__name__
             raise ValueError(
@@ -383,8 +391,7 @@ class Model:
         if self._unbounded:
             return log_prior + self.log_likelihood(z, x, rows)
         inside = torch.isfinite(log_prior)
-        z_safe = torch.where(inside[..., None], z, self._interior_point(z))
-        loglik = self.log_likelihood(z_safe, x, rows)
+        loglik = self.log_likelihood(self._moved_inside(z, inside), x, rows)
         return torch.where(inside, log_prior + loglik, -math.inf)
 
     def simulate(self, z: Tensor, *, generator: torch.Generator | None = None) -> Tensor:
