@@ -141,14 +141,45 @@ def test_observations_with_the_wrong_number_of_columns_are_named():
         run_smc(model, x3, 20, generator=g0())
 
 
+def test_a_likelihood_that_fails_on_its_first_call_is_not_blamed_on_x_alone():
+    def broken(z, x):
+        raise RuntimeError("emulator weights were never loaded")
+
+    model, x = conjugate(loglik=broken)
+    with pytest.raises(ValueError, match="does not mention shapes: the likelihood itself") as info:
+        run_smc(model, x, 20, generator=g0())
+    assert "emulator weights were never loaded" in str(info.value)
+    assert isinstance(info.value.__cause__, RuntimeError)  # the user's traceback is kept
+    # a shape mismatch still points to x's columns first, and names the other possibility
+    model, x = conjugate()
+    with pytest.raises(ValueError, match=r"points to shapes: x may not have.*or the likelihood"):
+        run_smc(model, torch.cat([x, x[:, :1]], dim=1), 20, generator=g0())
+
+
+class _NoSupport(torch.distributions.Distribution):
+    """A user's prior that forgot to declare its support."""
+
+    arg_constraints = {}
+
+    def __init__(self):
+        super().__init__(event_shape=torch.Size([D]), validate_args=False)
+
+    def sample(self, sample_shape=()):
+        return torch.randn(*sample_shape, D)
+
+    def log_prob(self, value):
+        return Normal(0.0, 1.0).log_prob(value).sum(-1)
+
+
 @pytest.mark.parametrize(
     ("prior", "error", "message"),
     [
+        (_NoSupport(), TypeError, r"_NoSupport does not define `support`.*real_vector"),
         (Normal(0.0, 1.0), ValueError, r"event_shape \[d\].*event_shape \[\].*Independent"),
         (Normal(torch.zeros(3), 1.0), ValueError, r"batch_shape \[3\].*Independent"),
         ("normal", TypeError, "torch.distributions.Distribution, received str"),
     ],
-    ids=["scalar", "batched", "not-a-distribution"],
+    ids=["no-support", "scalar", "batched", "not-a-distribution"],
 )
 def test_model_needs_a_prior_with_one_event_dimension(prior, error, message):
     with pytest.raises(error, match=message):
