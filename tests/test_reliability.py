@@ -305,13 +305,115 @@ def test_run_smc_rejects_invalid_options(options, message):
         (dict(max_stages=2.5), "max_stages"),
         (dict(min_increment=0.0), "min_increment"),
         (dict(min_increment=-1e-9), "min_increment"),
+        (dict(generator=0), r"generator: expected a torch.Generator .*received int.*seed=0"),
+        (dict(seed="0"), "seed: expected an integer or None, received '0'"),
+        (dict(seed=0, generator=g0()), "seed and generator: pass one of them, not both"),
+        (dict(num_mcmc_steps=2.5), "num_mcmc_steps: expected None or an integer >= 1.*2.5"),
+        (dict(dtype=torch.int32), r"dtype: expected .*torch.float64, received torch.int32"),
+        (dict(dtype=torch.float16), "dtype: .*received torch.float16"),
+        (dict(dtype="float64"), "dtype: .*received 'float64'"),
     ],
-    ids=["ess-str", "max-stages-float", "min-increment-0", "min-increment-negative"],
+    ids=[
+        "ess-str",
+        "max-stages-float",
+        "min-increment-0",
+        "min-increment-negative",
+        "generator-int",
+        "seed-str",
+        "seed-and-generator",
+        "mcmc-steps-float",
+        "dtype-int32",
+        "dtype-float16",
+        "dtype-str",
+    ],
 )
 def test_run_smc_rejects_mistyped_options(options, message):
     model, x = conjugate()
     with pytest.raises((ValueError, TypeError), match=message):
-        run_smc(model, x, 20, **options, generator=g0())
+        run_smc(model, x, 20, **{"generator": g0(), **options})
+
+
+def test_run_smc_seed_is_a_generator_seeded_with_it():
+    model, x = conjugate(4)
+    by_seed = run_smc(model, x, 30, seed=7)
+    by_generator = run_smc(model, x, 30, generator=torch.Generator().manual_seed(7))
+    assert torch.equal(by_seed.particles, by_generator.particles)
+    assert torch.equal(by_seed.log_evidence, by_generator.log_evidence)
+    assert not torch.equal(run_smc(model, x, 30, seed=8).particles, by_seed.particles)
+
+
+def test_run_smc_runs_half_precision_observations_in_the_prior_precision():
+    # x only conditions the likelihood: it is converted to the run's dtype (the prior's, or
+    # dtype=), which is exact from float16 and bfloat16, so the run is the one on those values
+    model, x = conjugate(4)
+    for low in (torch.float16, torch.bfloat16):
+        result = run_smc(model, x.to(low), 30, generator=g0())
+        same_values = run_smc(model, x.to(low).double(), 30, generator=g0())
+        assert result.particles.dtype == torch.float64
+        assert torch.equal(result.log_evidence, same_values.log_evidence)
+
+
+class _Emulator(torch.nn.Module):
+    """A learnable stand-in for a neural emulator: mean = z @ W + b, Gaussian noise."""
+
+    def __init__(self):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.eye(D, dtype=torch.float64))
+        self.bias = torch.nn.Parameter(torch.zeros(D, dtype=torch.float64))
+
+    def forward(self, z, x):
+        return Normal(z @ self.weight + self.bias, NOISE_SD).log_prob(x[:, None, :]).sum(-1)
+
+
+def _parameter_noise_loglik():
+    noise = torch.nn.Parameter(torch.tensor(NOISE_SD, dtype=torch.float64))
+
+    def loglik(z, x):
+        return Normal(z, noise).log_prob(x[:, None, :]).sum(-1)
+
+    return loglik, [noise]
+
+
+def _emulator_loglik():
+    emulator = _Emulator()
+    return emulator, list(emulator.parameters())
+
+
+def _kernels_by_name():
+    from smcwake.smc.kernels import ENCODER_KERNEL_NAMES, KERNEL_NAMES, get_kernel
+
+    encoder = GaussianEncoder(D, D).double()
+    built = [
+        (name, lambda n=name: get_kernel(n, encoder=encoder)) for name in ENCODER_KERNEL_NAMES
+    ]
+    return [(name, lambda n=name: n) for name in KERNEL_NAMES] + built
+
+
+@pytest.mark.parametrize(
+    "likelihood",
+    [_parameter_noise_loglik, _emulator_loglik],
+    ids=["parameter-noise", "module-emulator"],
+)
+@pytest.mark.parametrize(
+    ("name", "kernel"), _kernels_by_name(), ids=lambda v: v if isinstance(v, str) else ""
+)
+def test_run_smc_with_a_likelihood_whose_output_requires_grad(likelihood, name, kernel):
+    # premise: the likelihood's output is part of an autograd graph
+    loglik, parameters = likelihood()
+    _, x = conjugate(4)
+    assert loglik(torch.zeros(4, 3, D, dtype=torch.float64), x).requires_grad
+    model = Model(conjugate()[0].prior, loglik)
+    result = run_smc(model, x, 30, kernel=kernel(), generator=g0())
+    # no graph was kept and no gradient reached the parameters
+    assert not any(t.requires_grad for t in result if isinstance(t, torch.Tensor))
+    assert all(p.grad is None for p in parameters)
+    # the same numbers as the same likelihood with its parameters frozen
+    for p in parameters:
+        p.requires_grad_(False)
+    frozen = run_smc(Model(model.prior, loglik), x, 30, kernel=kernel(), generator=g0())
+    assert bool(frozen.converged.all()), name
+    assert torch.equal(result.particles, frozen.particles), name
+    assert torch.equal(result.log_evidence, frozen.log_evidence), name
 
 
 @pytest.mark.parametrize(

@@ -216,9 +216,33 @@ def _check_options(
     resample_threshold: float,
     max_stages: int,
     min_increment: float,
+    num_mcmc_steps: object = None,
+    generator: object = None,
+    seed: object = None,
+    dtype: object = None,
 ) -> None:
     def is_int(value: object) -> bool:
         return isinstance(value, int) and not isinstance(value, bool)
+
+    if generator is not None and not isinstance(generator, torch.Generator):
+        hint = f" (for a seeded run pass seed={generator!r})" if is_int(generator) else ""
+        raise TypeError(
+            f"generator: expected a torch.Generator or None, received "
+            f"{type(generator).__name__}{hint}"
+        )
+    if seed is not None and not is_int(seed):
+        raise TypeError(f"seed: expected an integer or None, received {seed!r}")
+    if seed is not None and generator is not None:
+        raise ValueError("seed and generator: pass one of them, not both")
+    if num_mcmc_steps is not None and not is_int(num_mcmc_steps):
+        raise TypeError(
+            f"num_mcmc_steps: expected None or an integer >= 1, received {num_mcmc_steps!r}"
+        )
+    if dtype is not None and dtype not in (torch.float32, torch.float64):
+        raise TypeError(
+            f"dtype: expected None (the prior's), torch.float32 or torch.float64, received "
+            f"{dtype!r}"
+        )
 
     for name, value in (
         ("ess_target", ess_target),
@@ -241,6 +265,7 @@ def _check_options(
         raise ValueError(f"min_increment: expected a number in (0, 1), received {min_increment!r}")
 
 
+@torch.no_grad()
 def run_smc(
     model: Model,
     x: Tensor,
@@ -258,6 +283,7 @@ def run_smc(
     dtype: torch.dtype | None = None,
     rows: Tensor | None = None,
     progress: bool = False,
+    seed: int | None = None,
 ) -> SMCResult:
     """Likelihood-tempered SMC for a batch of observations at once.
 
@@ -279,9 +305,17 @@ def run_smc(
             ``converged = False`` and a warning is logged.
         min_increment: smallest temperature step.
         generator: source of all randomness (prior draws included), for reproducible runs.
-        device, dtype: where and in which precision to run (default: x's device, prior's dtype).
+        seed: shorthand for ``generator=torch.Generator(device).manual_seed(seed)``; pass
+            ``seed`` or ``generator``, not both (a ``ValueError``). With neither, the run draws
+            from torch's global random state.
+        device, dtype: where and in which precision to run (default: x's device, prior's dtype;
+            float32 or float64).
         rows: dataset indices of the observations, used in error messages.
         progress: show a progress bar over stages.
+
+    The likelihood is evaluated without recording an autograd graph (kernels that need
+    gradients take them themselves), so a likelihood with learnable parameters, such as an
+    ``nn.Module`` emulator, can be used as it is.
 
     Shapes: x [B, p] -> SMCResult with particles [B, K, d], log_weights [B, K], log_evidence [B].
 
@@ -298,9 +332,21 @@ def run_smc(
     >>> bool(result.converged.all()), round(float(result.log_evidence[0]), 0)
     (True, -4.0)
     """
-    _check_options(num_particles, ess_target, resample_threshold, max_stages, min_increment)
+    _check_options(
+        num_particles,
+        ess_target,
+        resample_threshold,
+        max_stages,
+        min_increment,
+        num_mcmc_steps,
+        generator,
+        seed,
+        dtype,
+    )
     model.check_x(x)
     device = torch.device(device) if device is not None else x.device
+    if seed is not None:
+        generator = torch.Generator(device=device).manual_seed(seed)
     kernel = get_kernel(kernel, num_mcmc_steps)
     resampler = get_resampler(resampling)
     B, K = x.shape[0], num_particles
