@@ -551,7 +551,8 @@ def _train_one(
             encoder=encoder,
             config=config,
             run_dir=run_dir,
-            resume=resume,
+            resume=resume and run_dir is not None,
+            overwrite=not resume,  # a run that is not resumed starts afresh
             callbacks=[callback],
         )
         final_row = {k: v[-1] for k, v in result.history.items() if v}
@@ -705,7 +706,8 @@ def run_bench(
             :class:`~smcwake.train.SMCOptions` fields.
         eval_options: how much work evaluation does.
         curve_points: checkpoints at which the tracked metric is evaluated during training.
-        resume: reuse finished runs found in ``out`` and continue interrupted ones.
+        resume: reuse finished runs found in ``out`` and continue interrupted ones; without it,
+            every run starts afresh and replaces what ``out`` held for it.
         keep_checkpoints: keep each finished run's checkpoint (they can be large).
         command: the command line, recorded in the report.
         on_run: called as ``on_run(method, seed, record)`` after each run.
@@ -1180,7 +1182,8 @@ def _digits_run(method, seed, x, heldout, base, budget, run_dir, resume, options
         x,
         config=config,
         run_dir=run_dir,
-        resume=resume,
+        resume=resume and run_dir is not None,
+        overwrite=not resume,  # a run that is not resumed starts afresh
         callbacks=[callback],
         decoder=decoder,
     )

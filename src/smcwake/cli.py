@@ -10,6 +10,9 @@
 
 Every command writes ``results.json``, ``report.md`` and PNG figures into its output folder;
 ``fit`` also writes ``metrics.json`` and its checkpoint (``--resume`` continues from it).
+``fit`` and ``bench`` refuse an output folder that already holds a run unless told what to do
+with it: ``--resume`` (continue it, reusing finished runs) or ``--overwrite`` (start afresh).
+``demo`` continues an earlier or interrupted demo in its folder; ``--overwrite`` starts afresh.
 """
 
 from __future__ import annotations
@@ -119,7 +122,9 @@ def _add_training_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--c2st-observations", type=int, help="observations scored by C2ST and MMD")
     g.add_argument("--c2st-samples", type=int, help="samples per side for C2ST (default 1000)")
     g.add_argument("--num-samples", type=int, help="q samples per observation for the metrics")
-    g.add_argument("--resume", action="store_true", help="continue from the checkpoints in --out")
+    m = g.add_mutually_exclusive_group()
+    m.add_argument("--resume", action="store_true", help="continue from the checkpoints in --out")
+    m.add_argument("--overwrite", action="store_true", help="replace the run(s) already in --out")
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -174,6 +179,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="SMC-Wake on two moons with a report, in a few minutes")
     p.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
     p.add_argument("--steps", type=int, default=DEMO_SETTINGS["steps"], help="gradient steps")
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace a demo in --out, not continue it"
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return parser
 
@@ -192,9 +200,25 @@ def _print_summary(results: dict[str, Any], report: Path) -> None:
     print(f"report: {report}")
 
 
+# what fit, bench and demo leave in their folder; one of them there means a run was made
+_RUN_FILES = ("checkpoint.pt", "history.json", "results.json", "runs")
+
+
+def _check_out(args: argparse.Namespace) -> None:
+    """Refuse an --out that holds a run unless --resume or --overwrite says what to do."""
+    out = Path(args.out)
+    held = [name for name in _RUN_FILES if (out / name).exists()]
+    if held and not (args.resume or args.overwrite):
+        raise ValueError(
+            f"{out} already holds a run ({', '.join(held)}); pass --resume to continue it, "
+            "--overwrite to replace it, or choose another --out"
+        )
+
+
 def _cmd_fit(args: argparse.Namespace, command: str) -> int:
     from smcwake.bench import run_fit
 
+    _check_out(args)
     results = run_fit(
         args.task,
         args.method,
@@ -218,6 +242,7 @@ def _cmd_fit(args: argparse.Namespace, command: str) -> int:
 def _cmd_bench(args: argparse.Namespace, command: str) -> int:
     from smcwake.bench import run_bench
 
+    _check_out(args)
     methods = [m.strip() for m in (args.methods or "").split(",") if m.strip()] or None
 
     def on_run(method: str, seed: int, record: dict[str, Any]) -> None:
@@ -264,6 +289,17 @@ def _cmd_demo(args: argparse.Namespace, command: str) -> int:
     from smcwake.bench import EvalOptions, run_fit
 
     s = DEMO_SETTINGS
+    out = Path(args.out)
+    earlier = out / "results.json"
+    kind = json.loads(earlier.read_text()).get("kind") if earlier.exists() else None
+    if kind not in (None, "demo") and not args.overwrite:
+        raise ValueError(
+            f"{out} holds a {kind} run, not a demo; pass --overwrite to replace it, or choose "
+            "another --out"
+        )
+    resume = not args.overwrite
+    if resume and (out / "checkpoint.pt").exists():
+        print(f"continuing the demo in {out} (--overwrite starts afresh)", flush=True)
     print(
         f"SMC-Wake ({s['method']}) on {s['task']}: {s['num_observations']} observations, "
         f"neural spline flow encoder, K = {s['overrides']['num_particles']} particles, "
@@ -279,6 +315,7 @@ def _cmd_demo(args: argparse.Namespace, command: str) -> int:
         num_observations=s["num_observations"],
         overrides=dict(s["overrides"]),
         eval_options=EvalOptions(**DEMO_EVAL),
+        resume=resume,
         progress=not args.no_progress,
         command=command,
         kind="demo",
