@@ -43,10 +43,13 @@ def _one_thread():
 
 
 def differences(expected: Any, actual: Any, path: str = "") -> list[str]:
-    """Paths where two JSON values differ (NaN equals NaN; numbers compared exactly)."""
+    """Paths where two JSON values differ (NaN equals NaN; numbers compared exactly; the keys
+    of an object in the same order, as the files written are compared too)."""
     if isinstance(expected, dict) and isinstance(actual, dict):
         out = [f"{path}/{k}: missing" for k in expected if k not in actual]
         out += [f"{path}/{k}: unexpected" for k in actual if k not in expected]
+        if not out and list(expected) != list(actual):
+            out.append(f"{path}: keys in another order: {list(actual)}")
         for key in expected.keys() & actual.keys():
             out += differences(expected[key], actual[key], f"{path}/{key}")
         return out
@@ -81,6 +84,9 @@ def test_differences_finds_a_changed_number():  # the comparison itself can fail
     ]
     assert differences({"a": 1}, {"a": 1.0}) == ["/a: 1 -> 1.0"]
     assert differences({"a": 1}, {"b": 1}) == ["/a: missing", "/b: unexpected"]
+    assert differences({"a": 1, "b": 2}, {"b": 2, "a": 1}) == [
+        ": keys in another order: ['b', 'a']"
+    ]
 
 
 def test_every_case_is_stored():
