@@ -43,6 +43,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from smcwake._ops import log_mean_exp
 from smcwake.bank import ParticleBank
 from smcwake.model import Model
 from smcwake.smc.resampling import multinomial
@@ -223,8 +224,7 @@ def iwae(encoder, batch: Batch, ctx: Context) -> tuple[Tensor, int]:
     K = ctx.num_particles
     z, log_q = encoder.rsample_and_log_prob(batch.x, K, generator=ctx.generator)
     log_w = ctx.model.log_joint(z, batch.x, batch.idx) - log_q
-    bound = torch.logsumexp(log_w, -1) - math.log(K)
-    return -bound.mean(), z.shape[0] * K
+    return -log_mean_exp(log_w).mean(), z.shape[0] * K
 
 
 def msc(encoder, batch: Batch, ctx: Context) -> tuple[Tensor, int]:
