@@ -10,7 +10,7 @@ from torch.distributions import Independent, Normal
 from smcwake import Model, run_smc
 from smcwake.bank import ParticleBank
 from smcwake.encoders import GaussianEncoder
-from smcwake.objectives import OBJECTIVES, Batch, Context, get_objective
+from smcwake.objectives import METHOD_NAMES, Batch, Context, get_objective
 
 PRIOR_SD, NOISE_SD, X0 = 2.0, 0.5, 1.5
 POST_VAR = 1 / (1 / PRIOR_SD**2 + 1 / NOISE_SD**2)
@@ -173,4 +173,17 @@ def test_baselines_return_finite_losses_and_count_evaluations(method):
 def test_unknown_method_lists_the_valid_ones():
     with pytest.raises(ValueError, match="expected one of"):
         get_objective("rws")
-    assert "smc-wake-a" in OBJECTIVES
+    assert "smc-wake-a" in METHOD_NAMES
+    assert all(callable(get_objective(name)) for name in METHOD_NAMES)
+
+
+def test_the_objectives_registry_is_deprecated_in_favour_of_get_objective():
+    import smcwake
+    from smcwake import objectives
+
+    for module in (objectives, smcwake):
+        with pytest.warns(FutureWarning, match=r"get_objective\(method\)") as caught:
+            registry = module.OBJECTIVES
+        assert caught[0].filename == __file__  # the warning points at the caller's line
+        assert registry["wake"] is get_objective("wake")
+        assert tuple(registry) == METHOD_NAMES

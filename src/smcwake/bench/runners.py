@@ -69,7 +69,7 @@ def run_bench(
 
     Args:
         task_name: a built-in task (see :func:`smcwake.tasks.names`).
-        methods: method names (:data:`smcwake.objectives.OBJECTIVES`); default: the task's
+        methods: method names (:data:`smcwake.objectives.METHOD_NAMES`); default: the task's
             ``defaults["methods"]``, else :data:`~smcwake.bench.settings.ALL_METHODS`.
         seeds: a count (0..n-1) or explicit training seeds.
         steps: gradient steps per run.
