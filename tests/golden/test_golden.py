@@ -28,18 +28,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 from golden_cases import CASES, DATA, SLOW_CASES
 
 STORED = json.loads(DATA.read_text())
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def differences(expected: Any, actual: Any, path: str = "") -> list[str]:
