@@ -193,18 +193,9 @@ def _digits_run(settings, x, heldout, run_dir, resume, options, digit) -> RunRec
 def bench_runner(request: BenchRequest, task: Task) -> Results:
     """:func:`run_digits` with the arguments of :func:`smcwake.bench.run_bench`; of
     ``task_options`` it uses ``digit`` (each run builds its own task)."""
+    passed = ("methods", "seeds", "steps", "budget", "out", "resume", "progress", "command")
     return run_digits(
-        methods=request.methods,
-        seeds=request.seeds,
-        steps=request.steps,
-        budget=request.budget,
-        out=request.out,
-        resume=request.resume,
-        progress=request.progress,
-        command=request.command,
-        eval_options=request.eval_options,
-        overrides=request.overrides,
-        num_observations=request.num_observations,
+        **request.subset(*passed, "eval_options", "overrides", "num_observations"),
         digit=(request.task_options or {}).get("digit"),
     )
 

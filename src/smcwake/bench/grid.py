@@ -63,6 +63,10 @@ class BenchRequest:
     task_options: dict[str, Any] | None = None
     on_run: Callable[[str, int, RunRecord], None] | None = None
 
+    def subset(self, *names: str) -> dict[str, Any]:
+        """The named arguments, as keywords for a runner that takes only those."""
+        return {name: getattr(self, name) for name in names}
+
 
 Runner = Callable[[BenchRequest, Task], Results]
 """A benchmark runner: ``runner(request, task) -> results`` (``task`` built by name)."""

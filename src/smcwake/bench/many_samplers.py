@@ -95,15 +95,9 @@ def run_many_samplers(
 def bench_runner(request: BenchRequest, task: Task) -> Results:
     """:func:`run_many_samplers` with the arguments of :func:`smcwake.bench.run_bench`: the
     first training seed (0 for a count), no methods, budget or dataset options."""
+    passed = ("steps", "out", "resume", "progress", "command", "eval_options", "overrides")
     seeds = request.seeds
     return run_many_samplers(
-        steps=request.steps,
-        out=request.out,
+        **request.subset(*passed, "curve_points"),
         seed=0 if isinstance(seeds, int) else seeds[0],
-        resume=request.resume,
-        progress=request.progress,
-        command=request.command,
-        eval_options=request.eval_options,
-        overrides=request.overrides,
-        curve_points=request.curve_points,
     )
