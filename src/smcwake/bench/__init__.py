@@ -13,15 +13,16 @@ jointly with the encoder).
 
 The modules, from the bottom up:
 
-================ ===========================================================================
-``results``      the run record and ``results.json``: types and JSON reading and writing
-``evaluate``     the metrics of a trained encoder against what the task knows
-``settings``     methods, per-task settings, why a method cannot run on a task
-``training``     one run: train with fit, track a metric over training, evaluate
-``grid``         the loop over methods x seeds, resumable, and the runner a task supplies
-``runners``      :func:`run_bench`, :func:`run_fit` and the comparison of methods
-``many_samplers`` and ``digits``: the runners of those two tasks
-================ ===========================================================================
+=================== ========================================================================
+``results``         the run record and ``results.json``: types and JSON reading and writing
+``evaluate``        the metrics of a trained encoder against what the task knows
+``settings``        methods, per-task settings, why a method cannot run on a task
+``training``        one run: train with fit, track a metric over training, evaluate
+``grid``            the loop over methods x seeds, resumable, and the runner a task supplies
+``runners``         :func:`run_bench`, :func:`run_fit` and the comparison of methods
+``many_samplers``   the runner of the ``many-samplers`` task
+``digits``          the runners of the ``digits`` task
+=================== ========================================================================
 
 A method that cannot run on a task (``sleep`` without a simulator; ``elbo`` and ``iwae`` when the
 prior has bounded support, since an encoder on all of R^d then puts mass where log p(z) = -inf)
