@@ -6,6 +6,7 @@ views of SMC-Wake), :mod:`smcwake.objectives` (every method's loss as a plain fu
 :mod:`smcwake.encoders` and :mod:`smcwake.diagnostics`.
 """
 
+from smcwake import plot
 from smcwake.bank import ParticleBank
 from smcwake.distributed import fit_distributed
 from smcwake.encoders import (
@@ -36,6 +37,7 @@ __all__ = [
     "fit",
     "fit_distributed",
     "get_objective",
+    "plot",
     "run_smc",
 ]
 __version__ = "0.1.0"
