@@ -8,6 +8,7 @@ views of SMC-Wake), :mod:`smcwake.objectives` (every method's loss as a plain fu
 
 from smcwake import plot
 from smcwake.bank import ParticleBank
+from smcwake.calibration import CalibrationResult, check_calibration
 from smcwake.distributed import fit_distributed
 from smcwake.encoders import (
     Encoder,
@@ -23,6 +24,7 @@ from smcwake.train import FitResult, SMCOptions, TrainConfig, fit
 
 __all__ = [
     "OBJECTIVES",
+    "CalibrationResult",
     "Encoder",
     "FitResult",
     "FlowEncoder",
@@ -34,6 +36,7 @@ __all__ = [
     "SMCResult",
     "TrainConfig",
     "build_encoder",
+    "check_calibration",
     "fit",
     "fit_distributed",
     "get_objective",
