@@ -3,7 +3,10 @@
 The short path is :func:`fit`; the pieces under it stay importable: :func:`run_smc` (batched
 likelihood-tempered SMC), :class:`ParticleBank` (per-observation SMC runs and the evidence-weighted
 views of SMC-Wake), :mod:`smcwake.objectives` (every method's loss as a plain function),
-:mod:`smcwake.encoders` and :mod:`smcwake.diagnostics`.
+:mod:`smcwake.encoders` and :mod:`smcwake.diagnostics`. After training:
+:func:`check_calibration` (SBC, expected coverage and TARP in one call), :mod:`smcwake.plot`
+(pairplot, coverage curves, rank histograms; needs ``smcwake[plot]``) and
+:func:`to_inference_data` (ArviZ; needs ``smcwake[arviz]``).
 """
 
 from smcwake import plot
@@ -17,6 +20,7 @@ from smcwake.encoders import (
     MixtureDensityEncoder,
     build_encoder,
 )
+from smcwake.interop import to_inference_data
 from smcwake.model import Model
 from smcwake.objectives import OBJECTIVES, get_objective
 from smcwake.smc import SMCResult, run_smc
@@ -42,5 +46,6 @@ __all__ = [
     "get_objective",
     "plot",
     "run_smc",
+    "to_inference_data",
 ]
 __version__ = "0.1.0"
