@@ -209,6 +209,14 @@ def test_result_plot_and_json():
     assert "passed=False" in repr(result)
 
 
+def test_result_plot_of_many_coordinates_draws_the_first_ones_without_a_warning(recwarn):
+    result = check_calibration(ExactPosterior(), gaussian_model(12), 50, num_samples=20, seed=0)
+    fig = result.plot()
+    assert "first 10 of 12 coordinates" in fig.subfigs[0].get_suptitle()
+    assert not [w for w in recwarn if issubclass(w.category, UserWarning)]
+    plt.close(fig)
+
+
 def test_clear_errors():
     with pytest.raises(ValueError, match=r"has no simulator; build it as Model\(prior"):
         check_calibration(ExactPosterior(), gaussian_model(simulate=False), 100)

@@ -149,18 +149,20 @@ class CalibrationResult:
     def plot(self, labels: Sequence[str] | None = None) -> Figure:
         """SBC rank histograms (top) and the HPD and TARP coverage curves with their band.
 
-        ``labels`` names the coordinates. Needs matplotlib (``pip install 'smcwake[plot]'``).
+        ``labels`` names the coordinates; rank histograms are drawn for the first
+        :data:`smcwake.plot.MAX_DIMS`. Needs matplotlib (``pip install 'smcwake[plot]'``).
         """
         from smcwake import plot
 
         plt = require("matplotlib.pyplot", "CalibrationResult.plot")
-        d = self.ranks.shape[1]
-        cols = min(d, plot.MAX_DIMS, 4)
-        rows = math.ceil(min(d, plot.MAX_DIMS) / cols)
+        shown = range(min(self.ranks.shape[1], plot.MAX_DIMS))  # the first coordinates
+        cols = min(len(shown), 4)
+        rows = math.ceil(len(shown) / cols)
         fig = plt.figure(figsize=(max(9.0, 3.2 * cols), 2.6 * rows + 4.4), layout="constrained")
         top, bottom = fig.subfigures(2, 1, height_ratios=[2.6 * rows, 4.4])
-        plot.sbc_ranks(self.ranks, self.num_samples, labels=labels, fig=top)
-        top.suptitle("SBC ranks", fontsize=10)
+        plot.sbc_ranks(self.ranks, self.num_samples, labels=labels, dims=shown, fig=top)
+        more = f", first {len(shown)} of {self.ranks.shape[1]} coordinates"
+        top.suptitle(f"SBC ranks{more if self.ranks.shape[1] > len(shown) else ''}", fontsize=10)
         curves = [("tarp", self.tarp, "TARP (balls around random points)")]
         if self.coverage is not None:
             curves.insert(0, ("coverage", self.coverage, "highest-density regions of q"))

@@ -195,7 +195,8 @@ def pairplot(
         sample_label, reference_label: legend entries.
         fig: a matplotlib Figure or SubFigure to draw into (default: a new pyplot figure).
 
-    Shapes: samples [S, d] (or [1, S, d]), reference [R, d], truth [d] -> Figure.
+    Shapes: samples [S, d] (or [1, S, d], or [S] when d = 1), reference [R, d], truth [d]
+    -> Figure.
 
     >>> import matplotlib.pyplot as plt
     >>> g = torch.Generator().manual_seed(0)
