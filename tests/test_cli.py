@@ -117,6 +117,8 @@ def test_demo_on_a_tiny_budget(tmp_path, monkeypatch, capsys):
     assert "C2ST" in printed
     assert (out / "posteriors.png").exists()
     assert (out / "coverage.png").exists()
+    assert f"figure: {out / 'pairplot.png'}" in printed  # smcwake.plot's figures
+    assert (out / "coverage_band.png").exists()
     # a second demo into the folder continues the first; --overwrite starts afresh
     assert cli.main(["--threads", "1", "demo", "--out", str(out), "--steps", "6"]) == 0
     assert f"continuing the demo in {out}" in capsys.readouterr().out

@@ -3,13 +3,18 @@
 The short path is :func:`fit`; the pieces under it stay importable: :func:`run_smc` (batched
 likelihood-tempered SMC), :class:`ParticleBank` (per-observation SMC runs and the evidence-weighted
 views of SMC-Wake), :mod:`smcwake.objectives` (every method's loss as a plain function),
-:mod:`smcwake.encoders` and :mod:`smcwake.diagnostics`. :func:`fit_distributed` (several
+:mod:`smcwake.encoders` and :mod:`smcwake.diagnostics`. After training:
+:func:`check_calibration` (SBC, expected coverage and TARP in one call), :mod:`smcwake.plot`
+(pairplot, coverage curves, rank histograms; needs ``smcwake[plot]``) and
+:func:`to_inference_data` (ArviZ; needs ``smcwake[arviz]``). :func:`fit_distributed` (several
 processes, :mod:`smcwake.distributed`) is imported on first use.
 """
 
 from typing import Any
 
+from smcwake import plot
 from smcwake.bank import ParticleBank
+from smcwake.calibration import CalibrationResult, check_calibration
 from smcwake.encoders import (
     Encoder,
     FlowEncoder,
@@ -17,6 +22,7 @@ from smcwake.encoders import (
     MixtureDensityEncoder,
     build_encoder,
 )
+from smcwake.interop import to_inference_data
 from smcwake.model import Model
 from smcwake.objectives import METHOD_NAMES, get_objective
 from smcwake.smc import SMCResult, run_smc
@@ -24,6 +30,7 @@ from smcwake.train import FitResult, SMCOptions, TrainConfig, fit
 
 __all__ = [
     "METHOD_NAMES",
+    "CalibrationResult",
     "Encoder",
     "FitResult",
     "FlowEncoder",
@@ -35,10 +42,13 @@ __all__ = [
     "SMCResult",
     "TrainConfig",
     "build_encoder",
+    "check_calibration",
     "fit",
     "fit_distributed",
     "get_objective",
+    "plot",
     "run_smc",
+    "to_inference_data",
 ]
 __version__ = "0.1.0"
 

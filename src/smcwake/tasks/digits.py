@@ -134,7 +134,10 @@ def load_digits_binary(
     >>> data.train.shape, data.test.shape, sorted(data.train.unique().tolist())
     (torch.Size([142, 64]), torch.Size([36, 64]), [0.0, 1.0])
     """
-    from sklearn.datasets import load_digits  # shipped with scikit-learn; no download
+    from smcwake._optional import require
+
+    # the images ship with scikit-learn: no download
+    load_digits = require("sklearn.datasets", "the digits task").load_digits
 
     if digit is not None and (isinstance(digit, bool) or digit not in range(10)):
         raise ValueError(f"digit: expected None (all classes) or an int 0..9, received {digit!r}")
