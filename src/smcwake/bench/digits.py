@@ -159,7 +159,8 @@ def _digits_run(settings, x, heldout, run_dir, resume, options, digit) -> RunRec
         x,
         config=config,
         run_dir=run_dir,
-        resume=resume,
+        resume=resume and run_dir is not None,
+        overwrite=not resume,  # a run that is not resumed starts afresh
         callbacks=[callback],
         decoder=decoder,
     )

@@ -81,7 +81,8 @@ def run_bench(
             :class:`~smcwake.train.SMCOptions` fields.
         eval_options: how much work evaluation does.
         curve_points: checkpoints at which the tracked metric is evaluated during training.
-        resume: reuse finished runs found in ``out`` and continue interrupted ones.
+        resume: reuse finished runs found in ``out`` and continue interrupted ones; without it,
+            every run starts afresh and replaces what ``out`` held for it.
         keep_checkpoints: keep each finished run's checkpoint (they can be large).
         command: the command line, recorded in the report.
         task_options: options of the task's builder (:func:`smcwake.tasks.get`).

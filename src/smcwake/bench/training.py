@@ -159,7 +159,8 @@ def train_and_evaluate(
             encoder=encoder,
             config=config,
             run_dir=run_dir,
-            resume=resume,
+            resume=resume and run_dir is not None,
+            overwrite=not resume,  # a run that is not resumed starts afresh
             callbacks=[callback],
         )
         final_row = {k: v[-1] for k, v in result.history.items() if v}
