@@ -124,7 +124,8 @@ def adaptive_steps(kernel: Kernel, *, min_moved: float = 0.9, max_calls: int = 1
     Use a fixed number of steps where an exactly fixed kernel is required.
 
     Observations that stop are not evaluated again, and ``evals_per_particle`` is counted per
-    observation (an int64 tensor [B]); ``MoveInfo.extra`` adds ``"calls"`` and ``"moved"`` (the
+    observation (a float64 tensor [B]: crosswise kernels report fractions when their folds
+    differ); ``MoveInfo.extra`` adds ``"calls"`` and ``"moved"`` (the
     number of calls and the final share of moved particles, per observation), and averages the
     inner kernel's diagnostics over its calls.
 
@@ -152,7 +153,7 @@ def adaptive_steps(kernel: Kernel, *, min_moved: float = 0.9, max_calls: int = 1
         jump_sum = torch.zeros_like(acc_sum)
         extra_sum: dict[str, Tensor] = {}
         active = torch.arange(B, device=start.device)
-        evals = torch.zeros(B, dtype=torch.int64, device=start.device)
+        evals = torch.zeros(B, dtype=torch.float64, device=start.device)
         for _ in range(max_calls):
             everyone = active.numel() == B
             part = state if everyone else _rows(state, active)

@@ -22,30 +22,18 @@ combinators in :mod:`smcwake.smc.composite`.
 
 from __future__ import annotations
 
-import math
-
-import torch
-from torch import Tensor
-
-from smcwake._ops import select
+from smcwake.smc.auto import auto_kernel
 from smcwake.smc.composite import adaptive_steps, compose
-from smcwake.smc.mh import (
-    Kernel,
-    MoveInfo,
-    Target,
-    accept,
-    standard_normal,
-    update_where,
-    weighted_cholesky,
-    whitened_sq_norm,
-)
+from smcwake.smc.crosswise import crosswise
+from smcwake.smc.mh import Kernel, MoveInfo, Target, weighted_cholesky
 from smcwake.smc.multimodal import (
     ProposalEncoder,
     encoder_independence,
     local_random_walk,
     mixture_independence,
 )
-from smcwake.smc.tempering import tempered
+from smcwake.smc.steppers import fixed_steps, hmc_stepper, mala_stepper, random_walk_stepper
+from smcwake.smc.wastefree import waste_free
 
 __all__ = [
     "Target",
@@ -78,41 +66,7 @@ def random_walk_metropolis(num_steps: int = 5, target_acceptance: float = 0.234)
     satisfies detailed balance for pi_tau at fixed ``scale``. Initial scale 2.38 (Roberts,
     Gelman & Gilks, 1997), adapted between stages toward ``target_acceptance``.
     """
-    if num_steps < 1:
-        raise ValueError(f"num_steps: expected >= 1, received {num_steps}")
-
-    def move(state, target: Target, generator, chol: Tensor):
-        B, K, d = state.z.shape
-        step_scale = state.scale.to(chol.dtype) / math.sqrt(d)  # [B]
-        step_chol = chol * step_scale[:, None, None]
-        # log pi_tau of the current particles, kept up to date instead of recomputed per step
-        current = state.log_prior + tempered(state.loglik, state.tau)
-        accepted = torch.zeros_like(state.log_prior)
-        jump = torch.zeros_like(state.log_prior)
-        for _ in range(num_steps):
-            # noise drawn as [B, d, K]: L @ noise is a product with a long inner row, which
-            # runs many times faster than noise @ L^T when d is small
-            noise = standard_normal(state.z, generator, (B, d, K))
-            z_new = state.z + (step_chol @ noise).mT
-            lp, ll = target.evaluate(z_new)
-            proposed = lp + tempered(ll, state.tau)
-            acc = accept(proposed - current, generator)
-            state = update_where(state, acc, z_new, lp, ll)
-            current = select(acc, proposed, current)
-            acc_f = acc.to(accepted.dtype)
-            accepted += acc_f
-            # the step is step_scale * L @ noise, so its whitened length needs no solve
-            jump += acc_f * noise.square().sum(1)
-        jump = jump * step_scale[:, None] ** 2
-        info = MoveInfo((accepted / num_steps).mean(-1), num_steps, (jump / num_steps).mean(-1))
-        return state, info
-
-    move.target_acceptance = target_acceptance
-    move.initial_scale = 2.38
-    move.num_steps = num_steps
-    move.name = "rwmh"
-    move.uses_scale = True
-    return move
+    return crosswise(fixed_steps(random_walk_stepper(target_acceptance), num_steps))
 
 
 def mala(num_steps: int = 5, target_acceptance: float = 0.574) -> Kernel:
@@ -121,51 +75,7 @@ def mala(num_steps: int = 5, target_acceptance: float = 0.574) -> Kernel:
     h = scale^2 / d^(1/3), Sigma = L L^T the cloud covariance. The Metropolis-Hastings ratio uses
     both proposal densities, so the kernel is exact for pi_tau; needs a differentiable likelihood.
     """
-    if num_steps < 1:
-        raise ValueError(f"num_steps: expected >= 1, received {num_steps}")
-
-    def move(state, target: Target, generator, chol: Tensor):
-        d = state.z.shape[-1]
-        h = (state.scale.to(chol.dtype) ** 2 / d ** (1 / 3))[:, None, None]  # [B, 1, 1]
-        sigma = chol @ chol.mT
-
-        def drift(z, grad):
-            return z + 0.5 * h * (grad @ sigma.mT)
-
-        def log_q(to, frm_drift):  # log N(to; drift, h Sigma) up to a constant shared by both
-            return -0.5 * whitened_sq_norm(to - frm_drift, chol) / h[..., 0]
-
-        _, _, grad = target.evaluate_with_grad(state.z, state.tau)
-        accepted = torch.zeros_like(state.log_prior)
-        jump = torch.zeros_like(state.log_prior)
-        for _ in range(num_steps):
-            mean_fwd = drift(state.z, grad)
-            z_new = mean_fwd + torch.sqrt(h) * (standard_normal(state.z, generator) @ chol.mT)
-            lp, ll, grad_new = target.evaluate_with_grad(z_new, state.tau)
-            log_ratio = (
-                lp
-                + tempered(ll, state.tau)
-                - state.log_prior
-                - tempered(state.loglik, state.tau)
-                + log_q(state.z, drift(z_new, grad_new))
-                - log_q(z_new, mean_fwd)
-            )
-            acc = accept(log_ratio, generator)
-            jump += torch.where(acc, whitened_sq_norm(z_new - state.z, chol), 0.0)
-            state = update_where(state, acc, z_new, lp, ll)
-            grad = torch.where(acc[..., None], grad_new, grad)
-            accepted += acc
-        info = MoveInfo(
-            (accepted / num_steps).mean(-1), num_steps + 1, (jump / num_steps).mean(-1)
-        )
-        return state, info
-
-    move.target_acceptance = target_acceptance
-    move.initial_scale = 1.0
-    move.num_steps = num_steps
-    move.name = "mala"
-    move.uses_scale = True
-    return move
+    return crosswise(fixed_steps(mala_stepper(target_acceptance), num_steps))
 
 
 def hmc(num_steps: int = 2, num_leapfrog: int = 5, target_acceptance: float = 0.65) -> Kernel:
@@ -179,47 +89,7 @@ def hmc(num_steps: int = 2, num_leapfrog: int = 5, target_acceptance: float = 0.
         raise ValueError(
             f"num_steps, num_leapfrog: expected >= 1, received {num_steps}, {num_leapfrog}"
         )
-
-    def move(state, target: Target, generator, chol: Tensor):
-        d = state.z.shape[-1]
-        eps = (state.scale.to(chol.dtype) / d**0.25)[:, None, None]  # [B, 1, 1]
-        _, _, grad = target.evaluate_with_grad(state.z, state.tau)
-        accepted = torch.zeros_like(state.log_prior)
-        jump = torch.zeros_like(state.log_prior)
-        for _ in range(num_steps):
-            p0 = standard_normal(state.z, generator)
-            z_new, g_new = state.z, grad
-            p = p0 + 0.5 * eps * (g_new @ chol)  # L^T grad, row-vector form
-            for i in range(num_leapfrog):
-                z_new = z_new + eps * (p @ chol.mT)
-                lp, ll, g_new = target.evaluate_with_grad(z_new, state.tau)
-                half = 0.5 if i == num_leapfrog - 1 else 1.0
-                p = p + half * eps * (g_new @ chol)
-            log_ratio = (
-                lp
-                + tempered(ll, state.tau)
-                - state.log_prior
-                - tempered(state.loglik, state.tau)
-                - 0.5 * (p.square().sum(-1) - p0.square().sum(-1))
-            )
-            acc = accept(log_ratio, generator)
-            jump += torch.where(acc, whitened_sq_norm(z_new - state.z, chol), 0.0)
-            state = update_where(state, acc, z_new, lp, ll)
-            grad = torch.where(acc[..., None], g_new, grad)
-            accepted += acc
-        info = MoveInfo(
-            (accepted / num_steps).mean(-1),
-            num_steps * num_leapfrog + 1,
-            (jump / num_steps).mean(-1),
-        )
-        return state, info
-
-    move.target_acceptance = target_acceptance
-    move.initial_scale = 0.5
-    move.num_steps = num_steps
-    move.name = "hmc"
-    move.uses_scale = True
-    return move
+    return crosswise(fixed_steps(hmc_stepper(num_leapfrog, target_acceptance), num_steps))
 
 
 def mixture_then_rwmh(num_steps: int = 5, mixture_share: float = 0.3) -> Kernel:
@@ -287,7 +157,11 @@ def encoder_then_mala(
     return compose(encoder_independence(encoder, m), mala(num_steps - m))
 
 
+DEFAULT_KERNEL = "auto"
+"""The kernel ``run_smc`` and ``fit`` use when none is named (:func:`auto_kernel`)."""
+
 _KERNELS = {
+    "auto": auto_kernel,
     "rwmh": random_walk_metropolis,
     "mala": mala,
     "hmc": hmc,
@@ -295,6 +169,7 @@ _KERNELS = {
     "local_rwmh": local_random_walk,
     "mixture+rwmh": mixture_then_rwmh,
     "mixture+local_rwmh": mixture_then_local,
+    "waste-free": waste_free,
 }
 KERNEL_NAMES = tuple(_KERNELS)
 """Kernels :func:`get_kernel` builds from a name alone."""
