@@ -133,3 +133,35 @@ def test_broken_configuration_is_flagged_and_the_default_is_not(caplog):
     assert good.converged.all() & good.mixed.all()
     assert float(good.correlation_history.nan_to_num(0).amax()) <= 0.5
     assert "SMCResult.mixed" not in caplog.text
+
+
+def test_fit_counts_and_skips_unmixed_runs(caplog):
+    # d = 20 linear Gaussian with one random-walk step per stage: every run reaches tau = 1
+    # unmixed. fit drops them as it drops unconverged runs (no usable run: an error), and with
+    # use_unconverged=True keeps them; either way the history counts them.
+    from smcwake import fit
+    from smcwake.train import SMCOptions
+
+    task = linear_gaussian(d=20, p=40, dtype=DT)
+    _, x = task.observations(6, seed=2)
+    settings = dict(
+        method="smc-wake-c",
+        encoder="gaussian",
+        steps=3,
+        num_particles=100,
+        batch_size=3,
+        refresh_every=2,
+        progress=False,
+        smc=SMCOptions(kernel="rwmh", num_mcmc_steps=1),
+    )
+    with caplog.at_level(logging.WARNING, logger="smcwake"), pytest.raises(
+        RuntimeError, match="no observation has a usable SMC run"
+    ):
+        fit(task.model, x, **settings)
+    assert "SMCResult.mixed" in caplog.text
+    kept = fit(task.model, x, use_unconverged=True, **settings)
+    assert kept.history["unmixed_runs"][-1] >= 6  # the initial runs at least
+    assert int(kept.bank.num_runs.sum()) == kept.history["smc_runs"][-1]
+    good = fit(task.model, x, **{**settings, "smc": SMCOptions()})  # the default kernel
+    assert good.history["unmixed_runs"][-1] == 0
+    assert int(good.bank.num_runs.sum()) > 0
