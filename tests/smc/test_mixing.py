@@ -118,7 +118,11 @@ def test_broken_configuration_is_flagged_and_the_default_is_not(caplog):
     _, x = task.observations(1, seed=1)
     with caplog.at_level(logging.WARNING, logger="smcwake"):
         broken = run_smc(
-            task.model, x, 200, kernel="rwmh", num_mcmc_steps=1,
+            task.model,
+            x,
+            200,
+            kernel="rwmh",
+            num_mcmc_steps=1,
             generator=torch.Generator().manual_seed(0),
         )
     assert broken.converged.all()
@@ -154,8 +158,9 @@ def test_fit_counts_and_skips_unmixed_runs(caplog):
         progress=False,
         smc=SMCOptions(kernel="rwmh", num_mcmc_steps=1),
     )
-    with caplog.at_level(logging.WARNING, logger="smcwake"), pytest.raises(
-        RuntimeError, match="no observation has a usable SMC run"
+    with (
+        caplog.at_level(logging.WARNING, logger="smcwake"),
+        pytest.raises(RuntimeError, match="no observation has a usable SMC run"),
     ):
         fit(task.model, x, **settings)
     assert "SMCResult.mixed" in caplog.text

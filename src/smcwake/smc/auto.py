@@ -57,10 +57,10 @@ class GradientProbe(NamedTuple):
 def probe_gradients(target: Target, z: Tensor) -> GradientProbe:
     """Evaluate the model at z with autograd, and check the gradient of the log target.
 
-    The gradients are usable when the log target has an autograd graph, the backward pass runs,
-    every gradient at a point of positive density is finite, and the gradients are not all zero
-    while the log-likelihood varies between particles (which a piecewise-constant or detached
-    computation gives). If evaluating with autograd raises, the model is evaluated again
+    The gradients are usable when the log-likelihood has an autograd graph, the backward pass
+    runs, every gradient at a point of positive likelihood is finite, and the gradients are not
+    all zero while the log-likelihood varies between particles (which a piecewise-constant or
+    detached computation gives). If evaluating with autograd raises, the model is evaluated again
     without it (and an error then is raised as it is).
 
     Shapes: z [B, K, d] -> GradientProbe with [B, K] tensors.
@@ -69,8 +69,7 @@ def probe_gradients(target: Target, z: Tensor) -> GradientProbe:
         with torch.enable_grad():
             zg = z.detach().requires_grad_(True)
             log_prior, loglik = target.evaluate(zg)
-            log_target = log_prior + loglik
-            if not log_target.requires_grad:
+            if not loglik.requires_grad:
                 return GradientProbe(
                     log_prior.detach(),
                     loglik.detach(),
@@ -79,31 +78,33 @@ def probe_gradients(target: Target, z: Tensor) -> GradientProbe:
                     "under no_grad or detached)",
                     1,
                 )
-            finite = torch.isfinite(log_target)
-            (grad,) = torch.autograd.grad(torch.where(finite, log_target, 0.0).sum(), zg)
+            finite = torch.isfinite(loglik)
+            (grad,) = torch.autograd.grad(
+                torch.where(finite, loglik, 0.0).sum(), zg, allow_unused=True
+            )
     except Exception as err:  # noqa: BLE001 - any failure means: no gradients
         log_prior, loglik = target.evaluate(z.detach())
         reason = f"evaluating it with autograd raised {type(err).__name__}: {err}"
         return GradientProbe(log_prior, loglik, False, reason, 2)
     log_prior, loglik = log_prior.detach(), loglik.detach()
+    if grad is None:
+        grad = torch.zeros_like(z)
     at = finite[..., None].expand_as(grad)
     bad = int((~torch.isfinite(grad) & at).any(-1).sum())
     if bad:
         return GradientProbe(
             log_prior, loglik, False, f"non-finite gradients at {bad} initial particles", 1
         )
-    alive = torch.isfinite(loglik)
-    top = torch.where(alive, loglik, -math.inf).amax(-1)
-    bottom = torch.where(alive, loglik, math.inf).amin(-1)
+    top = torch.where(finite, loglik, -math.inf).amax(-1)
+    bottom = torch.where(finite, loglik, math.inf).amin(-1)
     varies = bool((top > bottom).any())
-    lik_grad_zero = bool((torch.where(at, grad, 0.0) == 0).all())
-    if varies and lik_grad_zero:
+    if varies and bool((torch.where(at, grad, 0.0) == 0).all()):
         return GradientProbe(
             log_prior,
             loglik,
             False,
-            "the gradient is zero everywhere although the likelihood varies (a "
-            "piecewise-constant or detached computation)",
+            "its gradient is zero everywhere although it varies (a piecewise-constant or "
+            "detached computation)",
             1,
         )
     return GradientProbe(log_prior, loglik, True, "", 1)
@@ -122,7 +123,8 @@ def auto_kernel(
 
     * differentiable: ``until_decorrelated(mala_stepper(), jumps=mixture_independence(
       num_jumps), target_correlation=target_correlation, max_steps=num_steps or 50)``;
-    * otherwise the same with ``random_walk_stepper()`` and ``max_steps or 100``.
+    * otherwise the same with ``random_walk_stepper()`` and ``max_steps=num_steps or 250``
+      (random-walk steps shrink as 1 / sqrt(d): 100 dimensions need about 150 per stage).
 
     Called directly (outside ``run_smc``), the kernel probes the gradients at every call.
     ``num_jumps = 0`` leaves the mixture jumps out (for posteriors known to be unimodal).
@@ -151,7 +153,7 @@ def auto_kernel(
             random_walk_stepper(),
             jumps=jumps,
             target_correlation=target_correlation,
-            max_steps=num_steps or 100,
+            max_steps=num_steps or 250,
         ),
     }
 

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from smcwake.smc.auto import probe_gradients
+from smcwake.smc.crosswise import fold_count, fold_mean, join_folds, split_folds
 from smcwake.smc.mh import Kernel, MoveInfo, Target
 from smcwake.smc.mixing import correlation_noise, start_end_correlation
 from smcwake.smc.resampling import systematic
@@ -49,17 +50,29 @@ def _chains(stepper: Stepper, chain_length: int) -> Kernel:
             ),
         )
         start = sub.z
+        # chains move crosswise: each fold of ancestors with the metric of the other folds
+        F = fold_count(M)
+        if F > 1:
+            folds = split_folds(sub, target, F)
+            work, work_target, work_chol = folds.state, folds.target, folds.chol
+        else:
+            work, work_target, work_chol = sub, target, chol
         zs, lps, lls = [sub.z], [sub.log_prior], [sub.loglik]
-        carry = stepper.start(sub, target, chol)
-        accepted = torch.zeros_like(sub.log_prior)
-        jump = torch.zeros_like(sub.log_prior)
+        carry = stepper.start(work, work_target, work_chol)
+        accepted = torch.zeros(work.z.shape[0], dtype=sub.log_prior.dtype, device=sub.z.device)
+        jump = torch.zeros_like(accepted)
         for _ in range(P - 1):
-            sub, carry, acc, step_jump = stepper.step(sub, carry, target, generator, chol)
-            accepted += acc.to(accepted.dtype)
-            jump += step_jump
+            work, carry, acc, step_jump = stepper.step(
+                work, carry, work_target, generator, work_chol
+            )
+            accepted += acc.to(accepted.dtype).mean(-1)
+            jump += step_jump.mean(-1)
+            sub = join_folds(folds, work, sub) if F > 1 else work
             zs.append(sub.z)
             lps.append(sub.log_prior)
             lls.append(sub.loglik)
+        if F > 1:
+            accepted, jump = fold_mean(accepted, B, F), fold_mean(jump, B, F)
         steps = max(P - 1, 1)
         correlation = start_end_correlation(start, sub.z, sub.log_weights)
         noise = correlation_noise(start, sub.log_weights)
@@ -70,10 +83,12 @@ def _chains(stepper: Stepper, chain_length: int) -> Kernel:
             log_weights=torch.full_like(state.log_weights, -math.log(K)),
         )
         evals = M * (stepper.start_evals + (P - 1) * stepper.step_evals) / K
+        if F > 1:  # the padding of the last fold of ancestors is evaluated too
+            evals = evals * F * folds.size / M
         info = MoveInfo(
-            (accepted / steps).mean(-1),
+            (accepted / steps).to(state.z.dtype),
             torch.full((B,), evals, dtype=torch.float64, device=state.z.device),
-            (jump / steps).mean(-1),
+            (jump / steps).to(state.z.dtype),
             {"start_end_correlation": correlation, "correlation_noise": noise},
         )
         return state, info
@@ -91,7 +106,9 @@ def waste_free(chain_length: int = 10, *, local: str | Stepper = "auto") -> Kern
     """Waste-free move: M = ceil(K / P) ancestors by weight, each run for P - 1 steps, all kept.
 
     P = ``chain_length``. The K particles of the next stage are the P states of each of the M
-    chains, equally weighted (the last chain is cut short when P does not divide K). ``local``
+    chains, equally weighted (the last chain is cut short when P does not divide K). The chains
+    move crosswise (:mod:`smcwake.smc.crosswise`): the ancestors are cut into folds, each moved
+    with the shrunk covariance of the other folds' ancestors. ``local``
     is the step: "mala", "rwmh", a :class:`~smcwake.smc.steppers.Stepper`, or "auto" (MALA when
     the likelihood is differentiable, the random walk otherwise; ``run_smc`` decides at the
     first evaluation, as for the default kernel). The stage's start/end correlation is that of
