@@ -74,9 +74,10 @@ def test_until_decorrelated_stops_each_observation_at_its_target():
     state, info = kernel(state, target, torch.Generator().manual_seed(2), chol)
     steps = info.extra["steps"]
     assert steps[0] < steps[1] < steps[2], steps
-    # the rule is applied per fold of the crosswise moves; over the whole cloud the correlation
-    # is their average up to the spread of the folds' means (a few hundredths here)
-    assert (info.extra["correlation"] <= 0.2).all()
+    # the rule is applied per fold of the crosswise moves, with one standard error of the
+    # measure allowed (here sqrt(2 / (4 x 200)) = 0.05 per fold of 200 particles in d = 4);
+    # over the whole cloud the correlation is the folds' average up to the spread of their means
+    assert (info.extra["correlation"] <= 0.2 + 0.05).all()
     r = start_end_correlation(start, state.z, state.log_weights)
     assert ((r - info.extra["correlation"]).abs() < 0.03).all(), (r, info.extra["correlation"])
     # a fold released before it reached the target itself keeps stepping (its moves are

@@ -2,7 +2,7 @@
 
 ``run_smc(model, x)`` and ``fit`` use :func:`auto_kernel` unless told otherwise. It is
 
-    until_decorrelated(local, jumps=mixture_independence(2))
+    until_decorrelated(local, jumps=mixture_independence(4))
 
 with ``local`` a preconditioned Langevin step (MALA) when the likelihood is differentiable and a
 random-walk step when it is not:
@@ -114,7 +114,7 @@ def auto_kernel(
     num_steps: int | None = None,
     *,
     target_correlation: float = 0.1,
-    num_jumps: int = 2,
+    num_jumps: int = 4,
 ) -> Kernel:
     """The default kernel: mixture jumps, then Langevin or random-walk steps until decorrelated.
 
@@ -127,7 +127,11 @@ def auto_kernel(
       (random-walk steps shrink as 1 / sqrt(d): 100 dimensions need about 150 per stage).
 
     Called directly (outside ``run_smc``), the kernel probes the gradients at every call.
-    ``num_jumps = 0`` leaves the mixture jumps out (for posteriors known to be unimodal).
+    ``num_jumps = 0`` leaves the mixture jumps out (for posteriors known to be unimodal). Four
+    jumps rather than two: on two-moons, where about 60% of the jumps are accepted, the
+    particles that two jumps left in place needed 18 local steps per stage to decorrelate, with
+    four 7 (2.3 instead of 4.2 times the evaluations of the previous default); where the jumps
+    are never accepted (50 Gaussian dimensions) the two extra cost about 10%.
 
     Shapes: as for any kernel.
 
@@ -172,4 +176,5 @@ def auto_kernel(
     move.num_steps = built[True].num_steps
     move.name = "auto"
     move.uses_scale = True
+    move.adaptation_gain = built[True].adaptation_gain
     return move

@@ -181,4 +181,5 @@ def crosswise(kernel: Kernel, num_folds: int = NUM_FOLDS) -> Kernel:
     for attr in ("target_acceptance", "initial_scale", "num_steps", "name"):
         setattr(move, attr, getattr(kernel, attr))
     move.uses_scale = getattr(kernel, "uses_scale", True)
+    move.adaptation_gain = getattr(kernel, "adaptation_gain", 2.0)
     return move

@@ -13,11 +13,15 @@ and never recomputed. Proposals are never clamped to the prior support: outside 
 is ``-inf`` and the move is rejected. The contract and the shared building blocks live in
 :mod:`smcwake.smc.mh`.
 
-All kernels precondition with the Cholesky factor of the weighted particle covariance, which the
-sampler computes once per stage (``weighted_cholesky``). This module holds the gradient-free
-random walk and the gradient-based MALA and HMC, and the registry of kernels by name
-(:func:`get_kernel`); kernels for multimodal posteriors are in :mod:`smcwake.smc.multimodal`,
-combinators in :mod:`smcwake.smc.composite`.
+All kernels precondition with the Cholesky factor of the weighted particle covariance, its
+correlations shrunk when the cloud holds few distinct points for its dimension, which the sampler
+computes once per stage (:func:`~smcwake.smc.precondition.shrunk_cholesky`). The random walk,
+MALA and HMC move *crosswise* (:mod:`smcwake.smc.crosswise`): each fold of particles with the
+metric of the other folds. This module holds those three and the registry of kernels by name
+(:func:`get_kernel`); the default kernel is :func:`~smcwake.smc.auto.auto_kernel` ("auto"), the
+single steps are in :mod:`smcwake.smc.steppers`, kernels for multimodal posteriors in
+:mod:`smcwake.smc.multimodal`, combinators in :mod:`smcwake.smc.composite` and
+:mod:`smcwake.smc.mixing`, waste-free SMC in :mod:`smcwake.smc.wastefree`.
 """
 
 from __future__ import annotations
@@ -97,8 +101,9 @@ def mixture_then_rwmh(num_steps: int = 5, mixture_share: float = 0.3) -> Kernel:
 
     m = round(mixture_share * num_steps) (at least 1, at most num_steps - 1) independence steps
     from the crosswise-fitted cloud mixture, which carry particles between modes, then random-walk
-    steps with the cloud covariance, which are cheap and mix locally. The recommended kernel
-    (registered as "mixture+rwmh"): with the default 5 steps (2 + 3) it costs as many likelihood
+    steps with the cloud covariance, which are cheap and mix locally. Registered as
+    "mixture+rwmh" (the default before "auto", which adds steps until the particles decorrelate
+    and uses gradients when it can): with the default 5 steps (2 + 3) it costs as many likelihood
     evaluations as the plain random walk's default and keeps every mode's mass (see
     ``docs/KERNELS.md``).
 
@@ -202,7 +207,10 @@ def get_kernel(
 ) -> Kernel:
     """Build a kernel by name or pass a built kernel through.
 
-    Names: "rwmh", "mala", "hmc", "mixture" (:func:`mixture_independence`), "local_rwmh"
+    Names: "auto" (the default, :func:`~smcwake.smc.auto.auto_kernel`; ``num_mcmc_steps`` is its
+    cap on local steps per stage), "waste-free" (:func:`~smcwake.smc.wastefree.waste_free`;
+    ``num_mcmc_steps`` is its chain length), "rwmh", "mala", "hmc", "mixture"
+    (:func:`mixture_independence`), "local_rwmh"
     (:func:`local_random_walk`), "mixture+rwmh" (:func:`mixture_then_rwmh`),
     "mixture+local_rwmh" (:func:`mixture_then_local`), and, with ``encoder``, "encoder+rwmh"
     (:func:`encoder_then_rwmh`) and "encoder+mala" (:func:`encoder_then_mala`).

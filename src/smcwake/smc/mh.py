@@ -99,8 +99,9 @@ class Kernel(Protocol):
     """``move(state, target, generator, chol) -> (state, MoveInfo)``.
 
     Attributes: ``target_acceptance`` and ``initial_scale`` (for the sampler's adaptation of
-    ``state.scale``), ``num_steps`` (proposals per particle and call), ``name`` (a short label
-    used in diagnostics) and ``uses_scale`` (whether the move reads ``state.scale``).
+    ``state.scale``; optionally ``adaptation_gain``, 2 by default), ``num_steps`` (proposals
+    per particle and call), ``name`` (a short label used in diagnostics) and ``uses_scale``
+    (whether the move reads ``state.scale``).
     """
 
     target_acceptance: float

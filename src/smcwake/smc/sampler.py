@@ -239,7 +239,8 @@ def smc_stage(
     else:
         correlation, noise = reported, move.extra["correlation_noise"]
     # Robbins-Monro style adaptation of the scale for the next stage (exactness within a stage)
-    scale = state.scale * torch.exp(1.0 * (move.acceptance_rate - kernel.target_acceptance))
+    gain = getattr(kernel, "adaptation_gain", 2.0)
+    scale = state.scale * torch.exp(gain * (move.acceptance_rate - kernel.target_acceptance))
     state = state._replace(scale=scale.clamp(1e-3, 20.0))
     extra = {"sq_jump": move.sq_jump, **(move.extra or {})}
     info = StageInfo(

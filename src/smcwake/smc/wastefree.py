@@ -99,6 +99,7 @@ def _chains(stepper: Stepper, chain_length: int) -> Kernel:
     move.name = f"waste-free({stepper.name})"
     move.uses_scale = True
     move.resamples = True
+    move.adaptation_gain = stepper.adaptation_gain
     return move
 
 
@@ -143,7 +144,14 @@ def waste_free(chain_length: int = 10, *, local: str | Stepper = "auto") -> Kern
         return built[probe_gradients(target, state.z).usable](state, target, generator, chol)
 
     move.choose = lambda differentiable: built[bool(differentiable)]
-    for attr in ("target_acceptance", "initial_scale", "num_steps", "uses_scale", "resamples"):
+    for attr in (
+        "target_acceptance",
+        "initial_scale",
+        "num_steps",
+        "uses_scale",
+        "resamples",
+        "adaptation_gain",
+    ):
         setattr(move, attr, getattr(built[True], attr))
     move.name = "waste-free"
     return move
