@@ -14,7 +14,7 @@ For each kernel, N independent samplers (8 observations, each run N / 8 times) m
   1 / sqrt(ESS), 0.06 to 0.08 at K = 300), and the weighted variances within 10% of the exact
   ones on average.
 
-Run with ``pytest -m slow tests/smc/test_high_dimension.py`` (about 20 minutes on one core).
+Run with ``pytest -m slow tests/smc/test_high_dimension.py`` (about 14 minutes on one core).
 """
 
 import math

@@ -101,7 +101,7 @@ class SMCResult(NamedTuple):
     loglik: Tensor  # [B, K] log-likelihood of the final particles
     distinct_fraction: Tensor  # [B] share of distinct particles after the last move
     kernel_info: dict[str, Tensor]  # [B] each: kernel diagnostics averaged over stages
-    mixed: Tensor  # [B] bool: every stage's start/end correlation <= max_correlation
+    mixed: Tensor  # [B] bool: no stage above max_correlation (by two standard errors)
     correlation_history: Tensor  # [B, S] start/end correlation of each stage, NaN after stop
 
     def sample(self, n: int, *, generator: torch.Generator | None = None) -> Tensor:
