@@ -27,7 +27,7 @@ Sections (``--sections``, all by default):
 * ``cost``: likelihood evaluations and time of the new default against the previous default at
   low dimension (two-moons, d = 2; linear Gaussian, d = 10); written to docs/PERFORMANCE.md.
 
-    python benchmarks/kernels_by_dimension.py     # about 40 minutes; writes docs/KERNELS.md
+    python benchmarks/kernels_by_dimension.py     # about 11 minutes; writes docs/KERNELS.md
                                                   # and a section of docs/PERFORMANCE.md
 """
 
