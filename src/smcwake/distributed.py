@@ -327,9 +327,9 @@ def _combine_histories(histories: list[dict[str, list]], sizes: list[int]) -> di
     """One history for the run: rows are logged at the same steps on every rank.
 
     ``loss`` and ``decoder_loss``: mean over ranks (the global-minibatch loss); counters
-    (``likelihood_evals``, ``simulations``, ``smc_runs``, ``unmixed_runs``): sums; ``runs_per_obs``: mean
-    weighted by shard size; ``wall_time``: maximum; ``step`` and ``skipped_steps`` agree on
-    every rank and are rank 0's.
+    (``likelihood_evals``, ``simulations``, ``smc_runs``, ``unmixed_runs``): sums;
+    ``runs_per_obs``: mean weighted by shard size; ``wall_time``: maximum; ``step`` and
+    ``skipped_steps`` agree on every rank and are rank 0's.
     """
     lengths = {len(h["step"]) for h in histories}
     if len(lengths) != 1 or any(h["step"] != histories[0]["step"] for h in histories):
