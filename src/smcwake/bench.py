@@ -24,9 +24,10 @@ Metrics (:func:`evaluate`), per observation and then averaged:
 - evidence: an importance-sampling estimate of log p(x) with q as proposal, and for SMC-Wake the
   bank's running estimate log Zbar (errors where the evidence is known).
 
-A method that cannot run on a task (``sleep`` without a simulator; ``elbo`` and ``iwae`` when the
-prior has bounded support, since an encoder on all of R^d then puts mass where log p(z) = -inf)
-is kept in the results with the reason (:func:`unavailable_reason`), never dropped.
+A method that cannot run on a task (``sleep`` without a simulator; ``elbo`` and ``iwae`` with
+the mixture-density encoder, or on a bounded prior when the encoder is not kept on its support
+by ``support_transform``) is kept in the results with the reason (:func:`unavailable_reason`),
+never dropped.
 
 References:
     McNamara, Loper & Regier (2024), Sequential Monte Carlo for Inclusive KL Minimization in
@@ -55,7 +56,7 @@ from smcwake import diagnostics
 from smcwake.objectives import SMC_WAKE_METHODS, get_objective
 from smcwake.smc.sampler import run_smc
 from smcwake.tasks import Task, get
-from smcwake.train import CHECKPOINT_NAME, SMCOptions, TrainConfig, fit
+from smcwake.train import CHECKPOINT_NAME, SMCOptions, TrainConfig, fit, initial_encoder
 
 __all__ = [
     "ALL_METHODS",
@@ -158,13 +159,19 @@ def _bounded_support(task: Task) -> str | None:
     return str(base)
 
 
-def unavailable_reason(task: Task, method: str, encoder: str) -> str | None:
+def unavailable_reason(
+    task: Task, method: str, encoder: str, *, support_transform: bool = True
+) -> str | None:
     """Why ``method`` cannot train ``encoder`` on ``task``, or None when it can.
 
+    ``support_transform``: whether the encoder maps onto the prior's support (the default of
+    :class:`~smcwake.train.TrainConfig`); without it, the ELBO and IWAE are undefined on a
+    bounded prior.
+
     >>> from smcwake.tasks import get
-    >>> unavailable_reason(get("two-moons"), "elbo", "flow")[:29]
+    >>> unavailable_reason(get("two-moons"), "elbo", "flow", support_transform=False)[:29]
     'the prior has bounded support'
-    >>> unavailable_reason(get("toy-collapse"), "elbo", "gaussian") is None
+    >>> unavailable_reason(get("two-moons"), "elbo", "flow") is None
     True
     """
     get_objective(method)  # unknown names raise
@@ -174,10 +181,11 @@ def unavailable_reason(task: Task, method: str, encoder: str) -> str | None:
         if encoder == "mdn":
             return "the mixture-density encoder has no reparameterized sampler"
         support = _bounded_support(task)
-        if support is not None:
+        if support is not None and not support_transform:
             return (
                 f"the prior has bounded support ({support}): q, supported on all of R^d, puts "
-                "mass where log p(z) = -inf, so the bound is -inf and its gradient undefined"
+                "mass where log p(z) = -inf, so the bound is -inf and its gradient undefined "
+                "(support_transform=True keeps q on the support)"
             )
     return None
 
@@ -591,18 +599,8 @@ def _train_one(
 
 
 def _initial_encoder(task: Task, x: Tensor, config: TrainConfig):
-    """A fresh encoder of ``config.encoder``, initialised from ``config.seed`` and standardized
-    with x and 10,000 prior draws (as :func:`smcwake.fit` builds one)."""
-    from smcwake.encoders import build_encoder
-    from smcwake.model import forked_rng
-
-    g = torch.Generator().manual_seed(config.seed)
-    with forked_rng(g, x.device):
-        encoder = build_encoder(config.encoder, x.shape[1], task.model.dim)
-    encoder = encoder.to(dtype=x.dtype)
-    z_ref = task.model.sample_prior((10_000,), generator=g, dtype=x.dtype)
-    encoder.set_standardization(x=x, z=z_ref)
-    return encoder
+    """The encoder :func:`smcwake.fit` would build, from ``config.seed``."""
+    return initial_encoder(task.model, x, config, torch.Generator().manual_seed(config.seed))
 
 
 def _config_for(
@@ -784,7 +782,9 @@ def run_bench(
     for method in methods:
         entry: dict[str, Any] = {"status": "ok", "reason": None, "runs": []}
         results["methods"][method] = entry
-        reason = unavailable_reason(task, method, base["encoder"])
+        reason = unavailable_reason(
+            task, method, base["encoder"], support_transform=base.get("support_transform", True)
+        )
         if reason is not None:
             entry.update(status="unavailable", reason=reason)
             logger.info("%s: not run (%s)", method, reason)
@@ -878,7 +878,8 @@ def run_fit(
         return results
     task = load_task(task_name)
     encoder = encoder or task.defaults.get("encoder", "flow")
-    reason = unavailable_reason(task, method, encoder)
+    transform = (overrides or {}).get("support_transform", True)
+    reason = unavailable_reason(task, method, encoder, support_transform=transform)
     if reason is not None:
         raise ValueError(f"{method} cannot run on {task_name}: {reason}")
     options = eval_options or EvalOptions()

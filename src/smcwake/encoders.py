@@ -61,6 +61,7 @@ __all__ = [
     "MixtureDensityEncoder",
     "FlowEncoder",
     "build_encoder",
+    "check_support",
     "ENCODER_KINDS",
 ]
 
@@ -133,7 +134,7 @@ class Encoder(nn.Module):
                 raise ValueError(f"{name}: expected a positive int, received {value!r}")
         self.x_dim = x_dim
         self.z_dim = z_dim
-        self.support = _check_support(support, z_dim)
+        self.support = check_support(support, z_dim)
         self._transforms: dict[tuple[torch.dtype, torch.device], Transform] = {}
         self.register_buffer("x_loc", torch.zeros(x_dim))
         self.register_buffer("x_scale", torch.ones(x_dim))
@@ -673,13 +674,20 @@ def _base_constraint(support: constraints.Constraint) -> constraints.Constraint:
     return support
 
 
-def _check_support(
+def check_support(
     support: constraints.Constraint | None, z_dim: int
 ) -> constraints.Constraint | None:
-    """The support to map onto, or None for R^d; raises for one no bijection covers.
+    """The support an encoder maps onto: ``support``, or None for R^d (no transform).
 
-    The bijection must take v [*, d] to z [*, d] (a simplex, whose bijection drops a
-    coordinate, is refused).
+    Raises ``ValueError`` when ``torch.distributions.biject_to`` has no bijection onto it, or
+    when that bijection does not take v [*, d] to z [*, d] (a simplex drops a coordinate), and
+    ``TypeError`` when it is not a constraint.
+
+    >>> from torch.distributions import Gamma, Independent, Normal
+    >>> check_support(Independent(Normal(torch.zeros(2), 1.0), 1).support, 2) is None
+    True
+    >>> check_support(Independent(Gamma(torch.ones(2), 1.0), 1).support, 2)
+    IndependentConstraint(GreaterThanEq(lower_bound=0.0), 1)
     """
     if support is None:
         return None
