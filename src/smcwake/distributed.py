@@ -42,9 +42,17 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from smcwake.encoders import Encoder, build_encoder
-from smcwake.model import Model, forked_rng
-from smcwake.train import CHECKPOINT_NAME, Callback, FitResult, TrainConfig, check_run_dir, fit
+from smcwake.encoders import Encoder
+from smcwake.model import Model
+from smcwake.train import (
+    CHECKPOINT_NAME,
+    Callback,
+    FitResult,
+    TrainConfig,
+    check_run_dir,
+    fit,
+    initial_encoder,
+)
 
 __all__ = [
     "DistributedSynchronizer",
@@ -67,9 +75,6 @@ SUMMARY_NAME = "summary.json"
 
 _SEED_STRIDE = 1000
 """Rank r draws its SMC and minibatch randomness from seed ``seed + 1000 * r``."""
-
-_NUM_PRIOR_DRAWS = 10_000
-"""Prior draws for the z standardization, as in :func:`~smcwake.train.fit`."""
 
 _ENV_VARS = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
@@ -589,15 +594,9 @@ def _initial_encoder(
     Shapes: local [n_r, p].
     """
     generator = torch.Generator(device=device).manual_seed(config.seed)
-    with forked_rng(generator, device):
-        encoder = build_encoder(config.encoder, local.shape[1], model.dim)
-    encoder = encoder.to(device=device, dtype=local.dtype)
-    z_ref = model.sample_prior(
-        (_NUM_PRIOR_DRAWS,), generator=generator, dtype=local.dtype, device=device
-    )
     loc, scale = _global_location_scale(local, sync, total)
-    encoder.set_standardization(x=_standardization_rows(loc, scale), z=z_ref)
-    return encoder
+    rows = _standardization_rows(loc, scale).to(device=device, dtype=local.dtype)
+    return initial_encoder(model, rows, config, generator)
 
 
 # ---------------------------------------------------------------------------- command line

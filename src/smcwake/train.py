@@ -37,7 +37,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from smcwake.bank import ParticleBank
-from smcwake.encoders import ENCODER_KINDS, Encoder, build_encoder
+from smcwake.encoders import ENCODER_KINDS, Encoder, build_encoder, check_support
 from smcwake.model import Model, fingerprint_differences, forked_rng, model_fingerprint
 from smcwake.objectives import SMC_WAKE_METHODS, Batch, Context, get_objective
 from smcwake.smc.kernels import check_kernel_name, get_kernel
@@ -51,6 +51,10 @@ __all__ = [
     "Synchronizer",
     "fit",
     "check_run_dir",
+    "initial_encoder",
+    "learning_rate",
+    "bank_monitor",
+    "LR_SCHEDULES",
     "CHECKPOINT_NAME",
     "HISTORY_NAME",
 ]
@@ -115,6 +119,10 @@ def _check_fraction(name: str, value: object, *, open_interval: bool) -> None:
         raise ValueError(f"{name}: expected a fraction in {interval}, received {value!r}")
 
 
+LR_SCHEDULES = ("constant", "cosine", "step")
+"""Learning-rate schedules of :class:`TrainConfig` (after the linear warm-up)."""
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Every setting of a training run. Defaults suit a few thousand steps on a laptop CPU.
@@ -128,9 +136,20 @@ class TrainConfig:
             defensive-wake, iwae, msc), samples for elbo, simulations per observation for sleep.
         refresh_every: steps between SMC refreshes (SMC-Wake methods).
         refresh_size: observations per refresh (default: batch_size).
-        lr: Adam learning rate.
+        lr: Adam learning rate (the peak of the schedule).
+        lr_schedule: "constant", "cosine" (from ``lr`` down to 0 at the last step, after the
+            warm-up) or "step" (``lr``, then a tenth from half of the post-warm-up steps, a
+            hundredth from three quarters). A function of the step and ``steps``.
+        warmup_steps: the learning rate rises linearly from ``lr / warmup_steps`` to ``lr``
+            over these first steps (0: no warm-up).
         seed: seeds every random choice of the run.
         encoder: kind for :func:`smcwake.encoders.build_encoder` when no encoder is given.
+        encoder_options: keyword options for :func:`smcwake.encoders.build_encoder` (e.g.
+            ``{"transforms": 3, "hidden": (64, 64)}``) when no encoder is given.
+        support_transform: build the encoder with the prior's support
+            (``support=model.prior.support``): q then lives on the support, its draws never
+            leave it, and it is standardized in the unconstrained space. A support that
+            ``torch.distributions.biject_to`` cannot map onto falls back to R^d with a warning.
         max_runs: runs kept per observation by estimators (a) and (b).
         num_resampled: particles kept per run by estimator (b).
         runs_per_step: estimator (a) draws this many runs ~ Cat(omega) per step (None: all);
@@ -155,6 +174,10 @@ class TrainConfig:
             target the posterior of an older likelihood). None: keep every run.
         checkpoint_every: steps between checkpoints (with run_dir).
         log_every: steps between history rows.
+        monitor_every: SMC-Wake methods: at the first history row of every ``monitor_every``
+            steps (and the last), record the held-out-free convergence signal
+            ``bank_forward_kl`` and ``bank_ess`` (see :func:`bank_monitor`); None: off.
+        monitor_size: observations the signal is computed on (a fixed random subset).
         progress: show a progress bar.
         device: where to train (default: x's device).
     """
@@ -167,8 +190,12 @@ class TrainConfig:
     refresh_every: int = 10
     refresh_size: int | None = None
     lr: float = 1e-3
+    lr_schedule: str = "constant"
+    warmup_steps: int = 0
     seed: int = 0
     encoder: str = "flow"
+    encoder_options: dict[str, Any] = field(default_factory=dict)
+    support_transform: bool = True
     max_runs: int = 50
     num_resampled: int = 100
     runs_per_step: int | None = 4
@@ -184,6 +211,8 @@ class TrainConfig:
     stale_after: int | None = None
     checkpoint_every: int = 250
     log_every: int = 10
+    monitor_every: int | None = 100
+    monitor_size: int = 64
     progress: bool = True
     device: str | None = None
 
@@ -201,9 +230,11 @@ class TrainConfig:
             "checkpoint_every",
             "log_every",
             "max_bad_steps",
+            "warmup_steps",
+            "monitor_size",
         ):
             value = getattr(self, name)
-            low = 0 if name == "steps" else 1
+            low = 0 if name in ("steps", "warmup_steps") else 1
             if not isinstance(value, int) or value < low:
                 raise ValueError(f"{name}: expected an integer >= {low}, received {value!r}")
         if self.num_particles < 2:
@@ -225,6 +256,7 @@ class TrainConfig:
             ("max_evals", 0),
             ("stale_after", 0),
             ("decoder_proposals", 1),
+            ("monitor_every", 1),
         ):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < low):
@@ -234,6 +266,15 @@ class TrainConfig:
         if self.encoder not in ENCODER_KINDS:
             raise ValueError(
                 f"encoder: unknown kind {self.encoder!r}; expected one of {list(ENCODER_KINDS)}"
+            )
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(
+                f"lr_schedule: expected one of {list(LR_SCHEDULES)}, received {self.lr_schedule!r}"
+            )
+        if not isinstance(self.encoder_options, dict) or "support" in self.encoder_options:
+            raise TypeError(
+                "encoder_options: expected a dict of build_encoder options (the support is set "
+                f"by support_transform), received {self.encoder_options!r}"
             )
         if isinstance(self.smc, dict):
             object.__setattr__(self, "smc", SMCOptions(**self.smc))
@@ -454,6 +495,105 @@ def _decoder_loss(
     return -(torch.logsumexp(log_w, -1) - math.log(num_proposals)).mean()
 
 
+def learning_rate(config: TrainConfig, step: int) -> float:
+    """The encoder's learning rate at 0-based optimizer step ``step`` (see ``lr_schedule``).
+
+    >>> config = TrainConfig(lr=1e-3, warmup_steps=100, lr_schedule="cosine", steps=1101)
+    >>> [round(learning_rate(config, s) * 1e3, 3) for s in (0, 99, 600, 1100)]
+    [0.01, 1.0, 0.5, 0.0]
+    """
+    warmup = config.warmup_steps
+    if step < warmup:
+        return config.lr * (step + 1) / warmup
+    t = min(1.0, (step - warmup) / max(1, config.steps - 1 - warmup))  # 0 -> 1 after warm-up
+    if config.lr_schedule == "cosine":
+        return config.lr * 0.5 * (1.0 + math.cos(math.pi * t))
+    if config.lr_schedule == "step":
+        return config.lr * (0.01 if t >= 0.75 else 0.1 if t >= 0.5 else 1.0)
+    return config.lr
+
+
+def initial_encoder(
+    model: Model, x: Tensor, config: TrainConfig, generator: torch.Generator
+) -> Encoder:
+    """The encoder :func:`fit` builds when none is given: ``config.encoder`` with
+    ``config.encoder_options``, on the prior's support (``config.support_transform``),
+    initialised from ``generator`` and standardized with x and 10,000 prior draws.
+
+    Shapes: x [n, p] (the rows that set x's standardization; x's dtype and device).
+    """
+    options = dict(config.encoder_options)
+    if config.support_transform:
+        try:
+            options["support"] = check_support(model.prior.support, model.dim)
+        except ValueError as err:
+            logger.warning("the encoder lives on all of R^d: %s", err)
+    with forked_rng(generator, x.device):
+        encoder = build_encoder(config.encoder, x.shape[1], model.dim, **options)
+    encoder = encoder.to(device=x.device, dtype=x.dtype)
+    z_ref = model.sample_prior((10_000,), generator=generator, dtype=x.dtype, device=x.device)
+    encoder.set_standardization(x=x, z=z_ref)
+    return encoder
+
+
+def bank_monitor(
+    model: Model,
+    encoder: Encoder,
+    x: Tensor,
+    bank: ParticleBank,
+    idx: Tensor,
+    *,
+    num_particles: int = 256,
+    seed: int = 0,
+) -> tuple[float, float, int]:
+    """Held-out-free convergence signal: how far q(z | x) is from the bank's posteriors.
+
+    For each observation i in ``idx`` with runs, draw S = ``num_particles`` particles z_s by
+    weight from what the bank's estimator keeps (a sample of p(z | x_i)) and form
+    l_s = log p(z_s | x_i) - log q(z_s | x_i), with log p(z | x_i) = log p(z, x_i) - log Zbar_i.
+    Then
+
+    - ``forward_kl`` = mean_i mean_s l_s, an estimate of KL(p || q) averaged over observations
+      (the cross-entropy -E_p log q that training lowers, minus the posterior's entropy). It
+      is offset by the error of log Zbar, which moves only when the bank does;
+    - ``ess`` = mean_i 1 / mean_s exp(l_s), an estimate of 1 / E_p[p / q], the effective
+      sample size per draw of q used as an importance proposal for p (1 when q = p; small when
+      q misses mass that p has, which draws from q alone cannot see).
+
+    The draws come from a generator seeded with ``seed`` at every call (the same random numbers
+    each time, so successive values differ by q and the bank, not by the draw). Costs S
+    likelihood and S encoder evaluations per observation.
+
+    Shapes: x [n, p] (the whole dataset), idx [m] -> (forward_kl, ess, likelihood evaluations).
+    """
+    idx = idx[~bank.excluded[idx] & bank.has_runs[idx]]
+    if idx.numel() == 0:
+        return math.nan, math.nan, 0
+    generator = torch.Generator(device=idx.device).manual_seed(seed)
+    with torch.no_grad():
+        view = bank.view(idx, num_samples=num_particles, generator=generator)
+        keep = view.weights.sum(-1) > 0
+        idx, z = idx[keep], view.z[keep]
+        if idx.numel() == 0:
+            return math.nan, math.nan, 0
+        log_joint = model.log_joint(z, x[idx], idx).double()
+        log_q = encoder.log_prob(z, x[idx]).double()
+        ell = log_joint - bank.log_zbar[idx, None].to(log_joint) - log_q  # [m, S]
+        log_mean_ratio = torch.logsumexp(ell, -1) - math.log(num_particles)
+        forward_kl = float(ell.mean(-1).mean())
+        ess = float(torch.exp(-log_mean_ratio).mean())
+    return forward_kl, ess, int(z.shape[0] * z.shape[1])
+
+
+def _monitor_due(config: TrainConfig, step: int) -> bool:
+    """Whether the history row of ``step`` carries the convergence signal: the first row at or
+    after each multiple of ``monitor_every``, and the last step."""
+    every = config.monitor_every
+    if every is None:
+        return False
+    return step == config.steps or step // every > (step - config.log_every) // every
+
+
 def _take_step(loss: Tensor, module: torch.nn.Module, optimizer, clip: float | None, sync) -> bool:
     """Backward and step unless the loss or the gradient is non-finite (on any process)."""
     finite = bool(torch.isfinite(loss.detach()))
@@ -541,8 +681,9 @@ def fit(
         x: the dataset, [n, p], in float32 or float64 (the precision of the whole run).
         encoder: an :class:`~smcwake.encoders.Encoder`, or a kind for
             :func:`~smcwake.encoders.build_encoder` ("flow", "mdn", "gaussian", ...); by default
-            ``config.encoder``. A built one is initialised from ``seed`` and standardized with x
-            and 10,000 prior draws.
+            ``config.encoder``. A built one (:func:`initial_encoder`) lives on the prior's
+            support, is initialised from ``seed`` and standardized with x and 10,000 prior
+            draws; a given one is used as it is.
         config: a :class:`TrainConfig`; keyword ``overrides`` replace its fields, e.g.
             ``fit(model, x, method="smc-wake-c", steps=500)``.
         run_dir: folder for checkpoints and ``history.json`` (created if missing). A folder
@@ -593,11 +734,7 @@ def fit(
     checkpoint = _load_checkpoint(run_path, config, x) if resume else None
 
     if encoder is None:
-        with forked_rng(generator, device):
-            encoder = build_encoder(config.encoder, p, model.dim)
-        encoder = encoder.to(device=device, dtype=x.dtype)
-        z_ref = model.sample_prior((10_000,), generator=generator, dtype=x.dtype, device=device)
-        encoder.set_standardization(x=x, z=z_ref)
+        encoder = initial_encoder(model, x, config, generator)
     elif not isinstance(encoder, Encoder):
         raise TypeError(
             f"encoder: expected an smcwake.encoders.Encoder (or a kind such as 'flow'), "
@@ -643,6 +780,8 @@ def fit(
             "wall_time",
             "decoder_loss",
             "unmixed_runs",
+            "bank_forward_kl",
+            "bank_ess",
         )
     }
     step, evals, sims, smc_runs, skipped, elapsed, unmixed = 0, 0, 0, 0, 0, 0.0, 0
@@ -707,6 +846,8 @@ def fit(
 
     start = time.perf_counter() - elapsed
     refresh_size = min(config.refresh_size or config.batch_size, n)
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(config.seed))
+    monitored = order[: config.monitor_size].to(device)  # fixed: comparable along the run
     bad_in_row = 0
     bar = tqdm(
         total=config.steps,
@@ -779,6 +920,8 @@ def fit(
             if config.method == "sleep":
                 sims += idx.numel() * config.num_proposals
             step += 1
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate(config, step - 1)
             finite = _take_step(loss, encoder, optimizer, config.grad_clip, sync)
             if decoder is not None:
                 dec_loss = _decoder_loss(
@@ -805,6 +948,12 @@ def fit(
                     )
             bar.update(1)
             if step % config.log_every == 0 or step == config.steps:
+                kl_bank = ess_bank = None
+                if bank is not None and _monitor_due(config, step):
+                    kl_bank, ess_bank, e = bank_monitor(
+                        model, encoder, x, bank, monitored, seed=config.seed
+                    )
+                    evals += e
                 row = {
                     "step": step,
                     "loss": float(loss.detach()),
@@ -818,9 +967,12 @@ def fit(
                     "wall_time": time.perf_counter() - start,
                     "decoder_loss": float(dec_loss.detach()) if decoder is not None else None,
                     "unmixed_runs": unmixed,
+                    "bank_forward_kl": kl_bank,
+                    "bank_ess": ess_bank,
                 }
-                for key, value in row.items():
-                    history[key].append(value)
+                rows = len(history["step"])
+                for key, value in row.items():  # a column missing from an older checkpoint
+                    history.setdefault(key, [None] * rows).append(value)
                 bar.set_postfix(loss=f"{row['loss']:.3g}", runs=f"{row['runs_per_obs']:.1f}")
                 if any(cb(step, encoder, row) for cb in callbacks or ()):
                     stop_reason = "callback"

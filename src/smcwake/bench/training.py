@@ -19,10 +19,9 @@ from torch import Tensor
 
 from smcwake.bench.evaluate import EvalOptions, Reference, curve_metric, evaluate
 from smcwake.bench.results import RunRecord
-from smcwake.encoders import build_encoder
-from smcwake.model import forked_rng
 from smcwake.tasks import Task
 from smcwake.train import TrainConfig, fit
+from smcwake.train import initial_encoder as train_initial_encoder
 
 __all__ = ["BenchData", "Checkpoints", "bench_data", "initial_encoder", "train_and_evaluate"]
 
@@ -105,15 +104,8 @@ class _Curve:
 
 
 def initial_encoder(task: Task, x: Tensor, config: TrainConfig):
-    """A fresh encoder of ``config.encoder``, initialised from ``config.seed`` and standardized
-    with x and 10,000 prior draws (as :func:`smcwake.fit` builds one)."""
-    g = torch.Generator().manual_seed(config.seed)
-    with forked_rng(g, x.device):
-        encoder = build_encoder(config.encoder, x.shape[1], task.model.dim)
-    encoder = encoder.to(dtype=x.dtype)
-    z_ref = task.model.sample_prior((10_000,), generator=g, dtype=x.dtype)
-    encoder.set_standardization(x=x, z=z_ref)
-    return encoder
+    """The encoder :func:`smcwake.fit` would build, from ``config.seed``."""
+    return train_initial_encoder(task.model, x, config, torch.Generator().manual_seed(config.seed))
 
 
 def train_and_evaluate(
