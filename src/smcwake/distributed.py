@@ -490,7 +490,7 @@ def fit_distributed(
         # working can abort that process (gloo); a caller that made the group should also meet
         # at a barrier right before destroy_process_group
         dist.barrier(group=sync.group)
-        return FitResult(result.encoder, history, result.bank, result.config)
+        return result._replace(history=history)
     finally:
         if created:
             dist.destroy_process_group()

@@ -114,6 +114,8 @@ class Encoder(nn.Module):
     x_dim: int
     z_dim: int
     context_dim: int  # e: width of the features the density network is conditioned on
+    kind: str = ""  # the build_encoder name of the family; set by each family
+    build_options: dict  # the family's own constructor options (JSON values), for saving
     x_loc: Tensor
     x_scale: Tensor
     z_loc: Tensor
@@ -441,6 +443,8 @@ class GaussianEncoder(Encoder):
             x_dim, z_dim, embedding=embedding, embedding_dim=embedding_dim, support=support
         )
         self.full_rank = full_rank
+        self.kind = "gaussian" if full_rank else "gaussian-diag"
+        self.build_options = {"hidden": [int(h) for h in hidden]}
         n_factor = z_dim * (z_dim + 1) // 2 if full_rank else z_dim
         self.net = zuko.nn.MLP(self.context_dim, z_dim + n_factor, hidden_features=tuple(hidden))
 
@@ -543,6 +547,8 @@ class MixtureDensityEncoder(Encoder):
         if not isinstance(components, int) or components < 1:
             raise ValueError(f"components: expected a positive int, received {components!r}")
         self.components = components
+        self.kind = "mdn"
+        self.build_options = {"components": components, "hidden": [int(h) for h in hidden]}
         out = components * (1 + 2 * z_dim)
         self.net = zuko.nn.MLP(self.context_dim, out, hidden_features=tuple(hidden))
 
@@ -618,6 +624,12 @@ class FlowEncoder(Encoder):
         super().__init__(
             x_dim, z_dim, embedding=embedding, embedding_dim=embedding_dim, support=support
         )
+        self.kind = "flow"
+        self.build_options = {
+            "transforms": int(transforms),
+            "hidden": [int(h) for h in hidden],
+            "bins": int(bins),
+        }
         self.flow = zuko.flows.NSF(
             features=z_dim,
             context=self.context_dim,

@@ -40,6 +40,7 @@ from smcwake.bank import ParticleBank
 from smcwake.encoders import ENCODER_KINDS, Encoder, build_encoder, check_support
 from smcwake.model import Model, fingerprint_differences, forked_rng, model_fingerprint
 from smcwake.objectives import SMC_WAKE_METHODS, Batch, Context, get_objective
+from smcwake.posterior import Posterior
 from smcwake.smc.kernels import check_kernel_name, get_kernel
 from smcwake.smc.resampling import get_resampler
 from smcwake.smc.sampler import run_smc
@@ -293,12 +294,27 @@ class TrainConfig:
 
 
 class FitResult(NamedTuple):
-    """What :func:`fit` returns."""
+    """What :func:`fit` returns; ``result.posterior`` is the trained posterior to keep.
+
+    ``result.posterior.save(path)`` (or ``result.save(path)``) writes it to one file that
+    :func:`smcwake.load` reads in a fresh process; ``result.posterior.refine(x)`` runs an exact
+    SMC for given observations started from the encoder.
+    """
 
     encoder: Encoder
     history: dict[str, list]  # columns: step, loss, likelihood_evals, simulations, smc_runs, ...
     bank: ParticleBank | None
     config: TrainConfig
+    model: Model | None = None
+
+    @property
+    def posterior(self) -> Posterior:
+        """The trained encoder with the model it was fitted to (see :class:`Posterior`)."""
+        return Posterior(self.encoder, self.model)
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """``self.posterior.save(path)``: the trained posterior (not the training state)."""
+        return self.posterior.save(path)
 
 
 Callback = Callable[[int, Encoder, dict], bool | None]
@@ -996,7 +1012,7 @@ def fit(
             raise SystemExit(128 + signal.SIGTERM)
         raise KeyboardInterrupt
     encoder.eval()
-    return FitResult(encoder, history, bank, config)
+    return FitResult(encoder, history, bank, config, model)
 
 
 def _load_checkpoint(run_path: Path | None, config: TrainConfig, x: Tensor) -> dict | None:
