@@ -19,6 +19,7 @@ from torch import Tensor
 
 from smcwake.bench.evaluate import EvalOptions, Reference, curve_metric, evaluate
 from smcwake.bench.results import RunRecord
+from smcwake.posterior import Posterior
 from smcwake.tasks import Task
 from smcwake.train import TrainConfig, fit
 from smcwake.train import initial_encoder as train_initial_encoder
@@ -26,6 +27,9 @@ from smcwake.train import initial_encoder as train_initial_encoder
 __all__ = ["BenchData", "Checkpoints", "bench_data", "initial_encoder", "train_and_evaluate"]
 
 logger = logging.getLogger(__name__)
+
+POSTERIOR_NAME = "posterior.pt"
+"""The trained posterior in a run folder (:meth:`smcwake.Posterior.save`)."""
 
 
 class BenchData(NamedTuple):
@@ -163,6 +167,8 @@ def train_and_evaluate(
         logger.warning("%s seed %d diverged: %s", method, seed, err)
     steps = int(final_row.get("step", 0))
     curve.record(steps, encoder, final_row)
+    if run_dir is not None:
+        _save_posterior(encoder, run_dir / POSTERIOR_NAME)
     metrics, arrays = evaluate(
         task, encoder, z_true, x, options=options, seed=seed, bank=bank, reference=reference
     )
@@ -186,6 +192,14 @@ def train_and_evaluate(
             m, c = encoder.gaussian_params(torch.full((1, x.shape[1]), float(observed)))
             record["q_at_observed"] = {"mean": float(m[0, 0]), "sd": float(c[0, 0, 0].sqrt())}
     return record
+
+
+def _save_posterior(encoder, path: Path) -> None:
+    """The trained posterior next to the run's checkpoint (``smcwake.load(path)`` reads it)."""
+    try:
+        Posterior(encoder).save(path)
+    except ValueError as err:  # an encoder family or support the file cannot describe
+        logger.warning("the posterior was not saved to %s: %s", path, err)
 
 
 def _counts(row: dict[str, Any]) -> dict[str, Any]:
