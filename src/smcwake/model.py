@@ -15,6 +15,7 @@ from torch.distributions import Distribution, Independent, Normal, Transform, Un
 from torch.distributions.utils import lazy_property
 
 from smcwake._ops import select
+from smcwake._rng import forked_rng  # also importable from here, where it used to live
 
 _COORDINATE_LOOP_MAX_DIM = 8
 
@@ -23,7 +24,6 @@ __all__ = [
     "LogLikelihood",
     "Simulator",
     "check_log_likelihood",
-    "forked_rng",
     "model_fingerprint",
     "fingerprint_differences",
 ]
@@ -33,30 +33,6 @@ LogLikelihood = Callable[[Tensor, Tensor], Tensor]
 
 Simulator = Callable[[Tensor], Tensor]
 """``simulate(z [N, d]) -> x [N, p]``; may use torch's global RNG (it is forked and seeded)."""
-
-
-def forked_rng(generator: torch.Generator | None, device: torch.device | str | None = None):
-    """Context in which torch's global RNG is seeded from ``generator`` and restored afterwards.
-
-    For code that cannot take a generator (sampling a torch prior, a user's simulator,
-    initialising a network). Draws one integer from ``generator`` (or from the global RNG when
-    ``generator`` is None, in which case nothing is forked).
-    """
-    import contextlib
-
-    if generator is None:
-        return contextlib.nullcontext()
-    seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device))
-    device = torch.device(device) if device is not None else torch.device("cpu")
-    devices = [device] if device.type == "cuda" else []
-
-    @contextlib.contextmanager
-    def _ctx():
-        with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(seed)
-            yield
-
-    return _ctx()
 
 
 def check_log_likelihood(loglik: Tensor, z: Tensor, rows: Tensor | None = None) -> Tensor:

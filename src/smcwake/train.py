@@ -36,9 +36,10 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from smcwake._rng import forked_rng
 from smcwake.bank import ParticleBank
 from smcwake.encoders import ENCODER_KINDS, Encoder, build_encoder, check_support
-from smcwake.model import Model, fingerprint_differences, forked_rng, model_fingerprint
+from smcwake.model import Model, fingerprint_differences, model_fingerprint
 from smcwake.objectives import SMC_WAKE_METHODS, Batch, Context, get_objective
 from smcwake.smc.kernels import check_kernel_name, get_kernel
 from smcwake.smc.resampling import get_resampler
