@@ -130,15 +130,22 @@ def test_fit_rejects_bad_observations(corrupt, error, message):
 def test_observations_with_the_wrong_number_of_columns_are_named():
     model, x = conjugate()
     x3 = torch.cat([x, x[:, :1]], dim=1)  # p = 3 where the likelihood expects 2
-    # a fresh model does not know p: its first likelihood evaluation fails, and says why
-    with pytest.raises(ValueError, match=r"first evaluation.*x \[12, 3\].*number of columns"):
+    # a model that does not know p: the likelihood evaluation fails, and says why
+    with pytest.raises(ValueError, match=r"failed with.*x \[12, 3\].*number of columns"):
         run_smc(model, x3, 20, generator=g0())
-    with pytest.raises(ValueError, match=r"first evaluation.*x \[12, 3\]"):
+    with pytest.raises(ValueError, match=r"failed with.*x \[12, 3\]"):
         fit(model, x3, **small())
-    # once used, the model knows p and checks it up front
+    # using it does not change that: a model learns nothing from the data it sees
     run_smc(model, x, 20, generator=g0())
-    with pytest.raises(ValueError, match=r"expected shape \[\*, 2\].*received \[12, 3\]"):
+    assert model.x_dim is None
+    with pytest.raises(ValueError, match=r"failed with.*x \[12, 3\]"):
         run_smc(model, x3, 20, generator=g0())
+    # a model told p checks it up front, before any evaluation
+    told = Model(model.prior, model._log_likelihood, x_dim=2)
+    with pytest.raises(ValueError, match=r"expected shape \[\*, 2\].*received \[12, 3\]"):
+        run_smc(told, x3, 20, generator=g0())
+    with pytest.raises(ValueError, match=r"x_dim: expected None or an integer >= 1"):
+        Model(model.prior, model._log_likelihood, x_dim=0)
 
 
 def test_a_likelihood_that_fails_on_its_first_call_is_not_blamed_on_x_alone():

@@ -123,6 +123,10 @@ class Model:
         simulate: optional ``g(z [N, d]) -> x [N, p]`` drawing x ~ p(x | z) (needed by the sleep /
             NPE baseline and by simulation-based checks).
         name: a label used in logs and reports.
+        x_dim: p, the number of columns the likelihood expects in ``x``, when known. Then
+            :meth:`check_x` refuses observations of another width before any evaluation;
+            without it (the default) a wrong width shows as an error of the likelihood, which
+            :meth:`log_likelihood` reports with the shapes of ``z`` and ``x``.
 
     Shapes: ``log_prior(z [*, d]) -> [*]``, ``log_likelihood(z [B, K, d], x [B, p]) -> [B, K]``.
 
@@ -142,7 +146,12 @@ class Model:
         *,
         simulate: Simulator | None = None,
         name: str = "model",
+        x_dim: int | None = None,
     ) -> None:
+        if x_dim is not None and (
+            isinstance(x_dim, bool) or not isinstance(x_dim, int) or x_dim < 1
+        ):
+            raise ValueError(f"x_dim: expected None or an integer >= 1, received {x_dim!r}")
         if not isinstance(prior, Distribution):
             raise TypeError(
                 "prior: expected a torch.distributions.Distribution, received "
@@ -173,7 +182,7 @@ class Model:
         self._unbounded = _base_constraint(prior.support) is constraints.real
         self._box = _uniform_box(prior)
         self._diagonal_normal = _is_plain_independent(prior, Normal)
-        self.x_dim: int | None = None
+        self.x_dim = x_dim
         self._interior: dict[tuple[torch.dtype, torch.device], Tensor] = {}
         self._box_cache: dict[tuple[torch.dtype, torch.device], tuple[Tensor, ...]] = {}
 
@@ -284,7 +293,7 @@ class Model:
             raise ValueError("x: received no observations (B = 0)")
         if self.x_dim is not None and x.shape[1] != self.x_dim:
             raise ValueError(
-                f"x: expected shape [*, {self.x_dim}] (as first used with this model), "
+                f"x: expected shape [*, {self.x_dim}] (the model's x_dim), "
                 f"received {list(x.shape)}"
             )
         bad_rows = ~torch.isfinite(x).all(-1)
@@ -310,7 +319,7 @@ class Model:
         """Evaluate and validate log p(x_b | z_bk).
 
         NaN or ``+inf`` raise ``ValueError``; ``-inf`` is a valid zero likelihood. A
-        ``RuntimeError`` or ``IndexError`` from the first evaluation (usually x with the wrong
+        ``RuntimeError`` or ``IndexError`` from the user's function (often x with the wrong
         number of columns) is raised again as a ``ValueError`` that names the shapes.
 
         ``log_prior`` (the log prior at z, when the caller has it) marks the points outside the
@@ -347,8 +356,6 @@ class Model:
                 f"z {list(z.shape)} and x {list(x.shape)}, received {got}. Sum over the "
                 "data dimensions and keep the particle axis."
             )
-        if self.x_dim is None:
-            self.x_dim = int(x.shape[1])
         if out.dtype != z.dtype:  # the samplers keep every quantity in z's dtype
             out = out.to(z.dtype)
         if outside is not None:
@@ -356,10 +363,8 @@ class Model:
         return check_log_likelihood(out, z, rows)
 
     def _evaluate_likelihood(self, z: Tensor, x: Tensor) -> Tensor:
-        """The user's function; its failure on the first evaluation is reported with shapes."""
-        if self.x_dim is not None:
-            return self._log_likelihood(z, x)
-        try:  # first evaluation: a failure here is often a shape mismatch, or a bug
+        """The user's function; a failure is reported with the shapes it was called with."""
+        try:  # often a shape mismatch (x of another width than the likelihood's), or a bug
             return self._log_likelihood(z, x)
         except (RuntimeError, IndexError) as err:
             if isinstance(err, torch.cuda.OutOfMemoryError):
@@ -371,7 +376,7 @@ class Model:
             else:
                 hint = f"The message does not mention shapes: {bug}; or {columns}."
             raise ValueError(
-                f"log_likelihood failed on its first evaluation, with z {list(z.shape)} "
+                f"log_likelihood failed with z {list(z.shape)} "
                 f"(d={self.dim} from the prior) and x {list(x.shape)}: "
                 f"{type(err).__name__}: {err}. {hint}"
             ) from err
