@@ -366,3 +366,34 @@ def test_fit_history_carries_the_convergence_signal():
     assert abs(h["bank_forward_kl"][-1] - exact) < 0.05, (h["bank_forward_kl"][-1], exact)
     off = fit(model, x, **small(monitor_every=None))
     assert all(v is None for v in off.history["bank_forward_kl"])
+
+
+def test_a_new_method_is_an_objective_and_a_registration(monkeypatch):
+    # fit reads what a method needs from its declaration: a chain state per observation, a
+    # particle bank refreshed by SMC, simulations to count; no name is special-cased
+    from smcwake import objectives
+
+    monkeypatch.setattr(objectives, "_METHODS", dict(objectives._METHODS))  # undone after
+    seen = []
+
+    def chain_score(encoder, batch, ctx):
+        seen.append((ctx.chains is not None, ctx.bank is not None))
+        z = ctx.chains[batch.idx][:, None, :]  # prior draws: a sleep-like score at the chains
+        return -encoder.log_prob(z, batch.x).mean(), 0
+
+    objectives.register_method("chain-score", chain_score, chains=True, simulates=True)
+    objectives.register_method("banked-score", chain_score, estimator="c", chains=True)
+    model, x = conjugate()
+    settings = dict(encoder="gaussian", steps=3, batch_size=5, num_proposals=7, progress=False)
+    out = fit(model, x[:10], method="chain-score", log_every=1, **settings)
+    assert seen == [(True, False)] * 3 and out.bank is None
+    assert out.history["simulations"] == [5 * 7, 2 * 5 * 7, 3 * 5 * 7]
+    assert out.history["likelihood_evals"] == [0, 0, 0]  # no SMC without a declared bank
+    seen.clear()
+    out = fit(model, x[:10], method="banked-score", num_particles=20, **settings)
+    assert seen == [(True, True)] * 3 and out.bank is not None
+    assert bool(out.bank.has_runs.all()) and out.history["simulations"][-1] == 0
+    with pytest.raises(ValueError, match="already registered"):
+        objectives.register_method("chain-score", chain_score)
+    with pytest.raises(ValueError, match="estimator: expected None or one of"):
+        objectives.register_method("other", chain_score, estimator="z")

@@ -19,8 +19,6 @@ so a resumed run reproduces the uninterrupted one.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import logging
 import math
 import os
@@ -38,9 +36,19 @@ from tqdm.auto import tqdm
 
 from smcwake._rng import forked_rng
 from smcwake.bank import ParticleBank
+from smcwake.checkpoint import (
+    CHECKPOINT_NAME,
+    HISTORY_NAME,
+    check_model,
+    check_run_dir,
+    load_checkpoint,
+    remove_run,
+    restore_state,
+    save_checkpoint,
+)
 from smcwake.encoders import ENCODER_KINDS, Encoder, build_encoder, check_support
-from smcwake.model import Model, fingerprint_differences, model_fingerprint
-from smcwake.objectives import SMC_WAKE_METHODS, Batch, Context, get_objective
+from smcwake.model import Model, model_fingerprint
+from smcwake.objectives import Batch, Context, get_method, get_objective
 from smcwake.smc.kernels import check_kernel_name, get_kernel
 from smcwake.smc.resampling import get_resampler
 from smcwake.smc.sampler import run_smc
@@ -50,7 +58,10 @@ __all__ = [
     "TrainConfig",
     "FitResult",
     "Synchronizer",
+    "TrainState",
     "fit",
+    "init_training",
+    "train_step",
     "check_run_dir",
     "initial_encoder",
     "learning_rate",
@@ -62,22 +73,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-CHECKPOINT_NAME = "checkpoint.pt"
-HISTORY_NAME = "history.json"
 SUPPORTED_DTYPES = (torch.float32, torch.float64)
 """Floating-point types fit trains in (x's dtype); encoders and SMC need float32 or float64."""
-_CHECKPOINT_VERSION = 1
-_CHECKPOINT_KEYS = (
-    "config",
-    "data",
-    "encoder",
-    "optimizer",
-    "bank",
-    "chains",
-    "generator",
-    "history",
-    "counters",
-)
 
 
 @dataclass(frozen=True)
@@ -287,7 +284,7 @@ class TrainConfig:
     @property
     def estimator(self) -> str | None:
         """The SMC-Wake estimator letter, or None for a baseline."""
-        return SMC_WAKE_METHODS.get(self.method)
+        return get_method(self.method).estimator
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -317,74 +314,289 @@ class Synchronizer(Protocol):
         ...
 
 
-# ---------------------------------------------------------------------------- helpers
-def _fingerprint(x: Tensor) -> str:
-    data = x.detach().to("cpu", torch.float64).contiguous().numpy().tobytes()
-    return f"{list(x.shape)}:{hashlib.sha256(data).hexdigest()[:16]}"
+# ---------------------------------------------------------------------------- state and step
+HISTORY_COLUMNS = (
+    "step",
+    "loss",
+    "likelihood_evals",
+    "simulations",
+    "smc_runs",
+    "runs_per_obs",
+    "skipped_steps",
+    "wall_time",
+    "decoder_loss",
+    "unmixed_runs",
+    "bank_forward_kl",
+    "bank_ess",
+)
+"""The columns of :attr:`FitResult.history`, one row every ``log_every`` steps."""
 
 
-def _atomic_save(obj: Any, path: Path) -> None:
-    """Write to a temporary file in the same folder, fsync, then rename over ``path``."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as fh:
-        torch.save(obj, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+@dataclass(eq=False)
+class TrainState:
+    """Everything a training run changes from step to step; a checkpoint stores all of it.
 
+    Made by :func:`init_training`, advanced by :func:`train_step`, written and read by
+    :func:`smcwake.checkpoint.save_checkpoint` / :func:`~smcwake.checkpoint.restore_state`.
+    The counters are cumulative over the run, a resumed one included.
 
-def _comparable(config: TrainConfig) -> dict[str, Any]:
-    """Config fields that must match to resume (steps, budgets and display may change)."""
-    d = config.to_dict()
-    for free in ("steps", "max_evals", "progress", "checkpoint_every", "log_every", "device"):
-        d.pop(free)
-    return d
-
-
-def check_run_dir(
-    run_dir: str | os.PathLike | None, *, resume: bool = False, overwrite: bool = False
-) -> Path | None:
-    """Create ``run_dir`` if needed and check that :func:`fit` may use it; deletes nothing.
-
-    Raises ``ValueError`` (before any likelihood evaluation) when ``resume=True`` without a
-    folder, when both ``resume`` and ``overwrite`` are set, when the folder already holds a run
-    (a checkpoint or a history) and neither is set, when ``resume=True`` finds a history but no
-    checkpoint to continue from, or when the folder cannot be created or written to.
-
-    Returns the folder as a ``Path`` (None without ``run_dir``).
+    Shapes: chains [n, d] (methods that keep chain states; else None).
     """
-    if resume and overwrite:
-        raise ValueError("resume=True and overwrite=True: choose one")
-    if run_dir is None:
-        if resume:
-            raise ValueError(
-                "resume=True needs run_dir, the folder holding the checkpoint to continue from"
-            )
-        return None
-    path = Path(run_dir)
-    held = [name for name in (CHECKPOINT_NAME, HISTORY_NAME) if (path / name).exists()]
-    if held and not (resume or overwrite):
-        raise ValueError(
-            f"run_dir {path} already holds a run ({', '.join(held)}); pass resume=True to "
-            "continue it, overwrite=True to replace it (command line: --resume or --overwrite), "
-            "or choose another run_dir"
+
+    config: TrainConfig
+    encoder: Encoder
+    optimizer: torch.optim.Optimizer
+    generator: torch.Generator
+    bank: ParticleBank | None = None
+    chains: Tensor | None = None
+    decoder: torch.nn.Module | None = None
+    decoder_optimizer: torch.optim.Optimizer | None = None
+    history: dict[str, list] = field(default_factory=lambda: {k: [] for k in HISTORY_COLUMNS})
+    step: int = 0
+    """Optimizer steps taken (skipped ones included)."""
+    evals: int = 0
+    """Likelihood evaluations (SMC, objectives, decoder bound, convergence signal)."""
+    simulations: int = 0
+    """Simulations drawn by methods that declare ``simulates``."""
+    smc_runs: int = 0
+    """SMC runs stored in the bank."""
+    skipped: int = 0
+    """Steps skipped for a non-finite loss or gradient."""
+    elapsed: float = 0.0
+    """Seconds of training, over every session of a resumed run."""
+    initial_next: int = 0
+    """The next observation of the initial SMC pass (n once it is done)."""
+    unmixed: int = 0
+    """SMC runs that reached tau = 1 with particles that did not decorrelate."""
+    bad_in_row: int = 0
+    """Consecutive skipped steps (not checkpointed: a resumed run starts at 0)."""
+
+
+def init_training(
+    model: Model,
+    x: Tensor,
+    config: TrainConfig,
+    *,
+    encoder: Encoder | None = None,
+    decoder: torch.nn.Module | None = None,
+) -> TrainState:
+    """The state of a run before its first step: encoder, optimizers, and what the method keeps.
+
+    The generator is seeded with ``config.seed``; an encoder that is not given is built by
+    :func:`initial_encoder` from it. A method that declares a bank
+    (:attr:`smcwake.objectives.Method.estimator`) gets an empty
+    :class:`~smcwake.bank.ParticleBank`, one that declares chains gets prior draws. Raises
+    ``TypeError`` / ``ValueError`` for an encoder that is not one or does not fit the model, and
+    a decoder without parameters.
+
+    Shapes: x [n, p] (on the device and in the dtype of the run).
+    """
+    n, p = x.shape
+    method = get_method(config.method)
+    generator = torch.Generator(device=x.device).manual_seed(config.seed)
+    if encoder is None:
+        encoder = initial_encoder(model, x, config, generator)
+    elif not isinstance(encoder, Encoder):
+        raise TypeError(
+            f"encoder: expected an smcwake.encoders.Encoder (or a kind such as 'flow'), "
+            f"received {type(encoder).__name__}"
         )
-    if resume and held == [HISTORY_NAME]:
+    elif encoder.z_dim != model.dim or encoder.x_dim != p:
         raise ValueError(
-            f"run_dir {path} holds {HISTORY_NAME} but no {CHECKPOINT_NAME} to resume from; pass "
-            "overwrite=True to start afresh there, or choose another run_dir"
+            f"encoder: built for z_dim={encoder.z_dim}, x_dim={encoder.x_dim}; the model has "
+            f"d={model.dim} and x has p={p}"
         )
-    probe = path / f".write-test-{os.getpid()}"
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as err:
-        raise ValueError(
-            f"run_dir {path}: cannot write checkpoints there ({type(err).__name__}: {err}); "
-            "choose a writable folder"
-        ) from err
-    return path
+    optimizer = torch.optim.Adam(encoder.parameters(), lr=config.lr)
+    dec_params = list(decoder.parameters()) if decoder is not None else []
+    dec_optimizer = torch.optim.Adam(dec_params, lr=config.decoder_lr) if dec_params else None
+    if decoder is not None and not dec_params:
+        raise ValueError("decoder: has no parameters to learn")
+    bank = chains = None
+    if method.estimator is not None:
+        bank = ParticleBank(
+            n,
+            config.num_particles,
+            model.dim,
+            estimator=method.estimator,
+            max_runs=config.max_runs,
+            num_resampled=config.num_resampled,
+            dtype=x.dtype,
+            device=x.device,
+        )
+    if method.chains:
+        chains = model.sample_prior((n,), generator=generator, dtype=x.dtype, device=x.device)
+    return TrainState(config, encoder, optimizer, generator, bank, chains, decoder, dec_optimizer)
+
+
+def initial_smc(state: TrainState, model: Model, x: Tensor, stop: _Stop, save: Callable) -> None:
+    """Run SMC for every observation not yet done, ``smc_batch_size`` at a time, into the bank.
+
+    Calls ``save(state)`` once the pass is complete or a signal arrived (the initial SMC is the
+    costliest part of a run: it is kept). Nothing to do without a bank. Shapes: x [n, p].
+    """
+    n = x.shape[0]
+    if state.bank is not None and state.initial_next < n:
+        logger.info("initial SMC for %d observations (K=%d)", n, state.config.num_particles)
+    while state.bank is not None and state.initial_next < n and stop.signum is None:
+        end = min(n, state.initial_next + state.config.smc_batch_size)
+        chunk = torch.arange(state.initial_next, end, device=x.device)
+        _run_and_store(state, model, x, chunk)
+        state.initial_next = int(chunk[-1]) + 1
+        if state.initial_next == n or stop.signum is not None:
+            save(state)
+
+
+def train_step(
+    state: TrainState,
+    model: Model,
+    x: Tensor,
+    sync: Synchronizer | None = None,
+) -> tuple[Tensor, Tensor | None]:
+    """One optimizer step of the method's objective (after an SMC refresh when one is due).
+
+    Draws a minibatch of ``batch_size`` observations among those with a usable SMC run (all of
+    them for a method without a bank), evaluates the objective, and steps the encoder (and the
+    decoder on its importance-weighted bound) unless the loss or the gradient is non-finite,
+    which is counted; ``max_bad_steps`` of those in a row raise ``FloatingPointError``. Updates
+    ``state`` in place and returns (loss, decoder loss or None).
+
+    Shapes: x [n, p].
+    """
+    config, bank, generator = state.config, state.bank, state.generator
+    method = get_method(config.method)
+    if bank is not None and state.step > 0 and state.step % config.refresh_every == 0:
+        _refresh(state, model, x)
+    if bank is None:
+        pool = torch.arange(x.shape[0], device=x.device)
+    else:
+        pool = torch.nonzero(~bank.excluded & bank.has_runs).flatten()
+    empty = pool.numel() == 0
+    if sync is not None:  # raise on every process, not on one while the others wait
+        empty = sync.agree(empty)
+    if empty:
+        raise RuntimeError(
+            "no observation has a usable SMC run (all zero likelihood, unconverged or "
+            "unmixed); raise smc.max_stages or smc.num_mcmc_steps, or set "
+            "use_unconverged=True"
+        )
+    pick = torch.randperm(pool.numel(), generator=generator, device=x.device)
+    idx = pool[pick[: config.batch_size]]
+    ctx = Context(
+        model,
+        config.num_proposals,
+        generator,
+        bank,
+        state.chains,
+        config.runs_per_step,
+        config.particles_per_step,
+    )
+    loss, obj_evals = method.objective(state.encoder, Batch(idx, x[idx]), ctx)
+    state.evals += obj_evals
+    if method.simulates:
+        state.simulations += idx.numel() * config.num_proposals
+    state.step += 1
+    for group in state.optimizer.param_groups:
+        group["lr"] = learning_rate(config, state.step - 1)
+    finite = _take_step(loss, state.encoder, state.optimizer, config.grad_clip, sync)
+    dec_loss = None
+    if state.decoder is not None:
+        dec_loss = _decoder_loss(
+            model, state.encoder, Batch(idx, x[idx]), config.decoder_proposals, generator
+        )
+        state.evals += idx.numel() * config.decoder_proposals
+        finite &= _take_step(
+            dec_loss, state.decoder, state.decoder_optimizer, config.grad_clip, sync
+        )
+    _count_skipped(state, finite, loss)
+    return loss, dec_loss
+
+
+def _refresh(state: TrainState, model: Model, x: Tensor) -> None:
+    """New SMC runs for ``refresh_size`` random observations that are not excluded."""
+    config, bank = state.config, state.bank
+    pool = torch.nonzero(~bank.excluded).flatten()
+    size = min(config.refresh_size or config.batch_size, x.shape[0])
+    pick = torch.randperm(pool.numel(), generator=state.generator, device=x.device)
+    if state.decoder is not None and config.stale_after is not None:
+        bank.drop_older_than(state.step - config.stale_after)
+    _run_and_store(state, model, x, pool[pick[:size]])
+
+
+def _count_skipped(state: TrainState, finite: bool, loss: Tensor) -> None:
+    """Count a skipped step; raise once ``max_bad_steps`` were skipped in a row."""
+    if finite:
+        state.bad_in_row = 0
+        return
+    state.skipped += 1
+    state.bad_in_row += 1
+    logger.warning(
+        "step %d: non-finite loss or gradient (loss %s), step skipped (%d in a row)",
+        state.step,
+        float(loss.detach()),
+        state.bad_in_row,
+    )
+    if state.bad_in_row >= state.config.max_bad_steps:
+        raise FloatingPointError(
+            f"{state.bad_in_row} consecutive non-finite losses at step {state.step}; the last "
+            "checkpoint is kept. Lower lr, check the model, or raise max_bad_steps."
+        )
+
+
+def _history_row(
+    state: TrainState,
+    model: Model,
+    x: Tensor,
+    losses: tuple[Tensor, Tensor | None],
+    monitored: Tensor,
+    start: float,
+) -> dict[str, Any]:
+    """Append this step's row to the history (with the convergence signal when due); return it."""
+    config, bank = state.config, state.bank
+    kl_bank = ess_bank = None
+    if bank is not None and _monitor_due(config, state.step):
+        kl_bank, ess_bank, e = bank_monitor(
+            model, state.encoder, x, bank, monitored, seed=config.seed
+        )
+        state.evals += e
+    loss, dec_loss = losses
+    row = {
+        "step": state.step,
+        "loss": float(loss.detach()),
+        "likelihood_evals": state.evals,
+        "simulations": state.simulations,
+        "smc_runs": state.smc_runs,
+        "runs_per_obs": float(bank.num_runs.float().mean()) if bank is not None else 0.0,
+        "skipped_steps": state.skipped,
+        "wall_time": time.perf_counter() - start,
+        "decoder_loss": float(dec_loss.detach()) if dec_loss is not None else None,
+        "unmixed_runs": state.unmixed,
+        "bank_forward_kl": kl_bank,
+        "bank_ess": ess_bank,
+    }
+    rows = len(state.history["step"])
+    for key, value in row.items():  # a column missing from an older checkpoint
+        state.history.setdefault(key, [None] * rows).append(value)
+    return row
+
+
+class _Saver:
+    """Writes checkpoints to a run folder (nothing without one), with the model's fingerprint.
+
+    The fingerprint is computed once (at every save with a learned likelihood, which changes).
+    """
+
+    def __init__(self, run_path: Path | None, model: Model, x: Tensor, decoder) -> None:
+        self.run_path, self.model, self.x, self.decoder = run_path, model, x, decoder
+        self.fingerprint: dict | None = None
+
+    def model_id(self) -> dict:
+        if self.fingerprint is None or self.decoder is not None:
+            self.fingerprint = model_fingerprint(self.model, self.x)
+        return self.fingerprint
+
+    def __call__(self, state: TrainState) -> None:
+        if self.run_path is not None:
+            save_checkpoint(self.run_path, state, self.x, self.model_id())
 
 
 def _check_dtype(x: Tensor) -> None:
@@ -393,55 +605,6 @@ def _check_dtype(x: Tensor) -> None:
             f"x: fit trains in x's dtype, which must be torch.float32 or torch.float64; "
             f"received {x.dtype}. Convert it first, e.g. x.float()"
         )
-
-
-def _check_model(
-    checkpoint: dict, model: Model, x: Tensor, decoder: torch.nn.Module | None, path: Path
-) -> dict | None:
-    """Refuse a checkpoint made with another prior or likelihood; return the model's fingerprint.
-
-    A learned likelihood (``decoder``) changes during training, so it is compared in the state
-    the checkpoint stored (loaded here; put back if the check fails). Checkpoints written before
-    fingerprints existed are accepted with a warning.
-    """
-    saved = checkpoint.get("model")
-    if saved is None:
-        logger.warning(
-            "checkpoint in %s has no model fingerprint (written by an older smcwake): the prior "
-            "and likelihood cannot be checked against the ones it was made with",
-            path,
-        )
-        return None
-    before = None
-    if decoder is not None and checkpoint.get("decoder") is not None:
-        before = {k: v.clone() for k, v in decoder.state_dict().items()}
-        try:
-            decoder.load_state_dict(checkpoint["decoder"])
-        except (RuntimeError, ValueError, KeyError, TypeError) as err:
-            raise ValueError(
-                f"checkpoint in {path} does not fit this decoder ({err}); use the decoder it "
-                "was made with, or a new run_dir"
-            ) from err
-    current = model_fingerprint(model, x)
-    differences = fingerprint_differences(saved, current)
-    if differences:
-        if before is not None:
-            decoder.load_state_dict(before)
-        more = f"; and {len(differences) - 3} more" if len(differences) > 3 else ""
-        raise ValueError(
-            f"checkpoint in {path} was made with another model ({'; '.join(differences[:3])}"
-            f"{more}). Resume with the model it was made with, or start afresh with "
-            "overwrite=True or another run_dir"
-        )
-    return current
-
-
-def _remove_run(path: Path) -> None:
-    """Delete a previous run's checkpoint and history (``overwrite=True``)."""
-    for name in (CHECKPOINT_NAME, HISTORY_NAME):
-        if (path / name).exists():
-            logger.info("overwrite=True: removing %s", path / name)
-            (path / name).unlink()
 
 
 class _Stop:
@@ -613,51 +776,53 @@ def _take_step(loss: Tensor, module: torch.nn.Module, optimizer, clip: float | N
     return True
 
 
-def _run_and_store(
-    model: Model,
-    encoder: Encoder,
-    x: Tensor,
-    idx: Tensor,
-    bank: ParticleBank,
-    config: TrainConfig,
-    generator: torch.Generator,
-    step: int,
-) -> tuple[int, int, int]:
-    """SMC for observations ``idx`` in batches; store the usable runs.
+def _run_and_store(state: TrainState, model: Model, x: Tensor, idx: Tensor) -> None:
+    """SMC for observations ``idx`` in batches; store the usable runs and count them in ``state``.
 
-    Returns (evals, stored runs, runs that reached tau = 1 unmixed).
+    Shapes: x [n, p], idx [m].
     """
-    evals = runs = unmixed = 0
-    opts = config.smc
+    config, bank = state.config, state.bank
     for start in range(0, idx.numel(), config.smc_batch_size):
         chunk = idx[start : start + config.smc_batch_size]
         with torch.no_grad():  # a learned likelihood must not record a graph here
-            result = _smc(model, x[chunk], chunk, config, generator, encoder)
-        evals += int(result.num_likelihood_evals.sum())
+            result = _smc(model, x[chunk], chunk, config, state.generator, state.encoder)
+        state.evals += int(result.num_likelihood_evals.sum())
         bank.excluded[chunk[result.zero_likelihood]] = True
         usable = (result.converged & result.mixed) | (
             config.use_unconverged & ~result.zero_likelihood
         )
-        unmixed += int((result.converged & ~result.mixed).sum())
+        state.unmixed += int((result.converged & ~result.mixed).sum())
         keep = torch.nonzero(usable).flatten()
         bank.add(
             chunk[keep],
             result.particles[keep],
             result.log_weights[keep],
             result.log_evidence[keep],
-            generator=generator,
-            step=step,
+            generator=state.generator,
+            step=state.step,
         )
-        runs += keep.numel()
+        state.smc_runs += keep.numel()
         dropped = int((~usable & ~result.zero_likelihood).sum())
         if dropped:
             logger.warning(
                 "dropped %d SMC runs that did not reach tau=1 (max_stages=%d) or whose "
                 "particles did not decorrelate (SMCResult.mixed)",
                 dropped,
-                opts.max_stages,
+                config.smc.max_stages,
             )
-    return evals, runs, unmixed
+
+
+def _stop_reason(
+    state: TrainState, stop: _Stop, sync: Synchronizer | None, reason: str | None
+) -> str | None:
+    """Why training stops after this step (None: it goes on); the same on every process."""
+    if state.config.max_evals is not None and state.evals >= state.config.max_evals:
+        reason = reason or "max_evals"
+    if stop.signum is not None:
+        reason = "signal"
+    if sync is not None and sync.agree(reason is not None):
+        reason = reason or "another process stopped"
+    return reason
 
 
 # ---------------------------------------------------------------------------- fit
@@ -729,300 +894,50 @@ def fit(
     run_path = check_run_dir(run_dir, resume=resume, overwrite=overwrite)
     device = torch.device(config.device) if config.device else x.device
     x = x.to(device)
-    n, p = x.shape
-    objective = get_objective(config.method)
-    generator = torch.Generator(device=device).manual_seed(config.seed)
-    checkpoint = _load_checkpoint(run_path, config, x) if resume else None
-
-    if encoder is None:
-        encoder = initial_encoder(model, x, config, generator)
-    elif not isinstance(encoder, Encoder):
-        raise TypeError(
-            f"encoder: expected an smcwake.encoders.Encoder (or a kind such as 'flow'), "
-            f"received {type(encoder).__name__}"
-        )
-    elif encoder.z_dim != model.dim or encoder.x_dim != p:
-        raise ValueError(
-            f"encoder: built for z_dim={encoder.z_dim}, x_dim={encoder.x_dim}; the model has "
-            f"d={model.dim} and x has p={p}"
-        )
-    optimizer = torch.optim.Adam(encoder.parameters(), lr=config.lr)
-    dec_params = list(decoder.parameters()) if decoder is not None else []
-    dec_optimizer = torch.optim.Adam(dec_params, lr=config.decoder_lr) if dec_params else None
-    if decoder is not None and not dec_params:
-        raise ValueError("decoder: has no parameters to learn")
-
-    bank = None
-    if config.estimator is not None:
-        bank = ParticleBank(
-            n,
-            config.num_particles,
-            model.dim,
-            estimator=config.estimator,
-            max_runs=config.max_runs,
-            num_resampled=config.num_resampled,
-            dtype=x.dtype,
-            device=device,
-        )
-    chains = None
-    if config.method == "msc":
-        chains = model.sample_prior((n,), generator=generator, dtype=x.dtype, device=device)
-
-    history: dict[str, list] = {
-        k: []
-        for k in (
-            "step",
-            "loss",
-            "likelihood_evals",
-            "simulations",
-            "smc_runs",
-            "runs_per_obs",
-            "skipped_steps",
-            "wall_time",
-            "decoder_loss",
-            "unmixed_runs",
-            "bank_forward_kl",
-            "bank_ess",
-        )
-    }
-    step, evals, sims, smc_runs, skipped, elapsed, unmixed = 0, 0, 0, 0, 0, 0.0, 0
-    initial_next = 0  # the next observation of the initial SMC pass
-    fingerprint = None  # the model's, for checkpoints (recomputed each time with a decoder)
+    checkpoint = load_checkpoint(run_path, config, x) if resume else None
+    state = init_training(model, x, config, encoder=encoder, decoder=decoder)
+    save = _Saver(run_path, model, x, decoder)
     if checkpoint is not None:
-        fingerprint = _check_model(checkpoint, model, x, decoder, run_path)
-        try:
-            encoder.load_state_dict(checkpoint["encoder"])
-            optimizer.load_state_dict(checkpoint["optimizer"])
-            if decoder is not None:
-                decoder.load_state_dict(checkpoint["decoder"])
-                dec_optimizer.load_state_dict(checkpoint["decoder_optimizer"])
-            if bank is not None:
-                bank.load_state_dict(checkpoint["bank"])
-            if chains is not None:
-                chains = checkpoint["chains"].to(device)
-            generator.set_state(checkpoint["generator"])
-        except (RuntimeError, ValueError, KeyError, AttributeError, TypeError) as err:
-            raise ValueError(
-                f"checkpoint in {run_path} does not fit this model and encoder ({err}); use "
-                "the model and encoder it was made with, or a new run_dir"
-            ) from err
-        history = checkpoint["history"]
-        counters = checkpoint["counters"]
-        step, evals, sims, smc_runs, skipped, elapsed, initial_next = counters[:7]
-        unmixed = counters[7] if len(counters) > 7 else 0
-        history.setdefault("unmixed_runs", [0] * len(history["step"]))
-        if history["step"] and history["step"][-1] % config.log_every:
-            for column in history.values():  # an end-of-run row; the resumed run logs on
-                column.pop()
-        logger.info("resumed from %s at step %d", run_path, step)
-
-    def model_id() -> dict:
-        nonlocal fingerprint
-        if fingerprint is None or decoder is not None:
-            fingerprint = model_fingerprint(model, x)
-        return fingerprint
-
-    def save() -> None:
-        if run_path is None:
-            return
-        state = {
-            "version": _CHECKPOINT_VERSION,
-            "config": _comparable(config),
-            "data": _fingerprint(x),
-            "encoder": encoder.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "decoder": decoder.state_dict() if decoder is not None else None,
-            "decoder_optimizer": dec_optimizer.state_dict() if dec_optimizer else None,
-            "bank": bank.state_dict() if bank is not None else None,
-            "chains": chains,
-            "generator": generator.get_state(),
-            "history": history,
-            "counters": (step, evals, sims, smc_runs, skipped, elapsed, initial_next, unmixed),
-            "model": model_id(),
-        }
-        _atomic_save(state, run_path / CHECKPOINT_NAME)
-        tmp = run_path / f".{HISTORY_NAME}.tmp"
-        tmp.write_text(json.dumps({"config": config.to_dict(), "history": history}, indent=1))
-        os.replace(tmp, run_path / HISTORY_NAME)
-
-    start = time.perf_counter() - elapsed
-    refresh_size = min(config.refresh_size or config.batch_size, n)
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(config.seed))
+        save.fingerprint = check_model(checkpoint, model, x, decoder, run_path)
+        restore_state(state, checkpoint, run_path)
+        logger.info("resumed from %s at step %d", run_path, state.step)
+    start = time.perf_counter() - state.elapsed
+    order = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(config.seed))
     monitored = order[: config.monitor_size].to(device)  # fixed: comparable along the run
-    bad_in_row = 0
     bar = tqdm(
         total=config.steps,
-        initial=step,
+        initial=state.step,
         desc=config.method,
         disable=not config.progress,
         dynamic_ncols=True,
     )
-    stop_reason = None
     if overwrite and run_path is not None:
-        _remove_run(run_path)
-    with _Stop() as stop:
+        remove_run(run_path)
+    stop_reason = None
+    with _Stop() as stop, bar:  # on FloatingPointError the last checkpoint is kept as it is
         if run_path is not None:
-            model_id()  # before any SMC: a likelihood that fails here has cost nothing
-        if bank is not None and initial_next < n:
-            logger.info("initial SMC for %d observations (K=%d)", n, config.num_particles)
-        while bank is not None and initial_next < n and stop.signum is None:
-            chunk = torch.arange(
-                initial_next, min(n, initial_next + config.smc_batch_size), device=device
-            )
-            e, r, u = _run_and_store(model, encoder, x, chunk, bank, config, generator, step)
-            evals, smc_runs, initial_next = evals + e, smc_runs + r, int(chunk[-1]) + 1
-            unmixed += u
-            if initial_next == n or stop.signum is not None:
-                save()  # the initial SMC is the costliest part of a run: keep it
+            save.model_id()  # before any SMC: a likelihood that fails here has cost nothing
+        initial_smc(state, model, x, stop, save)
         if stop.signum is not None:
             stop_reason = "signal"
-        while step < config.steps and stop_reason is None:
-            eligible = ~bank.excluded & bank.has_runs if bank is not None else None
-            if bank is not None and step > 0 and step % config.refresh_every == 0:
-                pool = torch.nonzero(~bank.excluded).flatten()
-                pick = pool[
-                    torch.randperm(pool.numel(), generator=generator, device=device)[:refresh_size]
-                ]
-                if decoder is not None and config.stale_after is not None:
-                    bank.drop_older_than(step - config.stale_after)
-                e, r, u = _run_and_store(model, encoder, x, pick, bank, config, generator, step)
-                evals, smc_runs, unmixed = evals + e, smc_runs + r, unmixed + u
-                eligible = ~bank.excluded & bank.has_runs
-            pool = (
-                torch.arange(n, device=device)
-                if eligible is None
-                else torch.nonzero(eligible).flatten()
-            )
-            empty = pool.numel() == 0
-            if sync is not None:  # raise on every process, not on one while the others wait
-                empty = sync.agree(empty)
-            if empty:
-                raise RuntimeError(
-                    "no observation has a usable SMC run (all zero likelihood, unconverged or "
-                    "unmixed); raise smc.max_stages or smc.num_mcmc_steps, or set "
-                    "use_unconverged=True"
-                )
-            idx = pool[
-                torch.randperm(pool.numel(), generator=generator, device=device)[
-                    : config.batch_size
-                ]
-            ]
-            ctx = Context(
-                model,
-                config.num_proposals,
-                generator,
-                bank,
-                chains,
-                config.runs_per_step,
-                config.particles_per_step,
-            )
-            loss, obj_evals = objective(encoder, Batch(idx, x[idx]), ctx)
-            evals += obj_evals
-            if config.method == "sleep":
-                sims += idx.numel() * config.num_proposals
-            step += 1
-            for group in optimizer.param_groups:
-                group["lr"] = learning_rate(config, step - 1)
-            finite = _take_step(loss, encoder, optimizer, config.grad_clip, sync)
-            if decoder is not None:
-                dec_loss = _decoder_loss(
-                    model, encoder, Batch(idx, x[idx]), config.decoder_proposals, generator
-                )
-                evals += idx.numel() * config.decoder_proposals
-                finite &= _take_step(dec_loss, decoder, dec_optimizer, config.grad_clip, sync)
-            if finite:
-                bad_in_row = 0
-            else:
-                skipped += 1
-                bad_in_row += 1
-                logger.warning(
-                    "step %d: non-finite loss or gradient (loss %s), step skipped (%d in a row)",
-                    step,
-                    float(loss.detach()),
-                    bad_in_row,
-                )
-                if bad_in_row >= config.max_bad_steps:
-                    bar.close()  # the last checkpoint (before the fault) is kept as it is
-                    raise FloatingPointError(
-                        f"{bad_in_row} consecutive non-finite losses at step {step}; the last "
-                        "checkpoint is kept. Lower lr, check the model, or raise max_bad_steps."
-                    )
+        while state.step < config.steps and stop_reason is None:
+            losses = train_step(state, model, x, sync)
             bar.update(1)
-            if step % config.log_every == 0 or step == config.steps:
-                kl_bank = ess_bank = None
-                if bank is not None and _monitor_due(config, step):
-                    kl_bank, ess_bank, e = bank_monitor(
-                        model, encoder, x, bank, monitored, seed=config.seed
-                    )
-                    evals += e
-                row = {
-                    "step": step,
-                    "loss": float(loss.detach()),
-                    "likelihood_evals": evals,
-                    "simulations": sims,
-                    "smc_runs": smc_runs,
-                    "runs_per_obs": float(bank.num_runs.float().mean())
-                    if bank is not None
-                    else 0.0,
-                    "skipped_steps": skipped,
-                    "wall_time": time.perf_counter() - start,
-                    "decoder_loss": float(dec_loss.detach()) if decoder is not None else None,
-                    "unmixed_runs": unmixed,
-                    "bank_forward_kl": kl_bank,
-                    "bank_ess": ess_bank,
-                }
-                rows = len(history["step"])
-                for key, value in row.items():  # a column missing from an older checkpoint
-                    history.setdefault(key, [None] * rows).append(value)
+            if state.step % config.log_every == 0 or state.step == config.steps:
+                row = _history_row(state, model, x, losses, monitored, start)
                 bar.set_postfix(loss=f"{row['loss']:.3g}", runs=f"{row['runs_per_obs']:.1f}")
-                if any(cb(step, encoder, row) for cb in callbacks or ()):
+                if any(cb(state.step, state.encoder, row) for cb in callbacks or ()):
                     stop_reason = "callback"
-            if config.max_evals is not None and evals >= config.max_evals:
-                stop_reason = stop_reason or "max_evals"
-            if stop.signum is not None:
-                stop_reason = "signal"
-            if sync is not None and sync.agree(stop_reason is not None):
-                stop_reason = stop_reason or "another process stopped"
-            elapsed = time.perf_counter() - start
-            if stop_reason or step % config.checkpoint_every == 0:
-                save()
-            if stop_reason:
-                break
-    bar.close()
-    elapsed = time.perf_counter() - start
-    save()
+            stop_reason = _stop_reason(state, stop, sync, stop_reason)
+            state.elapsed = time.perf_counter() - start
+            if stop_reason or state.step % config.checkpoint_every == 0:
+                save(state)
+    state.elapsed = time.perf_counter() - start
+    save(state)
     if stop_reason == "signal":
-        logger.warning("interrupted at step %d; checkpoint written to %s", step, run_path)
+        logger.warning("interrupted at step %d; checkpoint written to %s", state.step, run_path)
         if stop.signum == signal.SIGTERM:
             raise SystemExit(128 + signal.SIGTERM)
         raise KeyboardInterrupt
-    encoder.eval()
-    return FitResult(encoder, history, bank, config)
-
-
-def _load_checkpoint(run_path: Path | None, config: TrainConfig, x: Tensor) -> dict | None:
-    if run_path is None:
-        return None
-    path = run_path / CHECKPOINT_NAME
-    if not path.exists():
-        logger.info("no checkpoint in %s; starting fresh", run_path)
-        return None
-    try:
-        state = torch.load(path, map_location=x.device, weights_only=False)
-    except Exception as err:  # a truncated or foreign file
-        raise ValueError(f"checkpoint {path} is unreadable ({err}); delete it to restart") from err
-    if not isinstance(state, dict) or state.get("version") != _CHECKPOINT_VERSION:
-        raise ValueError(f"checkpoint {path} is not an smcwake v{_CHECKPOINT_VERSION} checkpoint")
-    missing = [key for key in _CHECKPOINT_KEYS if key not in state]
-    if missing:
-        raise ValueError(
-            f"checkpoint {path} is incomplete (missing {missing}); delete it to restart"
-        )
-    if state["data"] != _fingerprint(x):
-        raise ValueError(f"checkpoint {path} was made with different observations")
-    mine = _comparable(config)
-    diff = {k: (state["config"].get(k), v) for k, v in mine.items() if state["config"].get(k) != v}
-    if diff:
-        shown = ", ".join(f"{k}: checkpoint {a!r} vs now {b!r}" for k, (a, b) in diff.items())
-        raise ValueError(f"checkpoint {path} was made with other settings ({shown})")
-    return state
+    state.encoder.eval()
+    return FitResult(state.encoder, state.history, state.bank, config)
