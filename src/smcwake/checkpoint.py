@@ -29,10 +29,12 @@ from torch import Tensor
 from smcwake.model import Model, fingerprint_differences, model_fingerprint
 
 if TYPE_CHECKING:
-    from smcwake.train import TrainConfig, TrainState
+    from smcwake.loop import TrainState
+    from smcwake.train import TrainConfig
 
 __all__ = [
     "CHECKPOINT_NAME",
+    "Checkpointer",
     "HISTORY_NAME",
     "check_model",
     "check_run_dir",
@@ -68,7 +70,7 @@ _COUNTERS = (
     "initial_next",
     "unmixed",
 )
-"""The :class:`~smcwake.train.TrainState` counters, in the order of the checkpoint's tuple
+"""The :class:`~smcwake.loop.TrainState` counters, in the order of the checkpoint's tuple
 (checkpoints written before ``unmixed`` existed hold the first seven)."""
 
 _FREE_SETTINGS = ("steps", "max_evals", "progress", "checkpoint_every", "log_every", "device")
@@ -295,3 +297,27 @@ def save_checkpoint(path: Path, state: TrainState, x: Tensor, model_id: dict | N
     tmp = path / f".{HISTORY_NAME}.tmp"
     tmp.write_text(json.dumps({"config": config.to_dict(), "history": state.history}, indent=1))
     os.replace(tmp, path / HISTORY_NAME)
+
+
+class Checkpointer:
+    """``checkpointer(state)`` writes a checkpoint to a run folder (nothing without one).
+
+    The fingerprint is computed once (at every save with a learned likelihood, which changes).
+    """
+
+    def __init__(
+        self, run_path: Path | None, model: Model, x: Tensor, decoder: torch.nn.Module | None
+    ) -> None:
+        self.run_path, self.model, self.x, self.decoder = run_path, model, x, decoder
+        self.fingerprint: dict | None = None
+
+    def model_id(self) -> dict:
+        """The model's fingerprint (:func:`smcwake.model.model_fingerprint`), stored with the
+        checkpoint and compared on resume."""
+        if self.fingerprint is None or self.decoder is not None:
+            self.fingerprint = model_fingerprint(self.model, self.x)
+        return self.fingerprint
+
+    def __call__(self, state: TrainState) -> None:
+        if self.run_path is not None:
+            save_checkpoint(self.run_path, state, self.x, self.model_id())
