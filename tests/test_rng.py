@@ -1,5 +1,6 @@
 """forked_rng: draws that cannot take a generator still come from one, and leave torch's alone."""
 
+import pytest
 import torch
 
 from smcwake._rng import forked_rng
@@ -37,7 +38,8 @@ def test_without_a_generator_nothing_is_forked():
     assert torch.equal(torch.rand(6), torch.cat([inside, after]))  # one global stream
 
 
-def test_it_is_still_importable_from_the_model_module():
-    from smcwake.model import forked_rng as from_model
+def test_its_old_home_in_the_model_module_is_deprecated():
+    import smcwake.model
 
-    assert from_model is forked_rng
+    with pytest.warns(FutureWarning, match="smcwake.model.forked_rng is deprecated"):
+        assert smcwake.model.forked_rng is forked_rng

@@ -7,15 +7,17 @@ Shapes throughout the library: observations first, then particles, then the even
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor
 from torch.distributions import Distribution, Independent, Normal, Transform, Uniform, constraints
 from torch.distributions.utils import lazy_property
 
+from smcwake import _rng
 from smcwake._ops import select
-from smcwake._rng import forked_rng  # also importable from here, where it used to live
 
 _COORDINATE_LOOP_MAX_DIM = 8
 
@@ -270,7 +272,7 @@ class Model:
 
         Shapes: -> [*shape, d].
         """
-        with forked_rng(generator, device):
+        with _rng.forked_rng(generator, device):
             z = self.prior.sample(shape)
         return z.to(dtype=dtype or z.dtype, device=device or z.device)
 
@@ -407,7 +409,7 @@ class Model:
                 f"model {self.name!r} has no simulator; pass Model(..., simulate=fn) to use "
                 "simulation-based methods such as 'sleep'"
             )
-        with forked_rng(generator, z.device):
+        with _rng.forked_rng(generator, z.device):
             x = self._simulate(z)
         if not isinstance(x, Tensor) or x.dim() != 2 or x.shape[0] != z.shape[0]:
             got = list(x.shape) if isinstance(x, Tensor) else type(x).__name__
@@ -611,3 +613,16 @@ def _show(value: object, limit: int = 4) -> str:
     shown = ", ".join(f"{v:.6g}" if isinstance(v, float) else str(v) for v in flat[:limit])
     more = f", ... ({value.numel()} values)" if len(flat) > limit else ""
     return f"[{shown}{more}]"
+
+
+def __getattr__(name: str) -> Any:
+    if name == "forked_rng":  # lived here before smcwake 0.1.0
+        warnings.warn(
+            "smcwake.model.forked_rng is deprecated since smcwake 0.1.0 and will be removed in "
+            "0.2.0: it is an internal helper (smcwake._rng.forked_rng); pass a "
+            "torch.Generator to smcwake's functions instead",
+            FutureWarning,
+            stacklevel=2,
+        )
+        return _rng.forked_rng
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
