@@ -21,6 +21,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
+from faults import conjugate, small
 from smcwake.diagnostics import forward_kl_gaussian
 from smcwake.distributed import (
     LAYOUT_NAME,
@@ -358,3 +359,22 @@ def test_combined_history_sums_counters_and_averages_losses():
     assert combined["loss"] == [2.0, 4.0]
     assert combined["smc_runs"] == [8, 15]
     assert combined["unmixed_runs"] == [2, 3]
+
+
+def test_fit_distributed_follows_the_same_run_folder_rules(tmp_path, one_process_group):
+    from smcwake.distributed import fit_distributed
+
+    model, x = conjugate()
+    run = tmp_path / "run"
+    fit_distributed(model, x, run_dir=run, **small(steps=4))
+    with pytest.raises(ValueError, match=r"rank 0: run_dir .*rank-0 already holds a run"):
+        fit_distributed(model, x, run_dir=run, **small(steps=4))
+    with pytest.raises(ValueError, match="resume=True needs run_dir"):
+        fit_distributed(model, x, resume=True, **small(steps=4))
+    assert (
+        fit_distributed(model, x, run_dir=run, resume=True, **small(steps=6)).history["step"][-1]
+        == 6
+    )
+    assert fit_distributed(model, x, run_dir=run, overwrite=True, **small(steps=2)).history[
+        "step"
+    ] == [2]
