@@ -141,7 +141,8 @@ class TrainConfig:
     """Every setting of a training run. Defaults suit a few thousand steps on a laptop CPU.
 
     Args:
-        method: one of :data:`smcwake.objectives.OBJECTIVES`.
+        method: one of :data:`smcwake.objectives.METHOD_NAMES`, or a name registered with
+            :func:`smcwake.objectives.register_method`.
         steps: optimizer steps.
         batch_size: observations per minibatch.
         num_particles: K, particles per SMC run.
