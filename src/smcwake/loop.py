@@ -77,7 +77,7 @@ HISTORY_COLUMNS = (
     "bank_forward_kl",
     "bank_ess",
 )
-"""The columns of :attr:`FitResult.history`, one row every ``log_every`` steps."""
+"""The columns of :attr:`smcwake.train.FitResult.history`, one row every ``log_every`` steps."""
 
 
 @dataclass(eq=False)
