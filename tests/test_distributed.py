@@ -21,6 +21,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
+from faults import conjugate, small
 from smcwake.diagnostics import forward_kl_gaussian
 from smcwake.distributed import (
     LAYOUT_NAME,
@@ -290,11 +291,17 @@ def test_resume_refuses_another_world_size(two_processes, tmp_path, one_process_
 
 
 def test_command_line_entry(tmp_path, one_process_group, capsys):
+    from smcwake import cli
+
     out = tmp_path / "run"
     argv = ["--task", "toy-collapse", "--encoder", "gaussian", "--num-observations", "8"]
     argv += ["--num-particles", "50", "--steps", "4", "--batch-size", "4", "--out", str(out)]
     with _one_thread():
-        assert main([*argv, "--no-progress"]) == 0
+        assert cli.main(["distributed", *argv, "--no-progress"]) == 0
+    assert "4 steps on 1 process " in capsys.readouterr().out
+    # the module's own entry is the same command, deprecated
+    with _one_thread(), pytest.warns(FutureWarning, match="-m smcwake distributed"):
+        assert main([*argv, "--no-progress", "--overwrite"]) == 0
     assert "4 steps on 1 process " in capsys.readouterr().out
     summary = json.loads((out / SUMMARY_NAME).read_text())
     assert summary["world_size"] == 1
@@ -325,7 +332,7 @@ def test_torchrun_launch_and_resume_on_the_same_world_size(tmp_path):
 
     def launch(steps: int, *extra: str) -> None:
         command = [str(torchrun), "--nproc-per-node", str(WORLD), "--master-addr", "127.0.0.1"]
-        command += ["--master-port", str(_free_port()), "-m", "smcwake.distributed"]
+        command += ["--master-port", str(_free_port()), "-m", "smcwake", "distributed"]
         command += ["--task", "toy-collapse", "--encoder", "gaussian", "--no-progress"]
         command += ["--num-observations", "20", "--num-particles", "50", "--batch-size", "5"]
         command += ["--steps", str(steps), "--checkpoint-every", "10", "--out", str(out)]
@@ -352,3 +359,22 @@ def test_combined_history_sums_counters_and_averages_losses():
     assert combined["loss"] == [2.0, 4.0]
     assert combined["smc_runs"] == [8, 15]
     assert combined["unmixed_runs"] == [2, 3]
+
+
+def test_fit_distributed_follows_the_same_run_folder_rules(tmp_path, one_process_group):
+    from smcwake.distributed import fit_distributed
+
+    model, x = conjugate()
+    run = tmp_path / "run"
+    fit_distributed(model, x, run_dir=run, **small(steps=4))
+    with pytest.raises(ValueError, match=r"rank 0: run_dir .*rank-0 already holds a run"):
+        fit_distributed(model, x, run_dir=run, **small(steps=4))
+    with pytest.raises(ValueError, match="resume=True needs run_dir"):
+        fit_distributed(model, x, resume=True, **small(steps=4))
+    assert (
+        fit_distributed(model, x, run_dir=run, resume=True, **small(steps=6)).history["step"][-1]
+        == 6
+    )
+    assert fit_distributed(model, x, run_dir=run, overwrite=True, **small(steps=2)).history[
+        "step"
+    ] == [2]

@@ -1,13 +1,17 @@
 """fit(): reaches the exact posterior on a conjugate model; resume reproduces an unbroken run."""
 
+import logging
 import math
 
 import pytest
 import torch
-from torch.distributions import Independent, Normal
+from torch.distributions import Independent, Normal, Uniform
 
-from smcwake import Model
+import faults
+from faults import BAD_X, Counted, FaultyEncoder, bounded_noise, g0, with_encoder
+from smcwake import Model, run_smc
 from smcwake.diagnostics import forward_kl_gaussian
+from smcwake.encoders import GaussianEncoder
 from smcwake.train import SMCOptions, TrainConfig, fit
 
 PRIOR_SD, NOISE_SD, D = 2.0, 0.5, 2
@@ -192,7 +196,6 @@ def test_elbo_with_a_full_rank_gaussian_in_50_dimensions_does_not_diverge():
 # ---------------------------------------------------------------------------- support transform
 def box_model():
     """z ~ U([-1, 1] x [0, 3]), x | z ~ N(z, 0.5^2): posteriors that the box truncates."""
-    from torch.distributions import Uniform
 
     prior = Independent(Uniform(torch.tensor([-1.0, 0.0]), torch.tensor([1.0, 3.0])), 1)
     model = Model(prior, lambda z, x: Normal(z, NOISE_SD).log_prob(x[:, None, :]).sum(-1))
@@ -366,3 +369,194 @@ def test_fit_history_carries_the_convergence_signal():
     assert abs(h["bank_forward_kl"][-1] - exact) < 0.05, (h["bank_forward_kl"][-1], exact)
     off = fit(model, x, **small(monitor_every=None))
     assert all(v is None for v in off.history["bank_forward_kl"])
+
+
+def test_a_new_method_is_an_objective_and_a_registration(monkeypatch):
+    # fit reads what a method needs from its declaration: a chain state per observation, a
+    # particle bank refreshed by SMC, simulations to count; no name is special-cased
+    from smcwake import objectives
+
+    monkeypatch.setattr(objectives, "_METHODS", dict(objectives._METHODS))  # undone after
+    seen = []
+
+    def chain_score(encoder, batch, ctx):
+        seen.append((ctx.chains is not None, ctx.bank is not None))
+        z = ctx.chains[batch.idx][:, None, :]  # prior draws: a sleep-like score at the chains
+        return -encoder.log_prob(z, batch.x).mean(), 0
+
+    objectives.register_method("chain-score", chain_score, chains=True, simulates=True)
+    objectives.register_method("banked-score", chain_score, estimator="c", chains=True)
+    model, x = conjugate()
+    settings = dict(encoder="gaussian", steps=3, batch_size=5, num_proposals=7, progress=False)
+    out = fit(model, x[:10], method="chain-score", log_every=1, **settings)
+    assert seen == [(True, False)] * 3
+    assert out.bank is None
+    assert out.history["simulations"] == [5 * 7, 2 * 5 * 7, 3 * 5 * 7]
+    assert out.history["likelihood_evals"] == [0, 0, 0]  # no SMC without a declared bank
+    seen.clear()
+    out = fit(model, x[:10], method="banked-score", num_particles=20, **settings)
+    assert seen == [(True, True)] * 3
+    assert bool(out.bank.has_runs.all())
+    assert out.history["simulations"][-1] == 0
+    with pytest.raises(ValueError, match="already registered"):
+        objectives.register_method("chain-score", chain_score)
+    with pytest.raises(ValueError, match="estimator: expected None or one of"):
+        objectives.register_method("other", chain_score, estimator="z")
+
+
+@pytest.mark.parametrize(("corrupt", "error", "message"), BAD_X)
+def test_fit_rejects_bad_observations(corrupt, error, message):
+    model, x = faults.conjugate()
+    with pytest.raises(error, match=message):
+        fit(model, corrupt(x), **faults.small())
+
+
+def test_encoder_whose_dimensions_do_not_match_is_refused():
+    model, x = faults.conjugate()
+    with pytest.raises(ValueError, match=r"z_dim=3, x_dim=2; the model has d=2 and x has p=2"):
+        fit(model, x, encoder=GaussianEncoder(D, 3), **with_encoder())
+    with pytest.raises(ValueError, match=r"z_dim=2, x_dim=5; the model has d=2 and x has p=2"):
+        fit(model, x, encoder=GaussianEncoder(5, D), **with_encoder())
+    encoder = GaussianEncoder(D, D)
+    with pytest.raises(
+        ValueError, match=r"z: expected shape \[B=12, S, d=2\], received \[12, 4, 3\]"
+    ):
+        encoder.log_prob(torch.zeros(12, 4, 3), x.float())
+    with pytest.raises(
+        ValueError, match=r"z: expected shape \[B=12, S, d=2\], received \[12, 2\]"
+    ):
+        encoder.log_prob(torch.zeros(12, 2), x.float())
+    with pytest.raises(ValueError, match=r"x: expected shape \[\*, 2\], received \[12, 3\]"):
+        encoder.log_prob(torch.zeros(12, 4, 2), torch.zeros(12, 3))
+
+
+def test_fit_refuses_an_encoder_that_is_not_an_encoder():
+    model, x = faults.conjugate()
+    with pytest.raises(TypeError, match="encoder"):
+        fit(model, x, encoder=torch.nn.Linear(D, D), **with_encoder())
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (dict(method="smc-wake-d"), "method: unknown 'smc-wake-d'; expected one of"),
+        (dict(steps=-1), "steps: expected an integer >= 0, received -1"),
+        (dict(batch_size=0), "batch_size: expected an integer >= 1, received 0"),
+        (dict(num_particles=1), "num_particles: expected >= 2, received 1"),
+        (dict(lr=0.0), "lr: expected .*> 0, received 0.0"),
+        (dict(lr=math.nan), "lr: expected .*> 0, received nan"),
+        (dict(max_bad_steps=0), "max_bad_steps: expected an integer >= 1"),
+        (dict(checkpoint_every=0), "checkpoint_every: expected an integer >= 1"),
+    ],
+    ids=lambda v: str(v) if isinstance(v, dict) else None,
+)
+def test_train_config_rejects_invalid_values(options, message):
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(**options)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (dict(lr=math.inf), "lr"),  # the first step makes every parameter NaN
+        (dict(grad_clip=-1.0), "grad_clip"),  # silently turns descent into ascent
+        (dict(grad_clip=math.nan), "grad_clip"),
+        (dict(refresh_size=-3), "refresh_size"),  # silently refreshes n - 3 observations
+        (dict(runs_per_step=0), "runs_per_step"),  # fails later with "math domain error"
+        (dict(max_evals=-1), "max_evals"),
+        (dict(encoder="flw"), "encoder"),  # fails only after the data were checked
+        (dict(smc="rwmh"), "smc"),  # AttributeError inside fit
+        (dict(smc=dict(kernel="rwm")), "kernel"),  # fails at the first SMC run
+        (dict(smc=dict(ess_target=2.0)), "ess_target"),
+    ],
+    ids=lambda v: str(v) if isinstance(v, dict) else None,
+)
+def test_train_config_rejects_values_that_fail_late_or_silently(options, message):
+    with pytest.raises((ValueError, TypeError), match=message):
+        TrainConfig(**options)
+
+
+def test_fit_excludes_zero_likelihood_observations_and_trains_the_rest(caplog):
+    model, x = faults.conjugate(loglik=bounded_noise)
+    x[[2, 9]] = 100.0
+    with caplog.at_level(logging.WARNING, logger="smcwake"):
+        out = fit(model, x, **faults.small(steps=30))
+    excluded = torch.nonzero(out.bank.excluded).flatten().tolist()
+    assert excluded == [2, 9]
+    assert out.bank.num_runs[[2, 9]].tolist() == [0, 0]  # never stored, never refreshed
+    assert (out.bank.num_runs[~out.bank.excluded] >= 1).all()
+    assert int(out.bank.num_runs.sum()) > 10  # refreshes kept running on the others
+    assert out.history["step"][-1] == 30
+    assert out.history["skipped_steps"][-1] == 0
+    assert all(torch.isfinite(p).all() for p in out.encoder.parameters())
+    assert "zero likelihood at every particle (first: [2, 9])" in caplog.text
+
+
+def test_fit_with_no_usable_observation_stops_with_a_clear_error():
+    model, x = faults.conjugate(loglik=bounded_noise)
+    with pytest.raises(RuntimeError, match="no observation has a usable SMC run"):
+        fit(model, x + 100.0, **faults.small())
+
+
+def test_non_finite_losses_are_skipped_counted_and_logged(caplog):
+    # smc-wake-c calls log_prob once per step, so call i is step i
+    model, x = faults.conjugate()
+    encoder = FaultyEncoder({3, 4, 9})
+    with caplog.at_level(logging.WARNING, logger="smcwake"):
+        out = fit(model, x, encoder=encoder, **with_encoder(log_every=1))
+    h = out.history
+    assert h["step"] == list(range(1, 21))
+    assert h["skipped_steps"][1:5] == [0, 1, 2, 2]
+    assert h["skipped_steps"][-1] == 3
+    assert [math.isnan(v) for v in h["loss"]].count(True) == 3
+    assert caplog.text.count("step skipped") == 3
+    assert all(torch.isfinite(p).all() for p in out.encoder.parameters())
+
+
+def sharpness_model():
+    """d = 1, x = (value, noise sd): sd 1e-3 needs ~8 tempering stages, sd 0.5 needs 2."""
+    prior = Independent(
+        Normal(
+            torch.zeros(1, dtype=torch.float64),
+            PRIOR_SD * torch.ones(1, dtype=torch.float64),
+        ),
+        1,
+    )
+    model = Model(prior, lambda z, x: Normal(z[..., 0], x[:, 1:2]).log_prob(x[:, :1]))
+    x = torch.tensor([[1.0, 0.5], [0.3, 1e-3], [-1.0, 0.5], [2.0, 1e-3]] * 3, dtype=torch.float64)
+    return model, x
+
+
+def test_unconverged_runs_are_flagged_and_not_stored_unless_asked(caplog):
+    model, x = sharpness_model()
+    sharp = x[:, 1] < 0.1
+    result = run_smc(model, x, 100, max_stages=4, generator=g0())
+    assert torch.equal(result.converged, ~sharp)
+    assert (result.num_stages[sharp] == 4).all()
+    assert (result.temperatures[sharp, -1] < 1).all()
+    assert not torch.isnan(result.log_weights).any()
+
+    settings = faults.small(steps=10, smc=SMCOptions(max_stages=4), batch_size=4, refresh_size=4)
+    with caplog.at_level(logging.WARNING, logger="smcwake"):
+        strict = fit(model, x, **settings)
+    assert (strict.bank.num_runs[sharp] == 0).all()
+    assert (strict.bank.num_runs[~sharp] >= 1).all()
+    assert not strict.bank.excluded.any()  # not excluded: a later refresh may converge
+    assert "dropped 6 SMC runs that did not reach tau=1" in caplog.text
+    loose = fit(model, x, use_unconverged=True, **settings)
+    assert (loose.bank.num_runs >= 1).all()
+
+
+def test_training_on_a_bound_that_is_minus_inf_everywhere_stops_with_floating_point_error():
+    model, x = faults.conjugate(4, loglik=lambda z, x: torch.full(z.shape[:2], -math.inf).double())
+    with pytest.raises(FloatingPointError, match="3 consecutive non-finite losses at step 3"):
+        fit(model, x, **faults.small(method="elbo", num_proposals=4, max_bad_steps=3))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_fit_refuses_half_precision_observations_before_any_smc(dtype):
+    counted = Counted()
+    model, x = faults.conjugate(loglik=counted)
+    with pytest.raises(TypeError, match=rf"torch.float32 or torch.float64; received {dtype}"):
+        fit(model, x.to(dtype), **faults.small())
+    assert counted.calls == 0

@@ -53,7 +53,7 @@ from torch.distributions import (
     constraints,
 )
 
-from smcwake.model import forked_rng
+from smcwake._rng import forked_rng
 
 __all__ = [
     "Encoder",

@@ -19,12 +19,12 @@ from torch import Tensor
 
 from smcwake.bench.evaluate import EvalOptions, Reference, curve_metric, evaluate
 from smcwake.bench.results import RunRecord
+from smcwake.loop import initial_encoder
 from smcwake.posterior import Posterior
 from smcwake.tasks import Task
 from smcwake.train import TrainConfig, fit
-from smcwake.train import initial_encoder as train_initial_encoder
 
-__all__ = ["BenchData", "Checkpoints", "bench_data", "initial_encoder", "train_and_evaluate"]
+__all__ = ["BenchData", "Checkpoints", "bench_data", "train_and_evaluate"]
 
 logger = logging.getLogger(__name__)
 
@@ -107,11 +107,6 @@ class _Curve:
             self.path.write_text(json.dumps(curve))
 
 
-def initial_encoder(task: Task, x: Tensor, config: TrainConfig):
-    """The encoder :func:`smcwake.fit` would build, from ``config.seed``."""
-    return train_initial_encoder(task.model, x, config, torch.Generator().manual_seed(config.seed))
-
-
 def train_and_evaluate(
     data: BenchData,
     method: str,
@@ -144,7 +139,8 @@ def train_and_evaluate(
         if points.due(step):
             curve.record(step, encoder, row)
 
-    encoder = initial_encoder(task, x, config)
+    # the encoder fit would build (scored at step 0 before fit trains it)
+    encoder = initial_encoder(task.model, x, config, torch.Generator().manual_seed(config.seed))
     if metric is not None or observed is not None:
         curve.record(0, encoder, {})
     diverged, bank = None, None
