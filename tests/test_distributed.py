@@ -8,6 +8,7 @@ end test (whose rendezvous store listens on a TCP port) is marked ``slow``.
 
 import json
 import os
+import runpy
 import shutil
 import socket
 import subprocess
@@ -29,7 +30,6 @@ from smcwake.distributed import (
     DistributedSynchronizer,
     _combine_histories,
     fit_distributed,
-    main,
     rank_seed,
     shard_indices,
 )
@@ -290,7 +290,8 @@ def test_resume_refuses_another_world_size(two_processes, tmp_path, one_process_
         fit_distributed(task.model, x, run_dir=run, resume=True, **SETTINGS)
 
 
-def test_command_line_entry(tmp_path, one_process_group, capsys):
+@pytest.mark.filterwarnings("ignore:.*found in sys.modules:RuntimeWarning")  # runpy
+def test_command_line_entry(tmp_path, one_process_group, capsys, monkeypatch):
     from smcwake import cli
 
     out = tmp_path / "run"
@@ -300,8 +301,14 @@ def test_command_line_entry(tmp_path, one_process_group, capsys):
         assert cli.main(["distributed", *argv, "--no-progress"]) == 0
     assert "4 steps on 1 process " in capsys.readouterr().out
     # the module's own entry is the same command, deprecated
-    with _one_thread(), pytest.warns(FutureWarning, match="-m smcwake distributed"):
-        assert main([*argv, "--no-progress", "--overwrite"]) == 0
+    monkeypatch.setattr(sys, "argv", ["distributed.py", *argv, "--no-progress", "--overwrite"])
+    with (
+        _one_thread(),
+        pytest.warns(FutureWarning, match="-m smcwake distributed"),
+        pytest.raises(SystemExit) as stop,
+    ):
+        runpy.run_module("smcwake.distributed", run_name="__main__")
+    assert stop.value.code == 0
     assert "4 steps on 1 process " in capsys.readouterr().out
     summary = json.loads((out / SUMMARY_NAME).read_text())
     assert summary["world_size"] == 1

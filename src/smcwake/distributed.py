@@ -59,7 +59,6 @@ __all__ = [
     "SUMMARY_NAME",
     "default_device",
     "fit_distributed",
-    "main",
     "rank_seed",
     "shard_indices",
 ]
@@ -616,12 +615,7 @@ def _shared_modules(
 
 
 # ---------------------------------------------------------------------------- command line
-def main(argv: Sequence[str] | None = None) -> int:
-    """Deprecated entry ``torchrun ... -m smcwake.distributed ...``; use ``smcwake distributed``.
-
-    Runs ``smcwake distributed`` (:mod:`smcwake.cli`) with the same arguments, after a
-    ``FutureWarning``: ``torchrun --nproc-per-node N -m smcwake distributed --task ...``.
-    """
+if __name__ == "__main__":  # deprecated entry: torchrun ... -m smcwake.distributed ...
     import warnings
 
     from smcwake import cli
@@ -631,13 +625,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         "0.2.0: launch `torchrun --nproc-per-node N -m smcwake distributed ...` (the same "
         "options)",
         FutureWarning,
-        stacklevel=2,
+        stacklevel=1,
     )
-    args = list(sys.argv[1:] if argv is None else argv)
-    return cli.main(["distributed", *args])
-
-
-if __name__ == "__main__":  # run the imported module's main, so loggers carry its name
-    from smcwake.distributed import main as _main
-
-    sys.exit(_main())
+    sys.exit(cli.main(["distributed", *sys.argv[1:]]))

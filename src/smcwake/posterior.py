@@ -15,6 +15,14 @@ for). It is what :func:`smcwake.fit` hands back as ``result.posterior``:
   observation, at a fraction of a from-scratch :func:`~smcwake.smc.run_smc`'s cost when q is
   good, and still exact (only slower) when it is not.
 
+Why refine is exact whatever q is: its starting density, the defensive mixture g = a q + (1 - a)
+p, is at least (1 - a) p, so the importance ratios are bounded wherever the likelihood is, and
+the independence sampler is uniformly ergodic. Why it is cheap when q is good: the log-ratio h =
+log p(z) + log p(x | z) - log g(z) is then nearly constant, the first stage reaches tau = 1 and
+the moves accept almost every proposal, so the whole run costs a few likelihood evaluations per
+particle, against tens of thousands per observation for tempering from the prior. A poor q costs
+more stages and moves (reported), never a wrong answer.
+
 Shapes: x [B, p]; ``sample(x, n) -> [B, n, d]``; ``log_prob(z [B, S, d], x) -> [B, S]``.
 """
 
@@ -303,23 +311,15 @@ def refine(
     of the particles have moved at least once (at most ``max_moves``). The product of the
     stages' mean incremental weights estimates p(x) without bias.
 
-    Why it is exact whatever q is: g >= (1 - a) p, so the importance ratios are bounded wherever
-    the likelihood is, and the independence sampler is uniformly ergodic. Why it is cheap when
-    q is good: h is then nearly constant, the first stage reaches tau = 1 and the moves accept
-    almost every proposal, so the whole run costs a few likelihood evaluations per particle,
-    against tens of thousands per observation for tempering from the prior. A poor q costs more
-    stages and moves (reported), never a wrong answer.
+    Why it is exact whatever q is, and cheap when q is good: see the module docstring.
 
     Args:
-        model: the prior and likelihood (the same the encoder was trained for).
-        encoder: a trained encoder (its ``sample`` and ``log_prob`` are used, in eval mode).
-        x: observations.
-        num_particles: K per observation.
+        model, encoder: the prior and likelihood, and a trained encoder (used in eval mode).
+        x, num_particles: the observations, and K particles for each.
         encoder_weight: a, the share of g drawn from q (the rest from the prior).
         ess_target: conditional ESS fraction aimed at by each tempering step.
         moved_target: share of particles that must have moved before the next stage.
-        max_moves, max_stages: caps; rows that hit ``max_stages`` are ``converged = False``
-            (and a warning is logged).
+        max_moves, max_stages: caps; rows stopped by ``max_stages`` are not converged (warned).
         generator, seed: randomness (pass at most one).
 
     Shapes: x [B, p] -> particles [B, K, d], log_weights [B, K], log_evidence [B].
@@ -328,37 +328,17 @@ def refine(
         model, encoder, x, num_particles, encoder_weight, ess_target, moved_target, generator, seed
     )
     B, K = x.shape[0], num_particles
-    log_a, log_1ma = math.log(encoder_weight), math.log1p(-encoder_weight)
-    enc_like = encoder.x_loc
-    x_enc = x.to(device=enc_like.device, dtype=enc_like.dtype)
     was_training = encoder.training
     encoder.eval()
+    draw = _defensive_mixture(model, encoder, x, K, encoder_weight, generator)
     evals = torch.zeros(B, dtype=torch.int64, device=device)
-
-    def draw() -> tuple[Tensor, Tensor]:
-        """K draws from g and h at them. -> ([B, K, d], [B, K])."""
-        z_q = encoder.sample(x_enc, K, generator=generator).to(device=device, dtype=dtype)
-        z_p = model.sample_prior((B, K), generator=generator, dtype=dtype, device=device)
-        use_q = torch.rand(B, K, generator=generator, dtype=dtype, device=device) < encoder_weight
-        z = torch.where(use_q[..., None], z_q, z_p)
-        log_prior = model.log_prior(z)
-        loglik = model.log_likelihood(z, x, log_prior=log_prior)
-        log_q = encoder.log_prob(z.to(enc_like.dtype), x_enc).to(device=device, dtype=dtype)
-        log_q = torch.nan_to_num(log_q, nan=-math.inf, posinf=-math.inf)
-        log_g = torch.logaddexp(log_a + log_q, log_1ma + log_prior)
-        h = torch.where(torch.isfinite(log_prior), log_prior + loglik - log_g, -math.inf)
-        return z, h
-
     try:
         z, h = draw()
         evals += K
         log_w = torch.full((B, K), -math.log(K), dtype=torch.float64, device=device)
         initial_ess = ess(h.double()) / K
-        tau = torch.zeros(B, dtype=torch.float64, device=device)
-        log_z = torch.zeros(B, dtype=torch.float64, device=device)
+        tau, log_z, accepted = (torch.zeros(B, dtype=torch.float64, device=device) for _ in "123")
         stages = torch.zeros(B, dtype=torch.int64, device=device)
-        accepted = torch.zeros(B, dtype=torch.float64, device=device)
-        proposed = torch.zeros(B, dtype=torch.float64, device=device)
         for _ in range(max_stages):
             active = tau < 1.0
             if not bool(active.any()):
@@ -384,7 +364,6 @@ def refine(
             )
             evals += K * moves.num_steps
             accepted += moves.accepted
-            proposed += K * moves.num_steps
     finally:
         encoder.train(was_training)
     converged = tau >= 1.0
@@ -392,9 +371,7 @@ def refine(
         logger.warning(
             "refine: %d of %d observations stopped at max_stages=%d before temperature 1; "
             "their particles are not posterior samples (converged=False)",
-            int((~converged).sum()),
-            B,
-            max_stages,
+            *(int((~converged).sum()), B, max_stages),
         )
     return RefinedPosterior(
         particles=z,
@@ -404,12 +381,46 @@ def refine(
         ess=ess(log_w),
         initial_ess=initial_ess,
         num_stages=stages,
-        acceptance_rate=accepted / proposed.clamp_min(1.0),
+        acceptance_rate=accepted / (evals - K).clamp_min(1).double(),  # K draws per move
         num_likelihood_evals=evals,
     )
 
 
 # ---------------------------------------------------------------------------- private helpers
+def _defensive_mixture(
+    model: Model,
+    encoder: Encoder,
+    x: Tensor,
+    K: int,
+    weight: float,
+    generator: torch.Generator | None,
+) -> Callable[[], tuple[Tensor, Tensor]]:
+    """``draw()``: K draws per observation from g = a q(. | x) + (1 - a) p and h at them,
+    h = log p(z) + log p(x | z) - log g(z) (``-inf`` outside the prior's support).
+
+    Shapes: x [B, p] -> draw() -> (z [B, K, d], h [B, K]) in x's dtype and device.
+    """
+    B, dtype, device = x.shape[0], x.dtype, x.device
+    log_a, log_1ma = math.log(weight), math.log1p(-weight)
+    enc_dtype = encoder.x_loc.dtype
+    x_enc = x.to(device=encoder.x_loc.device, dtype=enc_dtype)
+
+    def draw() -> tuple[Tensor, Tensor]:
+        z_q = encoder.sample(x_enc, K, generator=generator).to(device=device, dtype=dtype)
+        z_p = model.sample_prior((B, K), generator=generator, dtype=dtype, device=device)
+        use_q = torch.rand(B, K, generator=generator, dtype=dtype, device=device) < weight
+        z = torch.where(use_q[..., None], z_q, z_p)
+        log_prior = model.log_prior(z)
+        loglik = model.log_likelihood(z, x, log_prior=log_prior)
+        log_q = encoder.log_prob(z.to(enc_dtype), x_enc).to(device=device, dtype=dtype)
+        log_q = torch.nan_to_num(log_q, nan=-math.inf, posinf=-math.inf)
+        log_g = torch.logaddexp(log_a + log_q, log_1ma + log_prior)
+        h = torch.where(torch.isfinite(log_prior), log_prior + loglik - log_g, -math.inf)
+        return z, h
+
+    return draw
+
+
 class _Moves(NamedTuple):
     num_steps: Tensor  # [B] int64 independence steps made by each observation
     accepted: Tensor  # [B] float64 accepted proposals
