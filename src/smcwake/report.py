@@ -30,6 +30,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from smcwake._optional import require
 from smcwake.bench.results import load_results, to_json_data
 
 __all__ = ["METRIC_INFO", "metric_table", "budget_table", "render_markdown", "write_report"]
@@ -313,7 +314,7 @@ def render_markdown(results: dict[str, Any], figures: Sequence[str] = ()) -> str
 
 # ------------------------------------------------------------------------------- figures
 def _plt():
-    import matplotlib
+    matplotlib = require("matplotlib", "the figures of smcwake.report")
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -383,27 +384,32 @@ def plot_curves(results: dict[str, Any], path: Path) -> Path | None:
 
 
 def plot_coverage(results: dict[str, Any], path: Path) -> Path | None:
-    """Expected coverage curves (mean over seeds) against the diagonal."""
+    """Expected coverage curves (mean over seeds) against the diagonal, with the band a
+    calibrated posterior stays in (:func:`smcwake.plot.coverage`)."""
     plt = _plt()
+    from smcwake.plot import coverage
+
     methods = [
         m for m, e in results["methods"].items() if any("coverage" in r for r in _ok_runs(e))
     ]
     if not methods:
         return None
-    colors = _colors(list(results["methods"]))
-    fig, ax = plt.subplots(figsize=(4.8, 4.6))
-    ax.plot([0, 1], [0, 1], color="black", lw=1, ls="--", label="calibrated")
+    curves, levels = [], None
     for method in methods:
         runs = [r["coverage"] for r in _ok_runs(results["methods"][method]) if "coverage" in r]
-        level = runs[0]["level"]
-        cov = [sum(r["coverage"][i] for r in runs) / len(runs) for i in range(len(level))]
-        ax.plot(level, cov, color=colors[method], label=method)
-    ax.set_xlabel("credibility level of q's HPD region")
-    ax.set_ylabel("fraction of true z inside")
-    ax.set_title(f"{results['task']}: expected coverage")
-    ax.legend(fontsize=7)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
+        levels = runs[0]["level"]
+        curves.append(
+            [sum(r["coverage"][i] for r in runs) / len(runs) for i in range(len(levels))]
+        )
+    fig = coverage(
+        levels,
+        curves,
+        labels=methods,
+        num_simulations=results.get("settings", {}).get("num_observations"),
+        title=f"{results['task']}: expected coverage",
+        xlabel="credibility level of q's HPD region",
+        ylabel="fraction of true z inside",
+    )
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
