@@ -9,11 +9,16 @@ from smcwake.bench import run_bench
 from smcwake.bench.evaluate import EvalOptions
 from smcwake.bench.oracle import fit_oracle, oracle_unavailable_reason
 from smcwake.bench.settings import config_for, observations, unavailable_reason
-from smcwake.bench.training import initial_encoder
+from smcwake.loop import initial_encoder
 from smcwake.tasks import get
 from smcwake.train import TrainConfig
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # small tensors; seeded runs reproduce
+
+
+def encoder_for(task, x, config):
+    """The encoder fit would build for the task, initialised from the config's seed."""
+    return initial_encoder(task.model, x, config, torch.Generator().manual_seed(config.seed))
 
 
 def gaussian_forward_kl(task, encoder, x):
@@ -35,7 +40,7 @@ def test_the_oracle_needs_an_exact_posterior():
     _, x = moons.observations(2, 0)
     config = TrainConfig(encoder="gaussian", steps=1, progress=False)
     with pytest.raises(ValueError, match="oracle: cannot train on task 'two-moons'"):
-        fit_oracle(moons, x, encoder=initial_encoder(moons, x, config), config=config)
+        fit_oracle(moons, x, encoder=encoder_for(moons, x, config), config=config)
 
 
 def test_the_forward_kl_falls_on_the_conjugate_task():
@@ -43,7 +48,7 @@ def test_the_forward_kl_falls_on_the_conjugate_task():
     _, x = task.observations(16, 0)
     base = {"steps": 60, "encoder": "gaussian", "batch_size": 8, "lr": 3e-2, "progress": False}
     config = config_for("oracle", {**base, "seed": 0, "particles_per_step": 64}, None, 16)
-    encoder = initial_encoder(task, x, config)
+    encoder = encoder_for(task, x, config)
     before = gaussian_forward_kl(task, encoder, x)
     result = fit_oracle(task, x, encoder=encoder, config=config)
     after = gaussian_forward_kl(task, encoder, x)
@@ -74,7 +79,7 @@ def test_a_gaussian_encoder_reaches_the_exact_posterior_in_one_dimension():
             seed=phase,
             progress=False,
         )
-        encoder = encoder or initial_encoder(task, x, config)
+        encoder = encoder or encoder_for(task, x, config)
         fit_oracle(task, x, encoder=encoder, config=config)
     mean_p, cov_p = task.posterior_moments(x)
     sd_p = float(cov_p[0, 0, 0].sqrt())

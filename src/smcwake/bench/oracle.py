@@ -88,11 +88,12 @@ def fit_oracle(
         FloatingPointError: ``max_bad_steps`` non-finite losses or gradients in a row.
 
     >>> from smcwake.tasks import get
-    >>> from smcwake.bench.training import initial_encoder
+    >>> from smcwake.loop import initial_encoder
     >>> task = get("toy-collapse")
     >>> _, x = task.observations(8, 0)
     >>> config = TrainConfig(encoder="gaussian", steps=3, log_every=1, progress=False)
-    >>> result = fit_oracle(task, x, encoder=initial_encoder(task, x, config), config=config)
+    >>> encoder = initial_encoder(task.model, x, config, torch.Generator().manual_seed(0))
+    >>> result = fit_oracle(task, x, encoder=encoder, config=config)
     >>> result.history["step"], result.history["likelihood_evals"]
     ([1, 2, 3], [0, 0, 0])
     """
