@@ -50,6 +50,8 @@ from smcwake.tasks import Task, get
 from smcwake.train import TrainConfig
 
 RESULTS = ROOT / "docs" / "results" / "training-ablation.jsonl"
+FIGURE = ROOT / "docs" / "results" / "training-ablation-convergence.png"
+MODELS = ("two-moons", "spike-slab", "decay")
 REFERENCE_CACHE = ROOT / "runs" / "training-ablation" / "decay-reference.pt"
 NUM_OBSERVATIONS = 100
 SCORED = 10  # observations scored by C2ST (the first ones), as in docs/RESULTS.md
@@ -313,32 +315,87 @@ def _records() -> list[dict[str, Any]]:
     return [json.loads(line) for line in RESULTS.read_text().splitlines()]
 
 
-def write(out: Path) -> None:
-    """The ablation tables (one per model, C2ST and minutes per row) into ``out``."""
+def _standard_error(record: dict[str, Any]) -> float | None:
+    """Standard error of the mean C2ST over the scored observations (their spread / sqrt(n))."""
+    scores = record.get("c2st_per_observation") or []
+    return statistics.stdev(scores) / len(scores) ** 0.5 if len(scores) > 1 else None
+
+
+def write(out: Path, figure: Path) -> None:
+    """The ablation tables (one per model) into ``out`` and the convergence figure."""
     records = _records()
-    models = [
-        m for m in ("two-moons", "spike-slab", "decay") if any(r["model"] == m for r in records)
-    ]
+    models = [m for m in MODELS if any(r["model"] == m for r in records)]
     blocks = []
     for model in models:
-        rows = [r for r in records if r["model"] == model]
         lines = []
-        for r in rows:
+        for r in (r for r in records if r["model"] == model):
+            se = _standard_error(r)
             coverage = r.get("coverage_error")
+            last = r["monitor"][-1] if r.get("monitor") else None
             lines.append(
                 (
                     r["name"],
-                    f"{r['c2st']:.3f}",
+                    f"{r['c2st']:.3f}" + ("" if se is None else f" ± {se:.3f}"),
                     "" if coverage is None else f"{coverage:.3f}",
+                    "" if last is None else f"{last['bank_forward_kl']:.2f}",
+                    "" if last is None else f"{last['bank_ess']:.2f}",
+                    f"{r.get('cpu_time', r['wall_time']) / 60:.1f}",
                     f"{r['wall_time'] / 60:.1f}",
-                    "" if "steps" not in r else f"{r['steps']:,}",
+                    f"{r['steps']:,}" if "steps" in r else "",
                 )
             )
-        blocks.append(
-            f"**{model}**\n\n"
-            + table(["row", "C2ST", "coverage error", "minutes", "steps"], lines)
-        )
+        header = ["row", "C2ST ± se", "coverage error", "bank KL", "bank ESS", "CPU min"]
+        blocks.append(f"**{model}**\n\n" + table([*header, "wall min", "steps"], lines))
+    blocks.append(f"![convergence]({figure.relative_to(out.parent).as_posix()})")
     write_section("training-ablation", "\n\n".join(blocks), out)
+    plot_convergence(records, figure)
+
+
+def plot_convergence(records: list[dict[str, Any]], path: Path) -> None:
+    """C2ST at the checkpoints and the convergence signal of the history, per step; and the
+    gap to the floor against the ESS signal at every checkpoint of every run."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    floors = {r["model"]: r["c2st"] for r in records if r["name"].startswith("floor")}
+    shown = [r for r in records if r.get("monitor") and r["steps"] >= 4000]
+    fig, axes = plt.subplots(1, 4, figsize=(17, 3.8))
+    for r in shown:
+        label = f"{r['model']}: {r['name']}"
+        steps = [c["step"] for c in r["curve"]]
+        (line,) = axes[0].plot(steps, [c["c2st"] for c in r["curve"]], "o-", label=label)
+        monitor_steps = [m["step"] for m in r["monitor"]]
+        color = line.get_color()
+        axes[1].plot(monitor_steps, [m["bank_forward_kl"] for m in r["monitor"]], color=color)
+        axes[2].plot(monitor_steps, [m["bank_ess"] for m in r["monitor"]], color=color)
+    for value in floors.values():
+        axes[0].axhline(value, color="grey", lw=0.8, ls=":")
+    axes[0].set(xlabel="step", ylabel="C2ST (10 observations)", title="C2ST; dotted: SMC floor")
+    axes[1].set(xlabel="step", ylabel="nats", title="bank_forward_kl")
+    axes[2].set(xlabel="step", ylabel="fraction", title="bank_ess")
+    axes[0].legend(fontsize=6)
+    for model, marker in zip(MODELS, "os^", strict=True):
+        points = []
+        for r in records:
+            if r["model"] != model or not r.get("monitor"):
+                continue
+            monitor = {m["step"]: m["bank_ess"] for m in r["monitor"]}
+            points += [
+                (monitor[c["step"]], c["c2st"] - floors[model])
+                for c in r["curve"]
+                if c["step"] in monitor
+            ]
+        if points:
+            axes[3].scatter(*zip(*points, strict=True), marker=marker, label=model, alpha=0.7)
+    axes[3].axhline(0.02, color="grey", lw=0.8, ls=":")
+    axes[3].set(xlabel="bank_ess", ylabel="C2ST - floor", title="every checkpoint of every run")
+    axes[3].legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 # ------------------------------------------------------------------------------- command line
@@ -358,6 +415,9 @@ def main(argv: list[str] | None = None) -> None:
     r.add_argument("model")
     r.add_argument("name")
     r.add_argument("--set", action="append", metavar="KEY=JSON")
+    r.add_argument(
+        "--checkpoints", type=int, default=4, help="score at every 1/N of the steps (default 4)"
+    )
     f = sub.add_parser("floor", help="C2ST of run_smc's own particles")
     f.add_argument("models", nargs="+")
     pl = sub.add_parser("plan", help="every one-factor row not yet in the results")
@@ -365,20 +425,21 @@ def main(argv: list[str] | None = None) -> None:
     pl.add_argument("--only", nargs="+", help="factors or row names to run")
     w = sub.add_parser("write", help="render the tables into docs/RESULTS.md")
     w.add_argument("--out", type=Path, default=ROOT / "docs" / "RESULTS.md")
+    w.add_argument("--figure", type=Path, default=FIGURE)
     p.add_argument("--results", type=Path, help="JSON-lines file of the runs (default: docs/)")
     args = p.parse_args(argv)
     RESULTS = args.results or RESULTS
     torch.set_num_threads(1)
     if args.command == "run":
         if not _done(args.model, args.name):
-            run_one(args.model, args.name, _parse_settings(args.set))
+            run_one(args.model, args.name, _parse_settings(args.set), args.checkpoints)
     elif args.command == "floor":
         for model in args.models:
             floor(model)
     elif args.command == "plan":
         plan(args.models, args.only)
     else:
-        write(args.out)
+        write(args.out, args.figure)
 
 
 if __name__ == "__main__":
