@@ -321,6 +321,19 @@ def _standard_error(record: dict[str, Any]) -> float | None:
     return statistics.stdev(scores) / len(scores) ** 0.5 if len(scores) > 1 else None
 
 
+def _paired_difference(record: dict[str, Any], base: dict[str, Any] | None) -> str:
+    """Mean C2ST difference to the base row over the same observations, with its standard
+    error (the spread of the per-observation differences / sqrt(n)): the classifier's and the
+    observations' noise, not the training seed's."""
+    if base is None or record is base or record["name"].startswith("floor"):
+        return ""
+    diff = [
+        a - b
+        for a, b in zip(record["c2st_per_observation"], base["c2st_per_observation"], strict=True)
+    ]
+    return f"{statistics.fmean(diff):+.3f} ± {statistics.stdev(diff) / len(diff) ** 0.5:.3f}"
+
+
 def write(out: Path, figure: Path) -> None:
     """The ablation tables (one per model) into ``out`` and the convergence figure."""
     records = _records()
@@ -328,7 +341,9 @@ def write(out: Path, figure: Path) -> None:
     blocks = []
     for model in models:
         lines = []
-        for r in (r for r in records if r["model"] == model):
+        rows = [r for r in records if r["model"] == model]
+        base = next((r for r in rows if r["name"].startswith("base")), None)
+        for r in rows:
             se = _standard_error(r)
             coverage = r.get("coverage_error")
             last = r["monitor"][-1] if r.get("monitor") else None
@@ -336,6 +351,7 @@ def write(out: Path, figure: Path) -> None:
                 (
                     r["name"],
                     f"{r['c2st']:.3f}" + ("" if se is None else f" ± {se:.3f}"),
+                    _paired_difference(r, base),
                     "" if coverage is None else f"{coverage:.3f}",
                     "" if last is None else f"{last['bank_forward_kl']:.2f}",
                     "" if last is None else f"{last['bank_ess']:.2f}",
@@ -344,8 +360,9 @@ def write(out: Path, figure: Path) -> None:
                     f"{r['steps']:,}" if "steps" in r else "",
                 )
             )
-        header = ["row", "C2ST ± se", "coverage error", "bank KL", "bank ESS", "CPU min"]
-        blocks.append(f"**{model}**\n\n" + table([*header, "wall min", "steps"], lines))
+        header = ["row", "C2ST ± se", "minus base", "coverage error", "bank KL", "bank ESS"]
+        header += ["CPU min", "wall min", "steps"]
+        blocks.append(f"**{model}**\n\n" + table(header, lines))
     blocks.append(f"![convergence]({figure.relative_to(out.parent).as_posix()})")
     write_section("training-ablation", "\n\n".join(blocks), out)
     plot_convergence(records, figure)
