@@ -327,9 +327,9 @@ def _combine_histories(histories: list[dict[str, list]], sizes: list[int]) -> di
     """One history for the run: rows are logged at the same steps on every rank.
 
     ``loss`` and ``decoder_loss``: mean over ranks (the global-minibatch loss); counters
-    (``likelihood_evals``, ``simulations``, ``smc_runs``): sums; ``runs_per_obs``: mean
-    weighted by shard size; ``wall_time``: maximum; ``step`` and ``skipped_steps`` agree on
-    every rank and are rank 0's.
+    (``likelihood_evals``, ``simulations``, ``smc_runs``, ``unmixed_runs``): sums;
+    ``runs_per_obs``: mean weighted by shard size; ``wall_time``: maximum; ``step`` and
+    ``skipped_steps`` agree on every rank and are rank 0's.
     """
     lengths = {len(h["step"]) for h in histories}
     if len(lengths) != 1 or any(h["step"] != histories[0]["step"] for h in histories):
@@ -341,7 +341,7 @@ def _combine_histories(histories: list[dict[str, list]], sizes: list[int]) -> di
     combined: dict[str, list] = {}
     for key, column in histories[0].items():
         columns = [h[key] for h in histories]
-        if key in ("likelihood_evals", "simulations", "smc_runs"):
+        if key in ("likelihood_evals", "simulations", "smc_runs", "unmixed_runs"):
             combined[key] = [sum(values) for values in zip(*columns, strict=True)]
         elif key == "runs_per_obs":
             combined[key] = [

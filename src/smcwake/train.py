@@ -87,7 +87,7 @@ class SMCOptions:
     ess_target: float = 0.5
     resample_threshold: float = 0.5
     resampling: str = "systematic"
-    kernel: str = "mixture+rwmh"
+    kernel: str = "auto"
     num_mcmc_steps: int | None = None
     max_stages: int = 500
 
@@ -142,7 +142,9 @@ class TrainConfig:
             M * K for (a)).
         smc: SMC settings.
         smc_batch_size: observations per batched SMC call.
-        use_unconverged: store SMC runs that stopped at max_stages (off: they are dropped).
+        use_unconverged: store SMC runs that stopped at max_stages, or whose particles did not
+            decorrelate in some stage (``SMCResult.mixed``; off: both are dropped and counted
+            in the history's ``unmixed_runs``).
         grad_clip: clip the gradient norm (None: off).
         max_bad_steps: stop after this many consecutive non-finite losses.
         max_evals: stop once this many likelihood evaluations were made (None: no cap).
@@ -479,9 +481,12 @@ def _run_and_store(
     config: TrainConfig,
     generator: torch.Generator,
     step: int,
-) -> tuple[int, int]:
-    """SMC for observations ``idx`` in batches; store the usable runs. Returns (evals, runs)."""
-    evals = runs = 0
+) -> tuple[int, int, int]:
+    """SMC for observations ``idx`` in batches; store the usable runs.
+
+    Returns (evals, stored runs, runs that reached tau = 1 unmixed).
+    """
+    evals = runs = unmixed = 0
     opts = config.smc
     for start in range(0, idx.numel(), config.smc_batch_size):
         chunk = idx[start : start + config.smc_batch_size]
@@ -489,7 +494,10 @@ def _run_and_store(
             result = _smc(model, x[chunk], chunk, config, generator, encoder)
         evals += int(result.num_likelihood_evals.sum())
         bank.excluded[chunk[result.zero_likelihood]] = True
-        usable = result.converged | (config.use_unconverged & ~result.zero_likelihood)
+        usable = (result.converged & result.mixed) | (
+            config.use_unconverged & ~result.zero_likelihood
+        )
+        unmixed += int((result.converged & ~result.mixed).sum())
         keep = torch.nonzero(usable).flatten()
         bank.add(
             chunk[keep],
@@ -503,11 +511,12 @@ def _run_and_store(
         dropped = int((~usable & ~result.zero_likelihood).sum())
         if dropped:
             logger.warning(
-                "dropped %d SMC runs that did not reach tau=1 (max_stages=%d)",
+                "dropped %d SMC runs that did not reach tau=1 (max_stages=%d) or whose "
+                "particles did not decorrelate (SMCResult.mixed)",
                 dropped,
                 opts.max_stages,
             )
-    return evals, runs
+    return evals, runs, unmixed
 
 
 # ---------------------------------------------------------------------------- fit
@@ -633,9 +642,10 @@ def fit(
             "skipped_steps",
             "wall_time",
             "decoder_loss",
+            "unmixed_runs",
         )
     }
-    step, evals, sims, smc_runs, skipped, elapsed = 0, 0, 0, 0, 0, 0.0
+    step, evals, sims, smc_runs, skipped, elapsed, unmixed = 0, 0, 0, 0, 0, 0.0, 0
     initial_next = 0  # the next observation of the initial SMC pass
     fingerprint = None  # the model's, for checkpoints (recomputed each time with a decoder)
     if checkpoint is not None:
@@ -657,7 +667,10 @@ def fit(
                 "the model and encoder it was made with, or a new run_dir"
             ) from err
         history = checkpoint["history"]
-        step, evals, sims, smc_runs, skipped, elapsed, initial_next = checkpoint["counters"]
+        counters = checkpoint["counters"]
+        step, evals, sims, smc_runs, skipped, elapsed, initial_next = counters[:7]
+        unmixed = counters[7] if len(counters) > 7 else 0
+        history.setdefault("unmixed_runs", [0] * len(history["step"]))
         if history["step"] and history["step"][-1] % config.log_every:
             for column in history.values():  # an end-of-run row; the resumed run logs on
                 column.pop()
@@ -684,7 +697,7 @@ def fit(
             "chains": chains,
             "generator": generator.get_state(),
             "history": history,
-            "counters": (step, evals, sims, smc_runs, skipped, elapsed, initial_next),
+            "counters": (step, evals, sims, smc_runs, skipped, elapsed, initial_next, unmixed),
             "model": model_id(),
         }
         _atomic_save(state, run_path / CHECKPOINT_NAME)
@@ -714,8 +727,9 @@ def fit(
             chunk = torch.arange(
                 initial_next, min(n, initial_next + config.smc_batch_size), device=device
             )
-            e, r = _run_and_store(model, encoder, x, chunk, bank, config, generator, step)
+            e, r, u = _run_and_store(model, encoder, x, chunk, bank, config, generator, step)
             evals, smc_runs, initial_next = evals + e, smc_runs + r, int(chunk[-1]) + 1
+            unmixed += u
             if initial_next == n or stop.signum is not None:
                 save()  # the initial SMC is the costliest part of a run: keep it
         if stop.signum is not None:
@@ -729,8 +743,8 @@ def fit(
                 ]
                 if decoder is not None and config.stale_after is not None:
                     bank.drop_older_than(step - config.stale_after)
-                e, r = _run_and_store(model, encoder, x, pick, bank, config, generator, step)
-                evals, smc_runs = evals + e, smc_runs + r
+                e, r, u = _run_and_store(model, encoder, x, pick, bank, config, generator, step)
+                evals, smc_runs, unmixed = evals + e, smc_runs + r, unmixed + u
                 eligible = ~bank.excluded & bank.has_runs
             pool = (
                 torch.arange(n, device=device)
@@ -742,8 +756,9 @@ def fit(
                 empty = sync.agree(empty)
             if empty:
                 raise RuntimeError(
-                    "no observation has a usable SMC run (all zero likelihood or unconverged); "
-                    "raise smc.max_stages or set use_unconverged=True"
+                    "no observation has a usable SMC run (all zero likelihood, unconverged or "
+                    "unmixed); raise smc.max_stages or smc.num_mcmc_steps, or set "
+                    "use_unconverged=True"
                 )
             idx = pool[
                 torch.randperm(pool.numel(), generator=generator, device=device)[
@@ -802,6 +817,7 @@ def fit(
                     "skipped_steps": skipped,
                     "wall_time": time.perf_counter() - start,
                     "decoder_loss": float(dec_loss.detach()) if decoder is not None else None,
+                    "unmixed_runs": unmixed,
                 }
                 for key, value in row.items():
                     history[key].append(value)
