@@ -205,6 +205,7 @@ def plot(results: list[tuple[str, int, dict]], path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     problems = list(dict.fromkeys(p for p, _, _ in results))
     fig, axes = plt.subplots(1, len(problems), figsize=(4.2 * len(problems), 3.8), squeeze=False)
@@ -229,6 +230,8 @@ def plot(results: list[tuple[str, int, dict]], path: Path) -> None:
                 )
         ax.set_xscale("log")
         ax.set_yscale("log")
+        # minor-tick labels of a log axis spanning about a decade run into each other
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_title(name)
         ax.set_xlabel("seconds per observation")
         ax.grid(alpha=0.3)

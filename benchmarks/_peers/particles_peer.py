@@ -17,6 +17,13 @@ from _peers.problems import Problem
 
 NAME = "particles"
 LEN_CHAIN = 10
+# Stands for log 0 in the two-moons likelihood. particles searches the next temperature with
+# brentq on [1e-12, 1 - current]; at 1e-12 a log-likelihood of -inf already gives a point zero
+# weight, so when fewer than the ESS target of the prior draws have a nonzero likelihood (most
+# of them do not on two-moons) the search has no sign change and the run stops. A floor with
+# 1e-12 x floor near 0 keeps the search bracketed, and exp(floor) is 0 in float64, so the
+# target, log Z and the posterior are unchanged.
+ZERO_LIKELIHOOD_FLOOR = -1e6
 
 
 def _restore_numpy_aliases() -> None:
@@ -39,7 +46,9 @@ def unavailable() -> str | None:
 def settings(kernel: str | None = None) -> str:
     return (
         f"`AdaptiveTempering` (waste-free, N = K/{LEN_CHAIN} x len_chain {LEN_CHAIN}, "
-        "adaptive random walk), a loop over observations, NumPy float64"
+        "adaptive random walk), a loop over observations, NumPy float64; two-moons' zero "
+        f"likelihood written as log-likelihood {ZERO_LIKELIHOOD_FLOOR:g} (with -inf its "
+        "temperature search finds no bracket and the run stops)"
     )
 
 
@@ -60,7 +69,11 @@ class Runner:
         else:
             law = dists.IndepProd(*[dists.Uniform(-1.0, 1.0) for _ in range(d)])
         self.prior = dists.StructDist({"z": law})
-        loglik = log_likelihood(problem)
+        exact = log_likelihood(problem)
+
+        def loglik(z, x):
+            return np.maximum(exact(z, x), ZERO_LIKELIHOOD_FLOOR)
+
         self.count = 0
         runner = self
 
