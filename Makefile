@@ -9,7 +9,7 @@ $(BIN)/smcwake: pyproject.toml requirements.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -r requirements.txt
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -c requirements.txt -e '.[dev,arviz]'
 	touch $(BIN)/smcwake
 
 install: $(BIN)/smcwake

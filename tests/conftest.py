@@ -26,6 +26,15 @@ def _isolated_torch_state():
     assert after == before, f"test changed torch global state: {before} -> {after}"
 
 
+@pytest.fixture
+def one_thread():
+    """One intra-op thread (small tensors; and results reproduce bit for bit), then restored."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if torch.cuda.is_available():
         return

@@ -49,9 +49,23 @@ def test_fit_writes_metrics_and_report_then_resumes(tmp_path, capsys):
     assert (out / "report.md").exists()
     assert (out / "curves.png").exists()
     assert f"report: {out / 'report.md'}" in capsys.readouterr().out
+    # the folder holds a run: without --resume or --overwrite it is left alone
+    before = (out / "metrics.json").read_bytes()
+    assert cli.main([*common, "--steps", "20", "--out", str(out), *opts]) == 2
+    assert "already holds a run (checkpoint.pt, history.json, results.json)" in (
+        err := capsys.readouterr().err
+    )
+    assert "--resume" in err
+    assert "--overwrite" in err
+    assert (out / "metrics.json").read_bytes() == before
+    with pytest.raises(SystemExit):  # one or the other
+        cli.main([*common, "--out", str(out), "--resume", "--overwrite", *opts])
     assert cli.main([*common, "--steps", "20", "--out", str(out), "--resume", *opts]) == 0
     history = json.loads((out / "history.json").read_text())["history"]
     assert history["step"][-1] == 20
+    assert cli.main([*common, "--steps", "5", "--out", str(out), "--overwrite", *opts]) == 0
+    history = json.loads((out / "history.json").read_text())["history"]
+    assert history["step"] == [1, 2, 3, 4, 5]  # a new run (the bench logs every step)
 
 
 def test_fit_refuses_a_method_the_task_cannot_run(tmp_path, capsys):
@@ -75,6 +89,16 @@ def test_bench_then_report_rebuilds_from_json(tmp_path, capsys):
     assert cli.main(["report", str(out)]) == 0
     assert (out / "report.md").read_text() == report
     assert (out / "curves.png").exists()
+    # run again into the same folder: refused unless --resume (reuse) or --overwrite (afresh)
+    assert cli.main(args) == 2
+    assert "already holds a run (results.json, runs)" in capsys.readouterr().err
+    runs = json.loads((out / "results.json").read_text())["methods"]
+    assert cli.main([*args, "--resume"]) == 0
+    assert json.loads((out / "results.json").read_text())["methods"] == runs  # all reused
+    again = [*args[: args.index("--methods") + 1], "wake", *args[args.index("--seeds") :]]
+    assert cli.main([*again, "--steps", "4", "--overwrite"]) == 0
+    runs = json.loads((out / "results.json").read_text())["methods"]["wake"]["runs"]
+    assert [run["steps"] for run in runs] == [4, 4]
 
 
 def test_demo_on_a_tiny_budget(tmp_path, monkeypatch, capsys):
@@ -93,6 +117,21 @@ def test_demo_on_a_tiny_budget(tmp_path, monkeypatch, capsys):
     assert "C2ST" in printed
     assert (out / "posteriors.png").exists()
     assert (out / "coverage.png").exists()
+    assert f"figure: {out / 'pairplot.png'}" in printed  # smcwake.plot's figures
+    assert (out / "coverage_band.png").exists()
+    # a second demo into the folder continues the first; --overwrite starts afresh
+    assert cli.main(["--threads", "1", "demo", "--out", str(out), "--steps", "6"]) == 0
+    assert f"continuing the demo in {out}" in capsys.readouterr().out
+    assert json.loads((out / "history.json").read_text())["history"]["step"][-1] == 6
+    assert cli.main(["demo", "--out", str(out), "--steps", "2", "--overwrite"]) == 0
+    assert "continuing" not in capsys.readouterr().out
+    assert json.loads((out / "history.json").read_text())["history"]["step"] == [1, 2]
+
+
+def test_demo_refuses_a_folder_that_holds_another_kind_of_run(tmp_path, capsys):
+    (tmp_path / "results.json").write_text(json.dumps({"kind": "bench"}))
+    assert cli.main(["demo", "--out", str(tmp_path), "--steps", "2"]) == 2
+    assert "holds a bench run, not a demo; pass --overwrite" in capsys.readouterr().err
 
 
 def test_python_dash_m_smcwake():

@@ -26,6 +26,7 @@ from smcwake.distributed import (
     LAYOUT_NAME,
     SUMMARY_NAME,
     DistributedSynchronizer,
+    _combine_histories,
     fit_distributed,
     main,
     rank_seed,
@@ -340,3 +341,14 @@ def test_torchrun_launch_and_resume_on_the_same_world_size(tmp_path):
         assert torch.equal(value, states[1]["encoder"][key]), key
     summary = json.loads((out / SUMMARY_NAME).read_text())
     assert summary["history"]["step"][-1] == 30
+
+
+def test_combined_history_sums_counters_and_averages_losses():
+    """Counts of work and of dropped runs add up over ranks; losses are the global mean."""
+    rank0 = {"step": [1, 2], "loss": [1.0, 3.0], "smc_runs": [4, 8], "unmixed_runs": [0, 1]}
+    rank1 = {"step": [1, 2], "loss": [3.0, 5.0], "smc_runs": [4, 7], "unmixed_runs": [2, 2]}
+    combined = _combine_histories([rank0, rank1], sizes=[5, 5])
+    assert combined["step"] == [1, 2]
+    assert combined["loss"] == [2.0, 4.0]
+    assert combined["smc_runs"] == [8, 15]
+    assert combined["unmixed_runs"] == [2, 3]

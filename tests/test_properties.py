@@ -1,8 +1,11 @@
 """Property-based tests: random shapes and values (NaN, inf, huge magnitudes, tiny B, K, d) fed
 to run_smc and to every objective give either a correct result or a clear ValueError/TypeError,
-never a silent NaN."""
+never a silent NaN; fit stopped at a random point and resumed equals the uninterrupted run."""
 
 import math
+import os
+import signal
+import tempfile
 
 import pytest
 import torch
@@ -10,10 +13,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch.distributions import Independent, Normal
 
-from smcwake import Model, run_smc
+from smcwake import Model, fit, run_smc
 from smcwake.bank import ParticleBank
 from smcwake.encoders import GaussianEncoder
-from smcwake.objectives import OBJECTIVES, SMC_WAKE_METHODS, Batch, Context
+from smcwake.objectives import METHOD_NAMES, SMC_WAKE_METHODS, Batch, Context, get_objective
 
 MAX_STAGES = 30
 PROPERTY = settings(
@@ -203,7 +206,8 @@ def test_objectives_return_a_loss_that_is_never_nan(problem, K, runs_per_step, s
     if finite_x:  # as fit does: standardize with the data and prior draws
         encoder.set_standardization(x=x, z=model.sample_prior((256,), generator=g))
     idx = torch.arange(B)
-    for name, objective in OBJECTIVES.items():
+    for name in METHOD_NAMES:
+        objective = get_objective(name)
         bank = None
         if name in SMC_WAKE_METHODS and finite_x:
             try:
@@ -241,3 +245,131 @@ def test_objectives_return_a_loss_that_is_never_nan(problem, K, runs_per_step, s
             loss.backward()
         else:  # +inf only where the loss really is infinite: q or p has zero density
             assert loss == math.inf, name
+
+
+# ------------------------------------------------------------------- fit: stop anywhere, resume
+# every SMC-Wake estimator, and baselines that call the likelihood in their objective (wake,
+# msc, iwae) or never (sleep)
+RESUME_METHODS = [*SMC_WAKE_METHODS, "wake", "msc", "iwae", "sleep"]
+
+
+class CountingLikelihood:
+    """The conjugate Gaussian likelihood; sends SIGINT to this process on call ``stop_on``."""
+
+    def __init__(self, stop_on: int | None = None) -> None:
+        self.calls, self.stop_on = 0, stop_on
+
+    def __call__(self, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        if self.calls == self.stop_on:
+            os.kill(os.getpid(), signal.SIGINT)
+        return Normal(z, 0.5).log_prob(x[:, None, :]).sum(-1)
+
+
+def resume_problem(stop_on: int | None = None):
+    prior = Independent(Normal(torch.zeros(2).double(), 2 * torch.ones(2).double()), 1)
+    loglik = CountingLikelihood(stop_on)
+    model = Model(prior, loglik, simulate=lambda z: z + 0.5 * torch.randn_like(z))
+    x = torch.randn(8, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 2
+    return model, x, loglik
+
+
+def resume_settings(method: str, kernel: str, smc_batch_size: int, checkpoint_every: int):
+    return dict(
+        encoder="gaussian",
+        method=method,
+        steps=9,
+        num_particles=20,
+        num_proposals=8,
+        batch_size=4,
+        refresh_every=4,
+        refresh_size=3,
+        smc_batch_size=smc_batch_size,  # 3: the initial SMC pass takes three batches
+        smc={"kernel": kernel, "num_mcmc_steps": 2},
+        max_runs=3,
+        num_resampled=5,
+        particles_per_step=16,
+        checkpoint_every=checkpoint_every,
+        log_every=1,
+        progress=False,
+        seed=1,
+    )
+
+
+_UNINTERRUPTED: dict[tuple, tuple] = {}
+
+
+def uninterrupted(method: str, kernel: str, smc_batch_size: int):
+    """The run without a stop, and how many likelihood calls it makes (cached per settings)."""
+    key = (method, kernel, smc_batch_size)
+    if key not in _UNINTERRUPTED:
+        model, x, loglik = resume_problem()
+        with tempfile.TemporaryDirectory() as run_dir:  # a run_dir fingerprints the model too
+            out = fit(model, x, run_dir=run_dir, **resume_settings(*key, checkpoint_every=1000))
+        _UNINTERRUPTED[key] = (out, loglik.calls)
+    return _UNINTERRUPTED[key]
+
+
+def same_run(a, b) -> None:
+    """Bit-identical training: parameters, every history column but wall time, bank."""
+    for (name, p), q in zip(
+        a.encoder.state_dict().items(), b.encoder.state_dict().values(), strict=True
+    ):
+        assert torch.equal(p, q), name
+    for column, values in a.history.items():
+        if column != "wall_time":
+            assert b.history[column] == values, column
+    assert (a.bank is None) == (b.bank is None)
+    if a.bank is not None:
+        for name, value in a.bank.state_dict().items():
+            other = b.bank.state_dict()[name]
+            assert torch.equal(value, other) if isinstance(value, torch.Tensor) else value == other
+
+
+def check_resume_anywhere(data, method: str, kernel: str, smc_batch_size: int) -> None:
+    whole, total_calls = uninterrupted(method, kernel, smc_batch_size)
+    checkpoint_every = data.draw(st.integers(1, 10), label="checkpoint_every")
+    settings = resume_settings(method, kernel, smc_batch_size, checkpoint_every)
+    # a stop at a likelihood call lands anywhere: the model's fingerprint, any batch of the
+    # initial SMC pass, a refresh, an objective; a callback stops after a given step (sleep
+    # never calls the likelihood, so it is always stopped that way)
+    by_signal = total_calls > 0 and data.draw(st.booleans(), label="stop by SIGINT")
+    with tempfile.TemporaryDirectory() as run_dir:
+        if by_signal:
+            call = data.draw(st.integers(1, total_calls), label="SIGINT at likelihood call")
+            model, x, _ = resume_problem(stop_on=call)
+            with pytest.raises(KeyboardInterrupt):
+                fit(model, x, run_dir=run_dir, **settings)
+        else:
+            last = data.draw(st.integers(1, settings["steps"]), label="callback stops at step")
+            model, x, _ = resume_problem()
+            fit(model, x, run_dir=run_dir, callbacks=[lambda s, e, r: s == last], **settings)
+        model, x, _ = resume_problem()
+        resumed = fit(model, x, run_dir=run_dir, resume=True, **settings)
+    same_run(whole, resumed)
+
+
+RESUME_PROPERTY = settings(PROPERTY, max_examples=12)
+RESUME_CASES = dict(
+    data=st.data(),
+    method=st.sampled_from(RESUME_METHODS),
+    kernel=st.sampled_from(["rwmh", "mixture+rwmh"]),
+    smc_batch_size=st.sampled_from([3, 8]),
+)
+
+
+@RESUME_PROPERTY
+@given(**RESUME_CASES)
+def test_fit_stopped_anywhere_and_resumed_equals_the_uninterrupted_run(
+    data, method, kernel, smc_batch_size
+):
+    check_resume_anywhere(data, method, kernel, smc_batch_size)
+
+
+@pytest.mark.slow
+@settings(RESUME_PROPERTY, max_examples=150)
+@given(**RESUME_CASES)
+def test_fit_stopped_anywhere_and_resumed_equals_the_uninterrupted_run_many(
+    data, method, kernel, smc_batch_size
+):
+    check_resume_anywhere(data, method, kernel, smc_batch_size)

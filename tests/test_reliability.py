@@ -141,14 +141,45 @@ def test_observations_with_the_wrong_number_of_columns_are_named():
         run_smc(model, x3, 20, generator=g0())
 
 
+def test_a_likelihood_that_fails_on_its_first_call_is_not_blamed_on_x_alone():
+    def broken(z, x):
+        raise RuntimeError("emulator weights were never loaded")
+
+    model, x = conjugate(loglik=broken)
+    with pytest.raises(ValueError, match="does not mention shapes: the likelihood itself") as info:
+        run_smc(model, x, 20, generator=g0())
+    assert "emulator weights were never loaded" in str(info.value)
+    assert isinstance(info.value.__cause__, RuntimeError)  # the user's traceback is kept
+    # a shape mismatch still points to x's columns first, and names the other possibility
+    model, x = conjugate()
+    with pytest.raises(ValueError, match=r"points to shapes: x may not have.*or the likelihood"):
+        run_smc(model, torch.cat([x, x[:, :1]], dim=1), 20, generator=g0())
+
+
+class _NoSupport(torch.distributions.Distribution):
+    """A user's prior that forgot to declare its support."""
+
+    arg_constraints = {}
+
+    def __init__(self):
+        super().__init__(event_shape=torch.Size([D]), validate_args=False)
+
+    def sample(self, sample_shape=()):
+        return torch.randn(*sample_shape, D)
+
+    def log_prob(self, value):
+        return Normal(0.0, 1.0).log_prob(value).sum(-1)
+
+
 @pytest.mark.parametrize(
     ("prior", "error", "message"),
     [
+        (_NoSupport(), TypeError, r"_NoSupport does not define `support`.*real_vector"),
         (Normal(0.0, 1.0), ValueError, r"event_shape \[d\].*event_shape \[\].*Independent"),
         (Normal(torch.zeros(3), 1.0), ValueError, r"batch_shape \[3\].*Independent"),
         ("normal", TypeError, "torch.distributions.Distribution, received str"),
     ],
-    ids=["scalar", "batched", "not-a-distribution"],
+    ids=["no-support", "scalar", "batched", "not-a-distribution"],
 )
 def test_model_needs_a_prior_with_one_event_dimension(prior, error, message):
     with pytest.raises(error, match=message):
@@ -274,13 +305,115 @@ def test_run_smc_rejects_invalid_options(options, message):
         (dict(max_stages=2.5), "max_stages"),
         (dict(min_increment=0.0), "min_increment"),
         (dict(min_increment=-1e-9), "min_increment"),
+        (dict(generator=0), r"generator: expected a torch.Generator .*received int.*seed=0"),
+        (dict(seed="0"), "seed: expected an integer or None, received '0'"),
+        (dict(seed=0, generator=g0()), "seed and generator: pass one of them, not both"),
+        (dict(num_mcmc_steps=2.5), "num_mcmc_steps: expected None or an integer >= 1.*2.5"),
+        (dict(dtype=torch.int32), r"dtype: expected .*torch.float64, received torch.int32"),
+        (dict(dtype=torch.float16), "dtype: .*received torch.float16"),
+        (dict(dtype="float64"), "dtype: .*received 'float64'"),
     ],
-    ids=["ess-str", "max-stages-float", "min-increment-0", "min-increment-negative"],
+    ids=[
+        "ess-str",
+        "max-stages-float",
+        "min-increment-0",
+        "min-increment-negative",
+        "generator-int",
+        "seed-str",
+        "seed-and-generator",
+        "mcmc-steps-float",
+        "dtype-int32",
+        "dtype-float16",
+        "dtype-str",
+    ],
 )
 def test_run_smc_rejects_mistyped_options(options, message):
     model, x = conjugate()
     with pytest.raises((ValueError, TypeError), match=message):
-        run_smc(model, x, 20, **options, generator=g0())
+        run_smc(model, x, 20, **{"generator": g0(), **options})
+
+
+def test_run_smc_seed_is_a_generator_seeded_with_it():
+    model, x = conjugate(4)
+    by_seed = run_smc(model, x, 30, seed=7)
+    by_generator = run_smc(model, x, 30, generator=torch.Generator().manual_seed(7))
+    assert torch.equal(by_seed.particles, by_generator.particles)
+    assert torch.equal(by_seed.log_evidence, by_generator.log_evidence)
+    assert not torch.equal(run_smc(model, x, 30, seed=8).particles, by_seed.particles)
+
+
+def test_run_smc_runs_half_precision_observations_in_the_prior_precision():
+    # x only conditions the likelihood: it is converted to the run's dtype (the prior's, or
+    # dtype=), which is exact from float16 and bfloat16, so the run is the one on those values
+    model, x = conjugate(4)
+    for low in (torch.float16, torch.bfloat16):
+        result = run_smc(model, x.to(low), 30, generator=g0())
+        same_values = run_smc(model, x.to(low).double(), 30, generator=g0())
+        assert result.particles.dtype == torch.float64
+        assert torch.equal(result.log_evidence, same_values.log_evidence)
+
+
+class _Emulator(torch.nn.Module):
+    """A learnable stand-in for a neural emulator: mean = z @ W + b, Gaussian noise."""
+
+    def __init__(self):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.eye(D, dtype=torch.float64))
+        self.bias = torch.nn.Parameter(torch.zeros(D, dtype=torch.float64))
+
+    def forward(self, z, x):
+        return Normal(z @ self.weight + self.bias, NOISE_SD).log_prob(x[:, None, :]).sum(-1)
+
+
+def _parameter_noise_loglik():
+    noise = torch.nn.Parameter(torch.tensor(NOISE_SD, dtype=torch.float64))
+
+    def loglik(z, x):
+        return Normal(z, noise).log_prob(x[:, None, :]).sum(-1)
+
+    return loglik, [noise]
+
+
+def _emulator_loglik():
+    emulator = _Emulator()
+    return emulator, list(emulator.parameters())
+
+
+def _kernels_by_name():
+    from smcwake.smc.kernels import ENCODER_KERNEL_NAMES, KERNEL_NAMES, get_kernel
+
+    encoder = GaussianEncoder(D, D).double()
+    built = [
+        (name, lambda n=name: get_kernel(n, encoder=encoder)) for name in ENCODER_KERNEL_NAMES
+    ]
+    return [(name, lambda n=name: n) for name in KERNEL_NAMES] + built
+
+
+@pytest.mark.parametrize(
+    "likelihood",
+    [_parameter_noise_loglik, _emulator_loglik],
+    ids=["parameter-noise", "module-emulator"],
+)
+@pytest.mark.parametrize(
+    ("name", "kernel"), _kernels_by_name(), ids=lambda v: v if isinstance(v, str) else ""
+)
+def test_run_smc_with_a_likelihood_whose_output_requires_grad(likelihood, name, kernel):
+    # premise: the likelihood's output is part of an autograd graph
+    loglik, parameters = likelihood()
+    _, x = conjugate(4)
+    assert loglik(torch.zeros(4, 3, D, dtype=torch.float64), x).requires_grad
+    model = Model(conjugate()[0].prior, loglik)
+    result = run_smc(model, x, 30, kernel=kernel(), generator=g0())
+    # no graph was kept and no gradient reached the parameters
+    assert not any(t.requires_grad for t in result if isinstance(t, torch.Tensor))
+    assert all(p.grad is None for p in parameters)
+    # the same numbers as the same likelihood with its parameters frozen
+    for p in parameters:
+        p.requires_grad_(False)
+    frozen = run_smc(Model(model.prior, loglik), x, 30, kernel=kernel(), generator=g0())
+    assert bool(frozen.converged.all()), name
+    assert torch.equal(result.particles, frozen.particles), name
+    assert torch.equal(result.log_evidence, frozen.log_evidence), name
 
 
 @pytest.mark.parametrize(
@@ -613,12 +746,14 @@ SETTINGS = dict(
 )
 
 
-def build(signal_on_call=None):
+def build(signal_on_smc_call=None):
     calls = [0]
 
     def loglik(z, x):
+        if z.shape[1] != SETTINGS["num_particles"]:  # the model's fingerprint, not SMC
+            return Normal(z, 0.5).log_prob(x[:, None, :]).sum(-1)
         calls[0] += 1
-        if calls[0] == signal_on_call:
+        if calls[0] == signal_on_smc_call:
             os.kill(os.getpid(), signal.SIGTERM)
         return Normal(z, 0.5).log_prob(x[:, None, :]).sum(-1)
 
@@ -638,7 +773,7 @@ if __name__ == "__main__":
             fh.write(f"{step}\\n")
         time.sleep(0.05)  # slow enough for the parent to interrupt mid-run
 
-    model, x = build(signal_on_call=1 if mode == "term-in-initial-smc" else None)
+    model, x = build(signal_on_smc_call=1 if mode == "term-in-initial-smc" else None)
     fit(model, x, run_dir=run_dir, callbacks=[record], **SETTINGS)
 '''
 
@@ -725,10 +860,12 @@ def test_sigterm_from_outside_writes_a_checkpoint_at_the_step_it_stopped(
 def test_sigterm_during_the_initial_smc_writes_a_checkpoint(tmp_path, training_script):
     script, module, whole = training_script
     run_dir = tmp_path / "run"
-    proc = start(script, run_dir, "term-in-initial-smc")  # the first likelihood call signals
+    proc = start(script, run_dir, "term-in-initial-smc")  # the first SMC evaluation signals
     proc.wait(timeout=120)
     assert proc.returncode == 128 + signal.SIGTERM
-    assert (run_dir / CHECKPOINT_NAME).exists()
+    # the batch in progress (smc_batch_size=4 of 16 observations) finished and was saved
+    counters = torch.load(run_dir / CHECKPOINT_NAME, weights_only=False)["counters"]
+    assert counters[6] == 4  # the next observation of the initial SMC
     model, x = module.build()
     resumed = fit(model, x, run_dir=run_dir, resume=True, **module.SETTINGS)
     same_training(whole, resumed)
@@ -801,3 +938,266 @@ def test_a_checkpoint_that_does_not_fit_the_model_is_refused(tmp_path, case):
         model = Model(prior, lambda z, x: Normal(z[..., :2], 1.0).log_prob(x[:, None]).sum(-1))
     with pytest.raises(ValueError, match="checkpoint"):
         fit(model, x, run_dir=tmp_path, resume=True, **small())
+
+
+# ============================================================================ 4. run folders
+class Counted:
+    """A likelihood that counts its calls (to show that a check came before any of them)."""
+
+    def __init__(self, loglik=gaussian_loglik):
+        self.calls, self.loglik = 0, loglik
+
+    def __call__(self, z, x):
+        self.calls += 1
+        return self.loglik(z, x)
+
+
+def run_files(run_dir: Path) -> dict[str, bytes]:
+    return {name: (run_dir / name).read_bytes() for name in (CHECKPOINT_NAME, "history.json")}
+
+
+def test_a_finished_run_is_not_overwritten_by_accident(tmp_path):
+    model, x = conjugate()
+    fit(model, x, run_dir=tmp_path, **small(steps=20))
+    before = run_files(tmp_path)
+    counted = Counted()
+    model, x = conjugate(loglik=counted)
+    refused = (
+        r"already holds a run \(checkpoint.pt, history.json\); pass resume=True .*overwrite=True"
+    )
+    with pytest.raises(ValueError, match=refused):
+        fit(model, x, run_dir=tmp_path, **small(steps=1))
+    with pytest.raises(ValueError, match="resume=True and overwrite=True: choose one"):
+        fit(model, x, run_dir=tmp_path, resume=True, overwrite=True, **small(steps=1))
+    assert counted.calls == 0  # refused before any likelihood evaluation
+    assert run_files(tmp_path) == before
+    # asked to, it replaces the run
+    out = fit(model, x, run_dir=tmp_path, overwrite=True, **small(steps=1))
+    assert out.history["step"] == [1]
+    assert json.loads((tmp_path / "history.json").read_text())["history"]["step"] == [1]
+    assert torch.load(tmp_path / CHECKPOINT_NAME, weights_only=False)["counters"][0] == 1
+
+
+def test_a_history_without_its_checkpoint_is_not_overwritten_by_a_resume(tmp_path):
+    # a finished benchmark run keeps its history and drops its checkpoint
+    model, x = conjugate()
+    fit(model, x, run_dir=tmp_path, **small(steps=5))
+    (tmp_path / CHECKPOINT_NAME).unlink()
+    history = (tmp_path / "history.json").read_bytes()
+    with pytest.raises(ValueError, match=r"already holds a run \(history.json\)"):
+        fit(model, x, run_dir=tmp_path, **small())
+    with pytest.raises(ValueError, match="holds history.json but no checkpoint.pt to resume"):
+        fit(model, x, run_dir=tmp_path, resume=True, **small())
+    assert (tmp_path / "history.json").read_bytes() == history
+    assert fit(model, x, run_dir=tmp_path, overwrite=True, **small()).history["step"][-1] == 20
+
+
+def test_resume_without_a_run_dir_is_an_error():
+    counted = Counted()
+    model, x = conjugate(loglik=counted)
+    with pytest.raises(ValueError, match="resume=True needs run_dir"):
+        fit(model, x, resume=True, **small())
+    assert counted.calls == 0
+
+
+def _unwritable_dirs(tmp_path: Path):
+    if Path("/proc/self").is_dir():  # a folder that exists but takes no new files
+        yield "proc", Path("/proc/self")
+    (tmp_path / "a-file").write_text("")
+    yield "below-a-file", tmp_path / "a-file" / "run"
+    if os.geteuid() != 0:  # permissions do not bind root
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o500)
+        yield "read-only", locked
+
+
+def test_an_unwritable_run_dir_is_refused_before_any_smc(tmp_path):
+    for label, run_dir in _unwritable_dirs(tmp_path):
+        counted = Counted()
+        model, x = conjugate(loglik=counted)
+        with pytest.raises(ValueError, match=r"run_dir .*: cannot write checkpoints there"):
+            fit(model, x, run_dir=run_dir, **small())
+        assert counted.calls == 0, label
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_fit_refuses_half_precision_observations_before_any_smc(dtype):
+    counted = Counted()
+    model, x = conjugate(loglik=counted)
+    with pytest.raises(TypeError, match=rf"torch.float32 or torch.float64; received {dtype}"):
+        fit(model, x.to(dtype), **small())
+    assert counted.calls == 0
+
+
+def wider_noise(z, x):
+    return Normal(z, 6 * NOISE_SD).log_prob(x[:, None, :]).sum(-1)
+
+
+def other_models():
+    """(label, model, what the refusal names): each differs from conjugate() in one way."""
+    ones = torch.ones(D, dtype=torch.float64)
+    yield "likelihood", conjugate(loglik=wider_noise)[0], r"log-likelihood at fixed prior draws"
+    prior = Independent(Normal(0 * ones, 3 * ones), 1)
+    yield (
+        "prior-parameter",
+        Model(prior, gaussian_loglik),
+        r"base_dist.scale: .*\[2, 2\] vs now \[3, 3\]",
+    )
+    prior = Independent(torch.distributions.Laplace(0 * ones, PRIOR_SD * ones), 1)
+    yield (
+        "prior-class",
+        Model(prior, gaussian_loglik),
+        r"prior class at prior.base_dist: .*normal.Normal vs now .*laplace.Laplace",
+    )
+
+
+def test_resume_refuses_a_checkpoint_of_another_model(tmp_path):
+    model, x = conjugate()
+    fit(model, x, run_dir=tmp_path, **small(method="smc-wake-a", steps=10))
+    before = run_files(tmp_path)
+    for label, other, names in other_models():
+        with pytest.raises(ValueError, match=f"made with another model .*{names}"):
+            fit(other, x, run_dir=tmp_path, resume=True, **small(method="smc-wake-a"))
+        assert run_files(tmp_path) == before, label
+
+
+def test_resume_accepts_the_same_model_rebuilt_with_other_rounding(tmp_path):
+    def same_in_another_order(z, x):
+        r = (x[:, None, :] - z) / NOISE_SD
+        return (-0.5 * r.square()).sum(-1) - D * (math.log(NOISE_SD) + 0.5 * math.log(2 * math.pi))
+
+    model, x = conjugate()
+    z = model.sample_prior((12, 4), generator=g0())
+    a, b = gaussian_loglik(z, x), same_in_another_order(z, x)
+    assert not torch.equal(a, b)  # premise: not bit-identical ...
+    torch.testing.assert_close(a, b)  # ... only rounding apart
+    fit(model, x, run_dir=tmp_path, **small(steps=10))
+    rebuilt, _ = conjugate(loglik=same_in_another_order)
+    assert fit(rebuilt, x, run_dir=tmp_path, resume=True, **small()).history["step"][-1] == 20
+
+
+class _ShiftedPrior(torch.distributions.Distribution):
+    """A user's prior: no arg_constraints, its parameter a plain attribute, a few odd ones."""
+
+    support = torch.distributions.constraints.real_vector
+
+    def __init__(self, center):
+        super().__init__(event_shape=torch.Size([D]), validate_args=False)
+        self.center = center
+        self.transform = lambda z: z + self.center  # a callable: not part of the fingerprint
+        self.me = self  # a cycle
+
+    def sample(self, sample_shape=()):
+        return self.transform(torch.randn(*sample_shape, D, dtype=self.center.dtype))
+
+    def log_prob(self, value):
+        return Normal(self.center, 1.0).log_prob(value).sum(-1)
+
+
+def test_model_fingerprint_reads_the_parameters_of_a_custom_prior():
+    from smcwake.model import fingerprint_differences, model_fingerprint
+
+    _, x = conjugate()
+    center = torch.tensor([0.5, -1.0], dtype=torch.float64)
+    saved = model_fingerprint(Model(_ShiftedPrior(center), gaussian_loglik), x)
+    same = model_fingerprint(Model(_ShiftedPrior(center.clone()), gaussian_loglik), x)
+    assert fingerprint_differences(saved, same) == []
+    moved = model_fingerprint(Model(_ShiftedPrior(center + 0.1), gaussian_loglik), x)
+    assert fingerprint_differences(saved, moved)[0].startswith("prior parameter prior.center:")
+
+
+class _WideEmulator(_Emulator):
+    def forward(self, z, x):
+        return Normal(z @ self.weight + self.bias, 6 * NOISE_SD).log_prob(x[:, None, :]).sum(-1)
+
+
+def test_resume_with_a_learned_decoder_checks_the_decoder_state_it_saved(tmp_path):
+    model, x = conjugate()
+    decoder = _Emulator()
+    settings = small(decoder_lr=0.05)
+    fit(
+        Model(model.prior, decoder),
+        x,
+        run_dir=tmp_path,
+        decoder=decoder,
+        **{**settings, "steps": 6},
+    )
+    fresh = _Emulator()
+    assert not torch.equal(fresh.weight, decoder.weight)  # premise: training moved the decoder
+    out = fit(
+        Model(model.prior, fresh), x, run_dir=tmp_path, resume=True, decoder=fresh, **settings
+    )
+    assert out.history["step"][-1] == 20
+    other = _WideEmulator()
+    before = {k: v.clone() for k, v in other.state_dict().items()}
+    with pytest.raises(ValueError, match="another model .*log-likelihood"):
+        fit(Model(model.prior, other), x, run_dir=tmp_path, resume=True, decoder=other, **settings)
+    for name, value in other.state_dict().items():  # the refused decoder is left as it was
+        assert torch.equal(value, before[name]), name
+
+
+def test_a_checkpoint_without_a_model_fingerprint_resumes_with_a_warning(tmp_path, caplog):
+    model, x = conjugate()
+    fit(model, x, run_dir=tmp_path, **small(steps=5))
+    state = torch.load(tmp_path / CHECKPOINT_NAME, weights_only=False)
+    del state["model"]  # as written before checkpoints carried one
+    torch.save(state, tmp_path / CHECKPOINT_NAME)
+    with caplog.at_level(logging.WARNING, logger="smcwake"):
+        out = fit(model, x, run_dir=tmp_path, resume=True, **small())
+    assert "no model fingerprint" in caplog.text
+    assert out.history["step"][-1] == 20
+
+
+@pytest.fixture
+def one_process_group(tmp_path):
+    import torch.distributed as dist
+
+    dist.init_process_group(
+        "gloo", store=dist.FileStore(str(tmp_path / "store"), 1), rank=0, world_size=1
+    )
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
+
+
+def test_fit_distributed_follows_the_same_run_folder_rules(tmp_path, one_process_group):
+    from smcwake.distributed import fit_distributed
+
+    model, x = conjugate()
+    run = tmp_path / "run"
+    fit_distributed(model, x, run_dir=run, **small(steps=4))
+    with pytest.raises(ValueError, match=r"rank 0: run_dir .*rank-0 already holds a run"):
+        fit_distributed(model, x, run_dir=run, **small(steps=4))
+    with pytest.raises(ValueError, match="resume=True needs run_dir"):
+        fit_distributed(model, x, resume=True, **small(steps=4))
+    assert (
+        fit_distributed(model, x, run_dir=run, resume=True, **small(steps=6)).history["step"][-1]
+        == 6
+    )
+    assert fit_distributed(model, x, run_dir=run, overwrite=True, **small(steps=2)).history[
+        "step"
+    ] == [2]
+
+
+def test_bench_without_resume_starts_each_run_afresh(tmp_path):
+    from smcwake.bench import EvalOptions, run_bench
+
+    kwargs = dict(
+        seeds=1,
+        steps=4,
+        out=tmp_path,
+        num_observations=4,
+        overrides={"num_particles": 30, "batch_size": 4},
+        eval_options=EvalOptions(
+            num_samples=50, c2st_observations=0, mmd_samples=20, sbc_samples=19
+        ),
+        progress=False,
+        keep_checkpoints=True,
+    )
+    first = run_bench("toy-collapse", ["smc-wake-c"], **kwargs)
+    again = run_bench("toy-collapse", ["smc-wake-c"], **{**kwargs, "steps": 2})
+    for results, steps in ((first, 4), (again, 2)):
+        run = results["methods"]["smc-wake-c"]["runs"][0]
+        assert "failed" not in run
+        assert run["steps"] == steps

@@ -3,11 +3,18 @@
 The short path is :func:`fit`; the pieces under it stay importable: :func:`run_smc` (batched
 likelihood-tempered SMC), :class:`ParticleBank` (per-observation SMC runs and the evidence-weighted
 views of SMC-Wake), :mod:`smcwake.objectives` (every method's loss as a plain function),
-:mod:`smcwake.encoders` and :mod:`smcwake.diagnostics`.
+:mod:`smcwake.encoders` and :mod:`smcwake.diagnostics`. After training:
+:func:`check_calibration` (SBC, expected coverage and TARP in one call), :mod:`smcwake.plot`
+(pairplot, coverage curves, rank histograms; needs ``smcwake[plot]``) and
+:func:`to_inference_data` (ArviZ; needs ``smcwake[arviz]``). :func:`fit_distributed` (several
+processes, :mod:`smcwake.distributed`) is imported on first use.
 """
 
+from typing import Any
+
+from smcwake import plot
 from smcwake.bank import ParticleBank
-from smcwake.distributed import fit_distributed
+from smcwake.calibration import CalibrationResult, check_calibration
 from smcwake.encoders import (
     Encoder,
     FlowEncoder,
@@ -15,13 +22,15 @@ from smcwake.encoders import (
     MixtureDensityEncoder,
     build_encoder,
 )
+from smcwake.interop import to_inference_data
 from smcwake.model import Model
-from smcwake.objectives import OBJECTIVES, get_objective
+from smcwake.objectives import METHOD_NAMES, get_objective
 from smcwake.smc import SMCResult, run_smc
 from smcwake.train import FitResult, SMCOptions, TrainConfig, fit
 
 __all__ = [
-    "OBJECTIVES",
+    "METHOD_NAMES",
+    "CalibrationResult",
     "Encoder",
     "FitResult",
     "FlowEncoder",
@@ -33,9 +42,24 @@ __all__ = [
     "SMCResult",
     "TrainConfig",
     "build_encoder",
+    "check_calibration",
     "fit",
     "fit_distributed",
     "get_objective",
+    "plot",
     "run_smc",
+    "to_inference_data",
 ]
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    if name == "fit_distributed":
+        from smcwake.distributed import fit_distributed
+
+        return fit_distributed
+    if name == "OBJECTIVES":
+        from smcwake.objectives import _deprecated_registry
+
+        return _deprecated_registry()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,4 +1,7 @@
-"""Element-wise helpers for the hot loops of the sampler.
+"""Small numerical helpers shared by several modules.
+
+:func:`log_mean_exp` is the importance-sampling estimate of a log evidence from log-weights
+(used by the IWAE objective and by the benchmark's metrics).
 
 :func:`select` is ``torch.where`` for floating-point tensors, computed with bitwise operations on
 the CPU. PyTorch's CPU ``where`` is a scalar loop that branches on every element: with the
@@ -9,10 +12,12 @@ values on one core), and the sampler makes several such selections per particle 
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
-__all__ = ["select"]
+__all__ = ["log_mean_exp", "select"]
 
 _SAME_SIZE_INT = {8: torch.int64, 4: torch.int32, 2: torch.int16}
 
@@ -49,3 +54,18 @@ def select(condition: Tensor, a: Tensor | float, b: Tensor | float) -> Tensor:
     mask = condition.to(int_type).neg_()  # 1 -> all bits set, 0 -> none
     a_bits, b_bits = a.view(int_type), b.view(int_type)
     return ((a_bits ^ b_bits) & mask ^ b_bits).view(a.dtype)
+
+
+def log_mean_exp(log_weights: Tensor) -> Tensor:
+    """log (1/K) sum_k exp(log_weights_k) over the last dimension, computed stably.
+
+    With log_weights_k = log p(z_k, x) - log q(z_k | x) for z_k ~ q(z | x), its exponential is
+    the unbiased importance-sampling estimate of p(x); its expectation is the importance-
+    weighted bound (IWBO) on log p(x). A row of -inf gives -inf.
+
+    Shapes: log_weights [*, K] -> [*].
+
+    >>> log_mean_exp(torch.log(torch.tensor([[1.0, 3.0]])))
+    tensor([0.6931])
+    """
+    return torch.logsumexp(log_weights, -1) - math.log(log_weights.shape[-1])

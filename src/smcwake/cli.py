@@ -5,11 +5,18 @@
     smcwake demo --out runs/demo                      # SMC-Wake on two moons, a few minutes
     smcwake fit --task two-moons --method smc-wake-a --steps 2000 --out runs/tm
     smcwake fit --task two-moons --method smc-wake-a --steps 4000 --out runs/tm --resume
+    smcwake fit --model mypkg.models:build --data x.pt --steps 2000 --out runs/mine
     smcwake bench linear-gaussian --methods smc-wake-a,wake --seeds 3 --steps 500 --out runs/lg
     smcwake report runs/lg                            # rebuild report.md and PNGs from JSON
 
 Every command writes ``results.json``, ``report.md`` and PNG figures into its output folder;
 ``fit`` also writes ``metrics.json`` and its checkpoint (``--resume`` continues from it).
+``fit --model`` trains on your own model (see :mod:`smcwake._cli_model`) and writes its
+checkpoint, ``summary.json`` and ``posterior.png``; with ``--calibration N`` also
+``calibration.json`` and ``calibration.png`` from :func:`smcwake.check_calibration`.
+``fit`` and ``bench`` refuse an output folder that already holds a run unless told what to do
+with it: ``--resume`` (continue it, reusing finished runs) or ``--overwrite`` (start afresh).
+``demo`` continues an earlier or interrupted demo in its folder; ``--overwrite`` starts afresh.
 """
 
 from __future__ import annotations
@@ -119,7 +126,9 @@ def _add_training_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--c2st-observations", type=int, help="observations scored by C2ST and MMD")
     g.add_argument("--c2st-samples", type=int, help="samples per side for C2ST (default 1000)")
     g.add_argument("--num-samples", type=int, help="q samples per observation for the metrics")
-    g.add_argument("--resume", action="store_true", help="continue from the checkpoints in --out")
+    m = g.add_mutually_exclusive_group()
+    m.add_argument("--resume", action="store_true", help="continue from the checkpoints in --out")
+    m.add_argument("--overwrite", action="store_true", help="replace the run(s) already in --out")
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -142,8 +151,33 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("fit", help="train one method on a task, evaluate, write a report")
-    p.add_argument("--task", required=True, help="a built-in task, e.g. two-moons")
+    p = sub.add_parser(
+        "fit",
+        help="train one method on a built-in task or your own model",
+        description="Train one method on a built-in task (--task; evaluated and reported) or on "
+        "your own model (--model MODULE:FUNCTION with --data, or data returned by FUNCTION).",
+    )
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--task", help="a built-in task, e.g. two-moons")
+    source.add_argument(
+        "--model",
+        metavar="MODULE:FUNCTION",
+        help="your model: FUNCTION() in MODULE (importable, or a path/to/file.py) returns an "
+        "smcwake.Model or a tuple (Model, x); e.g. mypkg.models:build",
+    )
+    p.add_argument(
+        "--data",
+        metavar="FILE",
+        help="with --model: the observations, a float tensor [n, p] saved with torch.save (or "
+        "a .npy array); replaces x returned by FUNCTION",
+    )
+    p.add_argument(
+        "--calibration",
+        type=int,
+        metavar="N",
+        help="with --model: after training, check calibration on N simulations (needs the "
+        "model's simulator; see smcwake.check_calibration)",
+    )
     p.add_argument("--method", default="smc-wake-a", help="e.g. smc-wake-a, wake, sleep")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--budget", type=int, help="stop after this many likelihood evaluations")
@@ -174,6 +208,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="SMC-Wake on two moons with a report, in a few minutes")
     p.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
     p.add_argument("--steps", type=int, default=DEMO_SETTINGS["steps"], help="gradient steps")
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace a demo in --out, not continue it"
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return parser
 
@@ -192,9 +229,31 @@ def _print_summary(results: dict[str, Any], report: Path) -> None:
     print(f"report: {report}")
 
 
+# what fit, bench and demo leave in their folder; one of them there means a run was made
+_RUN_FILES = ("checkpoint.pt", "history.json", "results.json", "runs")
+
+
+def _check_out(args: argparse.Namespace) -> None:
+    """Refuse an --out that holds a run unless --resume or --overwrite says what to do."""
+    out = Path(args.out)
+    held = [name for name in _RUN_FILES if (out / name).exists()]
+    if held and not (args.resume or args.overwrite):
+        raise ValueError(
+            f"{out} already holds a run ({', '.join(held)}); pass --resume to continue it, "
+            "--overwrite to replace it, or choose another --out"
+        )
+
+
 def _cmd_fit(args: argparse.Namespace, command: str) -> int:
+    if args.model is not None:
+        return _cmd_fit_model(args, command)
+    for option in ("data", "calibration"):
+        if getattr(args, option) is not None:
+            raise ValueError(f"--{option} goes with --model (a built-in task brings its own)")
     from smcwake.bench import run_fit
 
+    _require_report_extras("smcwake fit --task")
+    _check_out(args)
     results = run_fit(
         args.task,
         args.method,
@@ -215,9 +274,172 @@ def _cmd_fit(args: argparse.Namespace, command: str) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- fit --model (your own model)
+def _fit_fields(args: argparse.Namespace) -> dict[str, Any]:
+    """TrainConfig fields from the command line (``smc.*`` keys become SMCOptions fields)."""
+    from smcwake.train import SMCOptions
+
+    fields: dict[str, Any] = {}
+    smc: dict[str, Any] = {}
+    for key, value in _train_overrides(args).items():
+        if key.startswith("smc."):
+            smc[key[4:]] = value
+        else:
+            fields[key] = value
+    if smc:
+        fields["smc"] = SMCOptions(**smc)
+    fields.update(method=args.method, seed=args.seed, progress=not args.no_progress)
+    optional = {"steps": args.steps, "encoder": args.encoder, "max_evals": args.budget}
+    fields.update({k: v for k, v in optional.items() if v is not None})
+    return fields
+
+
+def _cmd_fit_model(args: argparse.Namespace, command: str) -> int:
+    import torch
+
+    from smcwake import fit
+    from smcwake._cli_model import load_data, load_model
+
+    model, x = load_model(args.model)
+    if args.data is not None:
+        x = load_data(args.data)
+    if x is None:
+        raise ValueError(
+            f"--model {args.model}: no observations; pass --data FILE, or return (model, x) "
+            "from the function"
+        )
+    if args.num_observations is not None:
+        x = x[: args.num_observations]
+    if args.calibration is not None:
+        if args.calibration < 20:
+            raise ValueError(f"--calibration: expected at least 20, received {args.calibration}")
+        if not model.can_simulate:
+            raise ValueError(
+                f"--calibration needs simulations, but the model of {args.model} has no "
+                "simulator; build it with Model(prior, log_likelihood, simulate=fn)"
+            )
+    _check_out(args)
+    out = Path(args.out)
+    result = fit(
+        model,
+        x,
+        run_dir=out,
+        resume=args.resume,
+        overwrite=args.overwrite,
+        **_fit_fields(args),
+    )
+    history = result.history
+    summary = {
+        "kind": "fit-model",
+        "command": command,
+        "model": args.model,
+        "data": args.data or "returned by the model function",
+        "num_observations": int(x.shape[0]),
+        "x_dim": int(x.shape[1]),
+        "z_dim": model.dim,
+        "method": result.config.method,
+        "encoder": result.config.encoder,
+        "steps": history["step"][-1] if history["step"] else 0,
+        "likelihood_evals": history["likelihood_evals"][-1] if history["step"] else 0,
+        "final_loss": history["loss"][-1] if history["step"] else None,
+        "wall_time": history["wall_time"][-1] if history["step"] else 0.0,
+    }
+    print(
+        f"trained {summary['method']} on {args.model}: {summary['num_observations']} "
+        f"observations (p = {summary['x_dim']}), d = {model.dim}, {summary['steps']} steps, "
+        f"{summary['likelihood_evals']:,} likelihood evaluations"
+    )
+    figures = []
+    plot_error = None
+    try:
+        from smcwake import plot
+
+        with torch.no_grad():
+            draws = result.encoder.sample(x[:1], 1000, generator=torch.Generator().manual_seed(0))
+        shown = range(min(model.dim, plot.MAX_DIMS))
+        fig = plot.pairplot(draws[0], dims=shown)
+        more = (
+            f" (first {len(shown)} of {model.dim} coordinates)" if model.dim > len(shown) else ""
+        )
+        fig.suptitle(f"posterior of observation 0{more}")
+        fig.savefig(out / "posterior.png", dpi=110)
+        figures.append(out / "posterior.png")
+        _close(fig)
+    except ImportError as err:
+        plot_error = str(err)
+    if args.calibration is not None:
+        from smcwake.calibration import check_calibration
+
+        check = check_calibration(result.encoder, model, args.calibration, seed=args.seed)
+        summary["calibration"] = check.to_dict()
+        (out / "calibration.json").write_text(json.dumps(check.to_dict(), indent=1))
+        print(check.summary())
+        if plot_error is None:
+            fig = check.plot()
+            fig.savefig(out / "calibration.png", dpi=110)
+            figures.append(out / "calibration.png")
+            _close(fig)
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    print(f"run folder: {out} (checkpoint.pt: continue with --resume; summary.json)")
+    for figure in figures:
+        print(f"figure: {figure}")
+    if plot_error is not None:
+        print(f"no figures: {plot_error}")
+    return 0
+
+
+def _close(fig) -> None:
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+
+
+def _require_report_extras(purpose: str) -> None:
+    """Fail before training when a command that writes a report lacks its optional packages."""
+    from smcwake._optional import require
+
+    require("matplotlib", f"{purpose} (its report's figures)")
+    require("sklearn", f"{purpose} (its C2ST metric)")
+
+
+def _demo_figures(results: dict[str, Any], out: Path) -> list[Path]:
+    """The demo's user-facing figures: a pairplot of observation 0 against the reference, and
+    the expected coverage over all observations with its calibrated band."""
+    from smcwake import plot
+
+    run = results["methods"][DEMO_SETTINGS["method"]]["runs"][0]
+    written = []
+    if "panel_samples" in run:
+        reference = results.get("panel_reference")
+        fig = plot.pairplot(
+            run["panel_samples"][0],
+            reference=reference[0] if reference is not None else None,
+            labels=["theta1", "theta2"],
+            sample_label="SMC-Wake q",
+            reference_label="dense-grid reference",
+        )
+        fig.suptitle("two moons: posterior of observation 0")
+        fig.savefig(out / "pairplot.png", dpi=110)
+        _close(fig)
+        written.append(out / "pairplot.png")
+    if "coverage" in run:
+        fig = plot.coverage(
+            run["coverage"]["level"],
+            run["coverage"]["coverage"],
+            labels=["SMC-Wake q"],
+            num_simulations=int(results["settings"]["num_observations"]),
+            title="two moons: expected coverage of q's HPD regions",
+        )
+        fig.savefig(out / "coverage_band.png", dpi=110)
+        _close(fig)
+        written.append(out / "coverage_band.png")
+    return written
+
+
 def _cmd_bench(args: argparse.Namespace, command: str) -> int:
     from smcwake.bench import run_bench
 
+    _check_out(args)
     methods = [m.strip() for m in (args.methods or "").split(",") if m.strip()] or None
 
     def on_run(method: str, seed: int, record: dict[str, Any]) -> None:
@@ -264,6 +486,18 @@ def _cmd_demo(args: argparse.Namespace, command: str) -> int:
     from smcwake.bench import EvalOptions, run_fit
 
     s = DEMO_SETTINGS
+    _require_report_extras("smcwake demo")
+    out = Path(args.out)
+    earlier = out / "results.json"
+    kind = json.loads(earlier.read_text()).get("kind") if earlier.exists() else None
+    if kind not in (None, "demo") and not args.overwrite:
+        raise ValueError(
+            f"{out} holds a {kind} run, not a demo; pass --overwrite to replace it, or choose "
+            "another --out"
+        )
+    resume = not args.overwrite
+    if resume and (out / "checkpoint.pt").exists():
+        print(f"continuing the demo in {out} (--overwrite starts afresh)", flush=True)
     print(
         f"SMC-Wake ({s['method']}) on {s['task']}: {s['num_observations']} observations, "
         f"neural spline flow encoder, K = {s['overrides']['num_particles']} particles, "
@@ -279,6 +513,7 @@ def _cmd_demo(args: argparse.Namespace, command: str) -> int:
         num_observations=s["num_observations"],
         overrides=dict(s["overrides"]),
         eval_options=EvalOptions(**DEMO_EVAL),
+        resume=resume,
         progress=not args.no_progress,
         command=command,
         kind="demo",
@@ -286,6 +521,8 @@ def _cmd_demo(args: argparse.Namespace, command: str) -> int:
     elapsed = time.perf_counter() - start
     metrics = results["methods"][s["method"]]["runs"][0]["metrics"]
     _print_summary(results, Path(args.out) / "report.md")
+    for figure in _demo_figures(results, out):
+        print(f"figure: {figure}")
     print(
         f"C2ST {metrics.get('c2st', float('nan')):.3f} (0.5 = indistinguishable from the "
         f"reference), coverage error {metrics.get('coverage_error', float('nan')):.3f}; "
@@ -315,7 +552,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "report":
             return _cmd_report(args)
         return _cmd_demo(args, command)
-    except (ValueError, FileNotFoundError, TypeError) as err:
+    except (ValueError, FileNotFoundError, TypeError, ImportError) as err:
         if args.verbose:
             raise
         print(f"smcwake {args.command}: error: {err}", file=sys.stderr)

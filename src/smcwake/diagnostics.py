@@ -10,7 +10,9 @@ Every function is batched over observations and takes and returns torch tensors,
   named by :data:`C2ST_CLASSIFIER`) and :func:`mmd` (unbiased squared MMD, Gaussian kernel).
 - Calibration: :func:`hpd_levels` and :func:`expected_coverage` (expected coverage of highest
   density regions of q), :func:`sbc_ranks` and :func:`sbc_uniformity` (simulation-based
-  calibration).
+  calibration), :func:`sbc_histogram` (binned ranks and their expected counts),
+  :func:`tarp_levels` (TARP coverage with random reference points) and :func:`ecdf_band`
+  (a simultaneous band for coverage curves).
 - Helpers: :func:`log_q_true`, :func:`weighted_moments` (mean and covariance of a weighted
   particle cloud), :func:`summarize` (mean, std, standard error for tables).
 
@@ -28,10 +30,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from smcwake._optional import require
+
 __all__ = [
     "C2ST_CLASSIFIER",
     "SupportsLogProb",
     "c2st",
+    "ecdf_band",
     "expected_coverage",
     "forward_kl_gaussian",
     "gaussian_kl",
@@ -40,9 +45,11 @@ __all__ = [
     "mean_l1",
     "mmd",
     "reverse_kl_gaussian",
+    "sbc_histogram",
     "sbc_ranks",
     "sbc_uniformity",
     "summarize",
+    "tarp_levels",
     "weighted_moments",
 ]
 
@@ -232,8 +239,8 @@ def c2st(p_samples: Tensor, q_samples: Tensor, *, folds: int = 5, seed: int = 0)
     >>> c2st(p, q) > 0.95
     True
     """
-    from sklearn.model_selection import StratifiedKFold, cross_val_score
-    from sklearn.neural_network import MLPClassifier
+    selection = require("sklearn.model_selection", "smcwake.diagnostics.c2st")
+    networks = require("sklearn.neural_network", "smcwake.diagnostics.c2st")
 
     _check_samples("p_samples", p_samples)
     _check_samples("q_samples", q_samples)
@@ -264,7 +271,7 @@ def c2st(p_samples: Tensor, q_samples: Tensor, *, folds: int = 5, seed: int = 0)
     scale = np.where(scale > 0, scale, 1.0)
     inputs = (np.concatenate([p, q]) - loc) / scale
     labels = np.concatenate([np.zeros(n, dtype=np.int64), np.ones(n, dtype=np.int64)])
-    classifier = MLPClassifier(
+    classifier = networks.MLPClassifier(
         hidden_layer_sizes=(10 * d, 10 * d),
         activation="relu",
         solver="adam",
@@ -273,8 +280,8 @@ def c2st(p_samples: Tensor, q_samples: Tensor, *, folds: int = 5, seed: int = 0)
         n_iter_no_change=50,
         random_state=seed,
     )
-    splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
-    scores = cross_val_score(classifier, inputs, labels, cv=splitter, scoring="accuracy")
+    splitter = selection.StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+    scores = selection.cross_val_score(classifier, inputs, labels, cv=splitter, scoring="accuracy")
     return float(np.mean(scores))
 
 
@@ -577,3 +584,138 @@ def summarize(values: Tensor | Sequence[float]) -> dict[str, float]:
     mean = float(t.mean())
     std = float(t.std(correction=1)) if n > 1 else math.nan
     return {"mean": mean, "std": std, "sem": std / math.sqrt(n), "n": n}
+
+
+# --------------------------------------------------- calibration primitives (SBC, TARP, bands)
+def _check_ranks(ranks: Tensor, num_samples: int) -> None:
+    """ValueError unless ``ranks`` is an integer tensor [B, d] with values in [0, num_samples]."""
+    _check_tensor("ranks", ranks, "[B, d]")
+    if ranks.dim() != 2 or ranks.shape[0] == 0:
+        raise ValueError(f"ranks: expected shape [B, d] with B >= 1, received {_shape(ranks)}")
+    if ranks.is_floating_point() or ranks.is_complex() or ranks.dtype == torch.bool:
+        raise ValueError(f"ranks: expected an integer tensor, received dtype {ranks.dtype}")
+    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
+        raise ValueError(f"num_samples: expected an integer >= 1, received {num_samples!r}")
+    low, high = int(ranks.min()), int(ranks.max())
+    if low < 0 or high > num_samples:
+        raise ValueError(
+            f"ranks: expected values in [0, num_samples = {num_samples}], received values in "
+            f"[{low}, {high}]"
+        )
+
+
+def sbc_histogram(
+    ranks: Tensor, num_samples: int, *, num_bins: int | None = None
+) -> tuple[Tensor, Tensor]:
+    """Counts of SBC ranks per bin and the counts a calibrated posterior gives on average.
+
+    Binned as :func:`sbc_uniformity` bins them (rank ``r`` to bin
+    ``floor(r * num_bins / (S + 1))``, same default ``num_bins``), so a histogram and its test
+    agree. Under calibration the count of bin ``b`` is Binomial(B, m_b / (S + 1)), m_b the number
+    of rank values the bin holds; ``expected`` is its mean.
+
+    Shapes: ranks [B, d] integer in [0, S], num_samples S -> (counts [d, bins] float64,
+    expected [bins] float64).
+
+    >>> counts, expected = sbc_histogram(torch.arange(10).reshape(10, 1), 9, num_bins=5)
+    >>> counts.tolist(), expected.tolist()
+    ([[2.0, 2.0, 2.0, 2.0, 2.0]], [2.0, 2.0, 2.0, 2.0, 2.0])
+    """
+    _check_ranks(ranks, num_samples)
+    num_values = num_samples + 1
+    if num_bins is None:
+        num_bins = max(2, min(20, num_values, ranks.shape[0] // 5))
+    if isinstance(num_bins, bool) or not isinstance(num_bins, int):
+        raise ValueError(f"num_bins: expected an integer or None, received {num_bins!r}")
+    if not 2 <= num_bins <= num_values:
+        raise ValueError(
+            f"num_bins: expected an integer in [2, num_samples + 1 = {num_values}], "
+            f"received {num_bins}"
+        )
+    bins = ranks.detach().cpu().to(torch.int64) * num_bins // num_values  # [B, d]
+    offsets = torch.arange(bins.shape[1])[None, :] * num_bins
+    counts = torch.bincount((bins + offsets).reshape(-1), minlength=bins.shape[1] * num_bins)
+    values_per_bin = torch.bincount(
+        torch.arange(num_values) * num_bins // num_values, minlength=num_bins
+    )
+    expected = ranks.shape[0] * values_per_bin.to(torch.float64) / num_values
+    return counts.reshape(bins.shape[1], num_bins).to(torch.float64), expected
+
+
+def tarp_levels(
+    samples: Tensor, z_true: Tensor, references: Tensor, *, scale: Tensor | None = None
+) -> Tensor:
+    """Credibility level at which the truth enters the TARP ball around a reference point.
+
+    TARP's credible region of level ``a`` is the ball centred on the reference point
+    ``references[b]`` that holds a fraction ``a`` of q's samples; the truth lies inside it
+    exactly when ``a`` exceeds the fraction of samples closer to the reference than the truth,
+    which is what this returns. For a posterior that equals the true one the truth and the
+    samples are exchangeable, so the count of closer samples is uniform on {0, ..., S} and
+    ``expected_coverage`` of these levels follows the diagonal (up to the 1/(S+1) steps).
+    Distances are Euclidean after dividing each coordinate by ``scale`` (default 1), which
+    should not depend on the (z_true, x) pairs tested, e.g. the spread of prior draws.
+
+    Shapes: samples [B, S, d], z_true [B, d], references [B, d], scale [d] or None -> [B].
+
+    References:
+        Lemos, Coogan, Hezaveh & Perreault-Levasseur, "Sampling-based accuracy testing of
+        posterior estimators for general inference", ICML 2023.
+
+    >>> samples = torch.tensor([[[0.0], [1.0], [2.0], [3.0]]])
+    >>> tarp_levels(samples, torch.tensor([[2.5]]), torch.tensor([[0.0]]))
+    tensor([0.7500])
+    """
+    _check_tensor("samples", samples, "[B, S, d]")
+    _check_tensor("z_true", z_true, "[B, d]")
+    _check_tensor("references", references, "[B, d]")
+    if samples.dim() != 3 or samples.shape[1] == 0:
+        raise ValueError(
+            f"samples: expected shape [B, S, d] with S >= 1, received {_shape(samples)}"
+        )
+    B, _, d = samples.shape
+    for name, t in (("z_true", z_true), ("references", references)):
+        if t.shape != (B, d):
+            raise ValueError(
+                f"{name}: expected shape [{B}, {d}] to match samples {_shape(samples)}, "
+                f"received {_shape(t)}"
+            )
+    if scale is None:
+        scale = torch.ones(d, dtype=samples.dtype, device=samples.device)
+    elif not isinstance(scale, Tensor) or scale.shape != (d,) or not bool((scale > 0).all()):
+        got = _shape(scale) if isinstance(scale, Tensor) else type(scale).__name__
+        raise ValueError(f"scale: expected positive values of shape [{d}], received {got}")
+    dtype = torch.promote_types(samples.dtype, z_true.dtype)
+    if not dtype.is_floating_point:
+        dtype = torch.float64
+    ref = references.to(dtype)[:, None, :]
+    scale = scale.to(dtype)
+    dist_samples = ((samples.to(dtype) - ref) / scale).square().sum(-1)  # [B, S]
+    dist_true = ((z_true.to(dtype)[:, None, :] - ref) / scale).square().sum(-1)  # [B, 1]
+    return (dist_samples < dist_true).to(dtype).mean(-1)
+
+
+def ecdf_band(num: int, significance: float) -> float:
+    """Half-width of a simultaneous band for an empirical CDF of ``num`` independent draws.
+
+    By the Dvoretzky-Kiefer-Wolfowitz inequality with Massart's constant,
+    ``P(sup_t |F_num(t) - F(t)| > eps) <= 2 exp(-2 num eps^2)`` for any distribution F
+    (continuous or not), so ``eps = sqrt(log(2 / significance) / (2 num))`` bounds the whole
+    curve with probability at least ``1 - significance``. Expected-coverage curves are such
+    empirical CDFs (of the credibility levels at the truths), so a calibrated posterior's
+    curve leaves the band around its expected curve with probability at most ``significance``.
+
+    Shapes: scalars -> float.
+
+    References:
+        Massart, "The tight constant in the Dvoretzky-Kiefer-Wolfowitz inequality", Annals of
+        Probability, 1990.
+
+    >>> round(ecdf_band(1000, 0.01), 4)
+    0.0515
+    """
+    if isinstance(num, bool) or not isinstance(num, int) or num < 1:
+        raise ValueError(f"num: expected an integer >= 1, received {num!r}")
+    if not 0.0 < significance < 1.0:
+        raise ValueError(f"significance: expected a number in (0, 1), received {significance!r}")
+    return math.sqrt(math.log(2.0 / significance) / (2.0 * num))

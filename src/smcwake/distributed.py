@@ -44,7 +44,7 @@ from torch import Tensor, nn
 
 from smcwake.encoders import Encoder, build_encoder
 from smcwake.model import Model, forked_rng
-from smcwake.train import CHECKPOINT_NAME, Callback, FitResult, TrainConfig, fit
+from smcwake.train import CHECKPOINT_NAME, Callback, FitResult, TrainConfig, check_run_dir, fit
 
 __all__ = [
     "DistributedSynchronizer",
@@ -327,9 +327,9 @@ def _combine_histories(histories: list[dict[str, list]], sizes: list[int]) -> di
     """One history for the run: rows are logged at the same steps on every rank.
 
     ``loss`` and ``decoder_loss``: mean over ranks (the global-minibatch loss); counters
-    (``likelihood_evals``, ``simulations``, ``smc_runs``): sums; ``runs_per_obs``: mean
-    weighted by shard size; ``wall_time``: maximum; ``step`` and ``skipped_steps`` agree on
-    every rank and are rank 0's.
+    (``likelihood_evals``, ``simulations``, ``smc_runs``, ``unmixed_runs``): sums;
+    ``runs_per_obs``: mean weighted by shard size; ``wall_time``: maximum; ``step`` and
+    ``skipped_steps`` agree on every rank and are rank 0's.
     """
     lengths = {len(h["step"]) for h in histories}
     if len(lengths) != 1 or any(h["step"] != histories[0]["step"] for h in histories):
@@ -341,7 +341,7 @@ def _combine_histories(histories: list[dict[str, list]], sizes: list[int]) -> di
     combined: dict[str, list] = {}
     for key, column in histories[0].items():
         columns = [h[key] for h in histories]
-        if key in ("likelihood_evals", "simulations", "smc_runs"):
+        if key in ("likelihood_evals", "simulations", "smc_runs", "unmixed_runs"):
             combined[key] = [sum(values) for values in zip(*columns, strict=True)]
         elif key == "runs_per_obs":
             combined[key] = [
@@ -372,6 +372,7 @@ def fit_distributed(
     sharded: bool = False,
     decoder: nn.Module | None = None,
     group: dist.ProcessGroup | None = None,
+    overwrite: bool = False,
     **overrides: Any,
 ) -> FitResult:
     """:func:`~smcwake.train.fit` on every rank, each on its shard, with averaged gradients.
@@ -390,8 +391,9 @@ def fit_distributed(
 
     ``batch_size`` and ``refresh_size`` are per rank: a step sees ``W * batch_size``
     observations. ``resume=True`` needs the same world size (and every rank's checkpoint at the
-    same step); a different one is refused. After training, rank 0 writes
-    ``run_dir/summary.json``.
+    same step); a different one is refused. As with ``fit``, a ``run_dir`` whose rank folders
+    already hold a run is refused (on every rank) unless ``resume`` or ``overwrite`` is set.
+    After training, rank 0 writes ``run_dir/summary.json``.
 
     Args:
         model: the prior and likelihood (the same on every rank).
@@ -401,6 +403,7 @@ def fit_distributed(
         config: a :class:`~smcwake.train.TrainConfig`; ``overrides`` replace its fields.
         run_dir: the run folder; each rank writes to ``run_dir/rank-<rank>``.
         resume: continue every rank from its checkpoint.
+        overwrite: replace the run in ``run_dir`` (each rank's checkpoint and history).
         callbacks: passed to ``fit`` on every rank; they see that rank's history rows. A stop
             on any rank stops every rank.
         sharded: ``x`` holds only this rank's observations.
@@ -430,7 +433,7 @@ def fit_distributed(
         sync = DistributedSynchronizer(group)
         rank = sync.rank
         shard = _take_shard(model, x, sync, sharded)
-        rank_dir = _prepare_run_dir(run_dir, shard, sync, resume)
+        rank_dir = _prepare_run_dir(run_dir, shard, sync, resume, overwrite)
         local = shard.x.to(device)
         if encoder is None:
             encoder = _initial_encoder(model, local, shard.total, config, device, sync)
@@ -461,6 +464,7 @@ def fit_distributed(
             config=rank_config,
             run_dir=rank_dir,
             resume=resume,
+            overwrite=overwrite,
             callbacks=callbacks,
             sync=sync,
             **extra,
@@ -524,14 +528,24 @@ def _take_shard(model: Model, x: Tensor, sync: DistributedSynchronizer, sharded:
 
 
 def _prepare_run_dir(
-    run_dir: str | os.PathLike | None, shard: _Shard, sync: DistributedSynchronizer, resume: bool
+    run_dir: str | os.PathLike | None,
+    shard: _Shard,
+    sync: DistributedSynchronizer,
+    resume: bool,
+    overwrite: bool,
 ) -> Path | None:
-    """Create ``run_dir/rank-<r>``; on resume, refuse another world size or unequal steps."""
+    """Create ``run_dir/rank-<r>``; refuse (on every rank) a folder fit would refuse on any
+    rank, and on resume another world size or unequal steps."""
     if run_dir is None:
+        check_run_dir(None, resume=resume, overwrite=overwrite)  # the same on every rank
         return None
     rank, world = sync.rank, sync.world_size
     rank_dir = Path(run_dir) / f"rank-{rank}"
-    rank_dir.mkdir(parents=True, exist_ok=True)
+    problem = None
+    try:
+        check_run_dir(rank_dir, resume=resume, overwrite=overwrite)
+    except ValueError as err:
+        problem = str(err)
     layout = {
         "world_size": world,
         "rank": rank,
@@ -540,8 +554,7 @@ def _prepare_run_dir(
         "shard_size": shard.sizes[rank],
     }
     layout_path = rank_dir / LAYOUT_NAME
-    problem = None
-    if resume and layout_path.exists():
+    if problem is None and resume and layout_path.exists():
         saved = json.loads(layout_path.read_text())
         if saved.get("world_size") != world:
             problem = (
@@ -609,7 +622,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--checkpoint-every", type=int)
     parser.add_argument("--log-every", type=int)
     parser.add_argument("--device", help="default: cuda:<LOCAL_RANK> if available, else cpu")
-    parser.add_argument("--resume", action="store_true", help="continue from the checkpoints")
+    again = parser.add_mutually_exclusive_group()
+    again.add_argument("--resume", action="store_true", help="continue from the checkpoints")
+    again.add_argument("--overwrite", action="store_true", help="replace the run in --out")
     parser.add_argument("--no-progress", action="store_true")
     return parser
 
@@ -643,7 +658,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "progress": False if args.no_progress else None,
     }
     overrides = {k: v for k, v in overrides.items() if v is not None}
-    result = fit_distributed(task.model, x, run_dir=args.out, resume=args.resume, **overrides)
+    result = fit_distributed(
+        task.model, x, run_dir=args.out, resume=args.resume, overwrite=args.overwrite, **overrides
+    )
     if rank == 0:
         h = result.history
         world = json.loads((Path(args.out) / SUMMARY_NAME).read_text())["world_size"]

@@ -11,13 +11,22 @@ from collections.abc import Callable
 
 import torch
 from torch import Tensor
-from torch.distributions import Distribution, Independent, Normal, Uniform, constraints
+from torch.distributions import Distribution, Independent, Normal, Transform, Uniform, constraints
+from torch.distributions.utils import lazy_property
 
 from smcwake._ops import select
 
 _COORDINATE_LOOP_MAX_DIM = 8
 
-__all__ = ["Model", "LogLikelihood", "Simulator", "check_log_likelihood", "forked_rng"]
+__all__ = [
+    "Model",
+    "LogLikelihood",
+    "Simulator",
+    "check_log_likelihood",
+    "forked_rng",
+    "model_fingerprint",
+    "fingerprint_differences",
+]
 
 LogLikelihood = Callable[[Tensor, Tensor], Tensor]
 """``log_likelihood(z [B, K, d], x [B, p]) -> [B, K]``."""
@@ -98,7 +107,15 @@ def _check_continuous_support(prior: Distribution) -> None:
     The move kernels propose points in R^d; on a discrete set or on the simplex (a Dirichlet
     prior, whose d coordinates sum to 1) they would not target the posterior.
     """
-    support = prior.support
+    try:
+        support = prior.support
+    except NotImplementedError:
+        raise TypeError(
+            f"prior: {type(prior).__name__} does not define `support`, which the samplers need "
+            "to reject proposals outside it. Add a class attribute, e.g. `support = "
+            "torch.distributions.constraints.real_vector` (any z in R^d) or "
+            "`constraints.independent(constraints.interval(low, high), 1)` (a box)"
+        ) from None
     if support.is_discrete:
         raise ValueError(
             f"prior: expected a continuous distribution, received {type(prior).__name__} with "
@@ -366,16 +383,21 @@ class Model:
         """The user's function; its failure on the first evaluation is reported with shapes."""
         if self.x_dim is not None:
             return self._log_likelihood(z, x)
-        try:  # first evaluation: a failure here is usually a shape mismatch
+        try:  # first evaluation: a failure here is often a shape mismatch, or a bug
             return self._log_likelihood(z, x)
         except (RuntimeError, IndexError) as err:
             if isinstance(err, torch.cuda.OutOfMemoryError):
                 raise
+            columns = "x may not have the number of columns p the likelihood expects"
+            bug = "the likelihood itself may be at fault (its traceback is chained above)"
+            if _mentions_shapes(err):
+                hint = f"The message points to shapes: {columns}; or {bug}."
+            else:
+                hint = f"The message does not mention shapes: {bug}; or {columns}."
             raise ValueError(
                 f"log_likelihood failed on its first evaluation, with z {list(z.shape)} "
                 f"(d={self.dim} from the prior) and x {list(x.shape)}: "
-                f"{type(err).__name__}: {err}. Check that x has the number of columns p "
-                "the likelihood expects."
+                f"{type(err).__name__}: {err}. {hint}"
             ) from err
 
     def log_joint(self, z: Tensor, x: Tensor, rows: Tensor | None = None) -> Tensor:
@@ -434,3 +456,177 @@ def _uniform_box(prior: Distribution) -> tuple[Tensor, Tensor] | None:
     base = prior.base_dist
     low, high = base.low.expand(prior.event_shape), base.high.expand(prior.event_shape)
     return low, high
+
+
+# words in torch's messages for mismatched shapes ("The size of tensor a (3) must match ...",
+# "mat1 and mat2 shapes cannot be multiplied", "index 2 is out of bounds for dimension 1")
+_SHAPE_WORDS = ("size", "shape", "dimension", "out of bounds", "must match")
+
+
+def _mentions_shapes(err: BaseException) -> bool:
+    """Whether an exception's message reads like a shape mismatch."""
+    text = str(err).lower()
+    return any(word in text for word in _SHAPE_WORDS)
+
+
+# ------------------------------------------------------------------------------ fingerprint
+_FINGERPRINT_POINTS = 4  # prior draws per observation at which the likelihood is recorded
+_FINGERPRINT_OBSERVATIONS = 4  # observations (the first rows of x) it is recorded against
+_FINGERPRINT_SEED = 0
+_MAX_DEPTH = 6  # how deep the prior's attributes are followed (wrappers of wrappers)
+
+
+def model_fingerprint(model: Model, x: Tensor) -> dict:
+    """What identifies a model, for checking that a resumed run uses the same one.
+
+    Records the prior's classes and parameters (every tensor, number and string among its
+    attributes, following wrapped distributions, transforms and modules; for torch's
+    distributions the parameters named in ``arg_constraints``), and the log-likelihood at a few
+    fixed points drawn from the prior with a fixed seed, against the first rows of ``x``. The
+    likelihood is evaluated without recording a graph; the run's own random streams are not
+    touched. Compare two fingerprints with :func:`fingerprint_differences`.
+
+    Shapes: x [n, p] (the first few rows are used).
+
+    >>> from torch.distributions import Independent, Normal
+    >>> prior = Independent(Normal(torch.zeros(2), torch.ones(2)), 1)
+    >>> def loglik(z, x):
+    ...     return Normal(z, 1.0).log_prob(x[:, None, :]).sum(-1)
+    >>> x = torch.zeros(3, 2)
+    >>> a = model_fingerprint(Model(prior, loglik), x)
+    >>> fingerprint_differences(a, model_fingerprint(Model(prior, loglik), x))
+    []
+    >>> def wider(z, x):
+    ...     return Normal(z, 2.0).log_prob(x[:, None, :]).sum(-1)
+    >>> fingerprint_differences(a, model_fingerprint(Model(prior, wider), x))[0].split(":")[0]
+    'log-likelihood at fixed prior draws'
+    """
+    classes: dict[str, str] = {}
+    values: dict[str, object] = {}
+    _describe(model.prior, "prior", classes, values, set(), 0)
+    b = min(_FINGERPRINT_OBSERVATIONS, x.shape[0])
+    generator = torch.Generator(device=x.device).manual_seed(_FINGERPRINT_SEED)
+    z = model.sample_prior(
+        (b, _FINGERPRINT_POINTS), generator=generator, dtype=x.dtype, device=x.device
+    )
+    with torch.no_grad():
+        loglik = model.log_likelihood(z, x[:b], log_prior=model.log_prior(z))
+    return {
+        "classes": classes,
+        "values": values,
+        "loglik": loglik.detach().to("cpu", torch.float64),
+        "dtype": str(x.dtype),
+    }
+
+
+def _describe(obj: object, path: str, classes: dict, values: dict, seen: set, depth: int) -> None:
+    """Record the class of a distribution, transform or module at ``path`` and its attributes."""
+    if id(obj) in seen or depth > _MAX_DEPTH:
+        return
+    seen.add(id(obj))
+    classes[path] = f"{type(obj).__module__}.{type(obj).__qualname__}"
+    if isinstance(obj, torch.nn.Module):
+        for name, tensor in obj.state_dict().items():
+            values[f"{path}.{name}"] = tensor.detach().to("cpu").clone()
+        return
+    attributes: dict[str, object] = {}
+    try:  # torch's parameters, read through their properties (some are computed lazily)
+        names = list(obj.arg_constraints) if isinstance(obj, Distribution) else []
+    except NotImplementedError:  # a custom distribution without arg_constraints
+        names = []
+    for name in names:
+        try:
+            attributes[name] = getattr(obj, name)
+        except Exception:  # noqa: BLE001  (a parameter that cannot be computed: skip it)
+            continue
+    lazy = {k for k, v in vars(type(obj)).items() if isinstance(v, lazy_property)}
+    for name, value in vars(obj).items():
+        volatile = name == "_validate_args" or name.startswith("_cached") or name == "_inv"
+        if name not in attributes and name not in lazy and not volatile:
+            attributes[name] = value
+    for name, value in sorted(attributes.items(), key=lambda kv: (kv[0].startswith("_"), kv[0])):
+        _describe_value(value, f"{path}.{name}", classes, values, seen, depth)
+
+
+def _describe_value(
+    value: object, path: str, classes: dict, values: dict, seen: set, depth: int
+) -> None:
+    if isinstance(value, Tensor):
+        values[path] = value.detach().to("cpu").clone()
+    elif isinstance(value, bool | int | float | str | torch.Size | torch.dtype):
+        values[path] = value if not isinstance(value, torch.Size) else tuple(value)
+    elif isinstance(value, Distribution | Transform | torch.nn.Module):
+        _describe(value, path, classes, values, seen, depth + 1)
+    elif isinstance(value, list | tuple):
+        for i, item in enumerate(value):
+            _describe_value(item, f"{path}[{i}]", classes, values, seen, depth + 1)
+
+
+def fingerprint_differences(saved: dict, current: dict) -> list[str]:
+    """What differs between two :func:`model_fingerprint` results (empty if the same model).
+
+    Tensors and floats are compared with a tolerance for rounding (evaluation order may change
+    between versions and devices): relative ``sqrt(eps)`` of their dtype (1.5e-8 in float64,
+    3.5e-4 in float32), on top of an absolute floor of the same fraction of the largest
+    magnitude in the tensor. Anything else must be equal.
+    """
+    out = []
+    for path in sorted(set(saved["classes"]) | set(current["classes"])):
+        before, now = saved["classes"].get(path), current["classes"].get(path)
+        if before != now:
+            out.append(f"prior class at {path}: checkpoint {before} vs now {now}")
+    for path in [*current["values"], *(p for p in saved["values"] if p not in current["values"])]:
+        if path not in saved["values"] or path not in current["values"]:
+            where = "checkpoint" if path in saved["values"] else "current model"
+            out.append(f"prior parameter {path}: only in the {where}")
+            continue
+        before, now = saved["values"][path], current["values"][path]
+        if not _close(before, now):
+            out.append(f"prior parameter {path}: checkpoint {_show(before)} vs now {_show(now)}")
+    if out:  # other prior draws: the likelihood values cannot be compared
+        return out
+    before, now = saved["loglik"], current["loglik"]
+    eps = torch.finfo(getattr(torch, current["dtype"].removeprefix("torch."))).eps
+    if not _close(before, now, eps=eps):
+        gap = (before - now).abs().nan_to_num(nan=math.inf, posinf=math.inf)
+        out.append(
+            f"log-likelihood at fixed prior draws: checkpoint {_show(before)} vs now "
+            f"{_show(now)} (largest difference {float(gap.max()):.3g})"
+        )
+    return out
+
+
+def _close(a: object, b: object, eps: float | None = None) -> bool:
+    if isinstance(a, Tensor) != isinstance(b, Tensor):
+        return False
+    if not isinstance(a, Tensor):
+        if isinstance(a, float) and isinstance(b, float):
+            return math.isclose(a, b, rel_tol=math.sqrt(torch.finfo(torch.float64).eps))
+        return type(a) is type(b) and a == b
+    if a.shape != b.shape or a.dtype.is_floating_point != b.dtype.is_floating_point:
+        return False
+    if not a.dtype.is_floating_point:
+        return bool(torch.equal(a, b.to(a.dtype)))
+    tol = math.sqrt(eps if eps is not None else torch.finfo(a.dtype).eps)
+    a, b = a.double(), b.double()
+    finite = torch.isfinite(a)
+    # infinities (a zero likelihood, an unbounded prior edge) and NaN must sit at the same places
+    if not torch.equal(finite, torch.isfinite(b)):
+        return False
+    rest_a, rest_b = a[~finite], b[~finite]
+    if not bool(((rest_a == rest_b) | (rest_a.isnan() & rest_b.isnan())).all()):
+        return False
+    a, b = a[finite], b[finite]
+    if a.numel() == 0:
+        return True
+    return bool(((a - b).abs() <= tol * (b.abs() + b.abs().max())).all())
+
+
+def _show(value: object, limit: int = 4) -> str:
+    """A short rendering of a recorded value for messages."""
+    if not isinstance(value, Tensor):
+        return repr(value)
+    flat = value.flatten().tolist()
+    shown = ", ".join(f"{v:.6g}" if isinstance(v, float) else str(v) for v in flat[:limit])
+    more = f", ... ({value.numel()} values)" if len(flat) > limit else ""
+    return f"[{shown}{more}]"

@@ -28,6 +28,8 @@ has zero density), which :func:`~smcwake.fit` counts as a skipped step.
   from q, keeps the current state as the K-th, samples a new state by the importance weights, and
   steps on -log q(new state | x).
 
+:func:`get_objective` returns a method's objective by name; :data:`METHOD_NAMES` lists the names.
+
 References:
     McNamara, Loper & Regier (2024), Sequential Monte Carlo for Inclusive KL Minimization in
     Amortized Variational Inference, AISTATS. Bornschein & Bengio (2015), Reweighted Wake-Sleep.
@@ -37,12 +39,14 @@ References:
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
 
+from smcwake._ops import log_mean_exp
 from smcwake.bank import ParticleBank
 from smcwake.model import Model
 from smcwake.smc.resampling import multinomial
@@ -51,7 +55,7 @@ __all__ = [
     "Batch",
     "Context",
     "Objective",
-    "OBJECTIVES",
+    "METHOD_NAMES",
     "SMC_WAKE_METHODS",
     "get_objective",
     "smc_wake",
@@ -223,8 +227,7 @@ def iwae(encoder, batch: Batch, ctx: Context) -> tuple[Tensor, int]:
     K = ctx.num_particles
     z, log_q = encoder.rsample_and_log_prob(batch.x, K, generator=ctx.generator)
     log_w = ctx.model.log_joint(z, batch.x, batch.idx) - log_q
-    bound = torch.logsumexp(log_w, -1) - math.log(K)
-    return -bound.mean(), z.shape[0] * K
+    return -log_mean_exp(log_w).mean(), z.shape[0] * K
 
 
 def msc(encoder, batch: Batch, ctx: Context) -> tuple[Tensor, int]:
@@ -257,7 +260,7 @@ SMC_WAKE_METHODS = {
     "smc-wake-pimh": "pimh",
 }
 
-OBJECTIVES: dict[str, Objective] = {
+_OBJECTIVES: dict[str, Objective] = {
     **{name: smc_wake(est) for name, est in SMC_WAKE_METHODS.items()},
     "wake": wake,
     "defensive-wake": defensive_wake,
@@ -267,12 +270,39 @@ OBJECTIVES: dict[str, Objective] = {
     "msc": msc,
 }
 
+METHOD_NAMES = tuple(_OBJECTIVES)
+"""The names :func:`get_objective` (and ``fit(method=...)``) accept."""
+
 
 def get_objective(method: str) -> Objective:
-    """The objective for a method name; unknown names raise ValueError listing the valid ones."""
+    """The objective for a method name; unknown names raise ValueError listing the valid ones.
+
+    >>> get_objective("wake").__name__
+    'wake'
+    """
     try:
-        return OBJECTIVES[method]
+        return _OBJECTIVES[method]
     except KeyError:
         raise ValueError(
-            f"method: unknown {method!r}; expected one of {sorted(OBJECTIVES)}"
+            f"method: unknown {method!r}; expected one of {sorted(_OBJECTIVES)}"
         ) from None
+
+
+def _deprecated_registry() -> dict[str, Objective]:
+    """The registry behind the deprecated name ``OBJECTIVES``, with its FutureWarning.
+
+    Called from a module's ``__getattr__``: the warning points at the line that used the name.
+    """
+    warnings.warn(
+        "OBJECTIVES is deprecated since smcwake 0.1.0 and will be removed in 0.2.0: use "
+        "get_objective(method) for an objective and METHOD_NAMES for the names",
+        FutureWarning,
+        stacklevel=3,
+    )
+    return _OBJECTIVES
+
+
+def __getattr__(name: str) -> Any:
+    if name == "OBJECTIVES":
+        return _deprecated_registry()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

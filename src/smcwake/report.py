@@ -27,6 +27,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from smcwake.bench.results import load_results, to_json_data
+
 __all__ = ["METRIC_INFO", "metric_table", "budget_table", "render_markdown", "write_report"]
 
 METRIC_INFO: dict[str, tuple[str, str]] = {
@@ -579,19 +581,12 @@ def plot_reconstructions(results: dict[str, Any], path: Path) -> Path | None:
 def write_report(out: str | os.PathLike, results: dict[str, Any] | None = None) -> Path:
     """Write ``report.md`` and the figures into ``out``; returns the report's path.
 
-    ``results`` defaults to ``out/results.json`` (see :func:`smcwake.bench.load_results`).
+    ``results`` defaults to ``out/results.json`` (see
+    :func:`smcwake.bench.results.load_results`).
     """
     out = Path(out)
-    if results is None:
-        from smcwake.bench import load_results
-
-        results = load_results(out)
-    else:  # the same numbers the JSON file holds (tensors become lists)
-        import json
-
-        from smcwake.bench import _json_default
-
-        results = json.loads(json.dumps(results, default=_json_default))
+    # given results: the same numbers the JSON file holds (tensors become lists)
+    results = load_results(out) if results is None else to_json_data(results)
     out.mkdir(parents=True, exist_ok=True)
     figures = []
     for name, plot in (

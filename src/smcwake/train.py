@@ -7,7 +7,10 @@
 2. takes ``steps`` optimizer steps on the method's objective over minibatches of observations;
 3. every ``refresh_every`` steps runs SMC again for ``refresh_size`` observations (one batch);
 4. writes atomic checkpoints to ``run_dir`` every ``checkpoint_every`` steps, at the end, and on
-   SIGINT/SIGTERM; ``resume=True`` continues a run exactly where it stopped.
+   SIGINT/SIGTERM; ``resume=True`` continues a run exactly where it stopped, after checking that
+   the observations, the settings and the model (see :func:`smcwake.model.model_fingerprint`)
+   are the ones it was made with. A folder that already holds a run is never overwritten unless
+   asked (``overwrite=True``).
 
 All randomness flows from one ``torch.Generator`` seeded by ``seed``; its state is checkpointed,
 so a resumed run reproduces the uninterrupted one.
@@ -35,17 +38,29 @@ from tqdm.auto import tqdm
 
 from smcwake.bank import ParticleBank
 from smcwake.encoders import ENCODER_KINDS, Encoder, build_encoder
-from smcwake.model import Model, forked_rng
+from smcwake.model import Model, fingerprint_differences, forked_rng, model_fingerprint
 from smcwake.objectives import SMC_WAKE_METHODS, Batch, Context, get_objective
 from smcwake.smc.kernels import check_kernel_name, get_kernel
 from smcwake.smc.resampling import get_resampler
 from smcwake.smc.sampler import run_smc
 
-__all__ = ["SMCOptions", "TrainConfig", "FitResult", "Synchronizer", "fit", "CHECKPOINT_NAME"]
+__all__ = [
+    "SMCOptions",
+    "TrainConfig",
+    "FitResult",
+    "Synchronizer",
+    "fit",
+    "check_run_dir",
+    "CHECKPOINT_NAME",
+    "HISTORY_NAME",
+]
 
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_NAME = "checkpoint.pt"
+HISTORY_NAME = "history.json"
+SUPPORTED_DTYPES = (torch.float32, torch.float64)
+"""Floating-point types fit trains in (x's dtype); encoders and SMC need float32 or float64."""
 _CHECKPOINT_VERSION = 1
 _CHECKPOINT_KEYS = (
     "config",
@@ -72,7 +87,7 @@ class SMCOptions:
     ess_target: float = 0.5
     resample_threshold: float = 0.5
     resampling: str = "systematic"
-    kernel: str = "mixture+rwmh"
+    kernel: str = "auto"
     num_mcmc_steps: int | None = None
     max_stages: int = 500
 
@@ -127,7 +142,9 @@ class TrainConfig:
             M * K for (a)).
         smc: SMC settings.
         smc_batch_size: observations per batched SMC call.
-        use_unconverged: store SMC runs that stopped at max_stages (off: they are dropped).
+        use_unconverged: store SMC runs that stopped at max_stages, or whose particles did not
+            decorrelate in some stage (``SMCResult.mixed``; off: both are dropped and counted
+            in the history's ``unmixed_runs``).
         grad_clip: clip the gradient norm (None: off).
         max_bad_steps: stop after this many consecutive non-finite losses.
         max_evals: stop once this many likelihood evaluations were made (None: no cap).
@@ -282,6 +299,109 @@ def _comparable(config: TrainConfig) -> dict[str, Any]:
     return d
 
 
+def check_run_dir(
+    run_dir: str | os.PathLike | None, *, resume: bool = False, overwrite: bool = False
+) -> Path | None:
+    """Create ``run_dir`` if needed and check that :func:`fit` may use it; deletes nothing.
+
+    Raises ``ValueError`` (before any likelihood evaluation) when ``resume=True`` without a
+    folder, when both ``resume`` and ``overwrite`` are set, when the folder already holds a run
+    (a checkpoint or a history) and neither is set, when ``resume=True`` finds a history but no
+    checkpoint to continue from, or when the folder cannot be created or written to.
+
+    Returns the folder as a ``Path`` (None without ``run_dir``).
+    """
+    if resume and overwrite:
+        raise ValueError("resume=True and overwrite=True: choose one")
+    if run_dir is None:
+        if resume:
+            raise ValueError(
+                "resume=True needs run_dir, the folder holding the checkpoint to continue from"
+            )
+        return None
+    path = Path(run_dir)
+    held = [name for name in (CHECKPOINT_NAME, HISTORY_NAME) if (path / name).exists()]
+    if held and not (resume or overwrite):
+        raise ValueError(
+            f"run_dir {path} already holds a run ({', '.join(held)}); pass resume=True to "
+            "continue it, overwrite=True to replace it (command line: --resume or --overwrite), "
+            "or choose another run_dir"
+        )
+    if resume and held == [HISTORY_NAME]:
+        raise ValueError(
+            f"run_dir {path} holds {HISTORY_NAME} but no {CHECKPOINT_NAME} to resume from; pass "
+            "overwrite=True to start afresh there, or choose another run_dir"
+        )
+    probe = path / f".write-test-{os.getpid()}"
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise ValueError(
+            f"run_dir {path}: cannot write checkpoints there ({type(err).__name__}: {err}); "
+            "choose a writable folder"
+        ) from err
+    return path
+
+
+def _check_dtype(x: Tensor) -> None:
+    if x.dtype not in SUPPORTED_DTYPES:
+        raise TypeError(
+            f"x: fit trains in x's dtype, which must be torch.float32 or torch.float64; "
+            f"received {x.dtype}. Convert it first, e.g. x.float()"
+        )
+
+
+def _check_model(
+    checkpoint: dict, model: Model, x: Tensor, decoder: torch.nn.Module | None, path: Path
+) -> dict | None:
+    """Refuse a checkpoint made with another prior or likelihood; return the model's fingerprint.
+
+    A learned likelihood (``decoder``) changes during training, so it is compared in the state
+    the checkpoint stored (loaded here; put back if the check fails). Checkpoints written before
+    fingerprints existed are accepted with a warning.
+    """
+    saved = checkpoint.get("model")
+    if saved is None:
+        logger.warning(
+            "checkpoint in %s has no model fingerprint (written by an older smcwake): the prior "
+            "and likelihood cannot be checked against the ones it was made with",
+            path,
+        )
+        return None
+    before = None
+    if decoder is not None and checkpoint.get("decoder") is not None:
+        before = {k: v.clone() for k, v in decoder.state_dict().items()}
+        try:
+            decoder.load_state_dict(checkpoint["decoder"])
+        except (RuntimeError, ValueError, KeyError, TypeError) as err:
+            raise ValueError(
+                f"checkpoint in {path} does not fit this decoder ({err}); use the decoder it "
+                "was made with, or a new run_dir"
+            ) from err
+    current = model_fingerprint(model, x)
+    differences = fingerprint_differences(saved, current)
+    if differences:
+        if before is not None:
+            decoder.load_state_dict(before)
+        more = f"; and {len(differences) - 3} more" if len(differences) > 3 else ""
+        raise ValueError(
+            f"checkpoint in {path} was made with another model ({'; '.join(differences[:3])}"
+            f"{more}). Resume with the model it was made with, or start afresh with "
+            "overwrite=True or another run_dir"
+        )
+    return current
+
+
+def _remove_run(path: Path) -> None:
+    """Delete a previous run's checkpoint and history (``overwrite=True``)."""
+    for name in (CHECKPOINT_NAME, HISTORY_NAME):
+        if (path / name).exists():
+            logger.info("overwrite=True: removing %s", path / name)
+            (path / name).unlink()
+
+
 class _Stop:
     """Records SIGINT/SIGTERM during fit so the loop can checkpoint before leaving."""
 
@@ -361,9 +481,12 @@ def _run_and_store(
     config: TrainConfig,
     generator: torch.Generator,
     step: int,
-) -> tuple[int, int]:
-    """SMC for observations ``idx`` in batches; store the usable runs. Returns (evals, runs)."""
-    evals = runs = 0
+) -> tuple[int, int, int]:
+    """SMC for observations ``idx`` in batches; store the usable runs.
+
+    Returns (evals, stored runs, runs that reached tau = 1 unmixed).
+    """
+    evals = runs = unmixed = 0
     opts = config.smc
     for start in range(0, idx.numel(), config.smc_batch_size):
         chunk = idx[start : start + config.smc_batch_size]
@@ -371,7 +494,10 @@ def _run_and_store(
             result = _smc(model, x[chunk], chunk, config, generator, encoder)
         evals += int(result.num_likelihood_evals.sum())
         bank.excluded[chunk[result.zero_likelihood]] = True
-        usable = result.converged | (config.use_unconverged & ~result.zero_likelihood)
+        usable = (result.converged & result.mixed) | (
+            config.use_unconverged & ~result.zero_likelihood
+        )
+        unmixed += int((result.converged & ~result.mixed).sum())
         keep = torch.nonzero(usable).flatten()
         bank.add(
             chunk[keep],
@@ -385,11 +511,12 @@ def _run_and_store(
         dropped = int((~usable & ~result.zero_likelihood).sum())
         if dropped:
             logger.warning(
-                "dropped %d SMC runs that did not reach tau=1 (max_stages=%d)",
+                "dropped %d SMC runs that did not reach tau=1 (max_stages=%d) or whose "
+                "particles did not decorrelate (SMCResult.mixed)",
                 dropped,
                 opts.max_stages,
             )
-    return evals, runs
+    return evals, runs, unmixed
 
 
 # ---------------------------------------------------------------------------- fit
@@ -404,22 +531,28 @@ def fit(
     callbacks: list[Callback] | None = None,
     sync: Synchronizer | None = None,
     decoder: torch.nn.Module | None = None,
+    overwrite: bool = False,
     **overrides: Any,
 ) -> FitResult:
     """Train an encoder q(z | x) on the observations ``x`` with one method.
 
     Args:
         model: the prior and likelihood.
-        x: the dataset, [n, p].
+        x: the dataset, [n, p], in float32 or float64 (the precision of the whole run).
         encoder: an :class:`~smcwake.encoders.Encoder`, or a kind for
             :func:`~smcwake.encoders.build_encoder` ("flow", "mdn", "gaussian", ...); by default
             ``config.encoder``. A built one is initialised from ``seed`` and standardized with x
             and 10,000 prior draws.
         config: a :class:`TrainConfig`; keyword ``overrides`` replace its fields, e.g.
             ``fit(model, x, method="smc-wake-c", steps=500)``.
-        run_dir: folder for checkpoints and ``history.json`` (created if missing).
-        resume: continue from ``run_dir``'s checkpoint if there is one (same data and settings
-            required, ``steps`` may grow).
+        run_dir: folder for checkpoints and ``history.json`` (created if missing). A folder
+            that already holds a run is refused unless ``resume`` or ``overwrite`` is set.
+        resume: continue from ``run_dir``'s checkpoint if there is one (same data, settings
+            and model required, ``steps`` may grow); needs ``run_dir``. The model is checked
+            by its fingerprint (:func:`smcwake.model.model_fingerprint`: the prior's class and
+            parameters, the likelihood at fixed prior draws; with a ``decoder``, in the state
+            the checkpoint stored); a checkpoint from before fingerprints is resumed with a
+            logged warning.
         callbacks: called every ``log_every`` steps as ``cb(step, encoder, row)``; returning
             True stops training (a checkpoint is written).
         sync: for data-parallel training (see :mod:`smcwake.distributed`): averages gradients
@@ -428,6 +561,12 @@ def fit(
             (e.g. a VAE decoder the log-likelihood reads). Each step it takes an Adam step on
             the importance-weighted bound with the encoder as proposal; SMC runs are stamped
             with their step and ``stale_after`` drops outdated ones.
+        overwrite: replace the run in ``run_dir``: its checkpoint and history are deleted once
+            every check has passed, before training starts.
+
+    Every check of the input (data, settings, run folder, a resumed checkpoint and its model)
+    happens before the first SMC run. Fingerprinting the model for the checkpoint costs up to
+    16 likelihood evaluations (at each checkpoint with a decoder), not counted in the history.
 
     Shapes: x [n, p].
 
@@ -444,15 +583,14 @@ def fit(
         encoder = None
     config = dataclasses.replace(config or TrainConfig(), **overrides)
     model.check_x(x)
+    _check_dtype(x)
+    run_path = check_run_dir(run_dir, resume=resume, overwrite=overwrite)
     device = torch.device(config.device) if config.device else x.device
     x = x.to(device)
     n, p = x.shape
     objective = get_objective(config.method)
     generator = torch.Generator(device=device).manual_seed(config.seed)
-    run_path = Path(run_dir) if run_dir is not None else None
-    if run_path is not None:
-        run_path.mkdir(parents=True, exist_ok=True)
-    checkpoint = _load_checkpoint(run_path, config, x) if resume and run_path else None
+    checkpoint = _load_checkpoint(run_path, config, x) if resume else None
 
     if encoder is None:
         with forked_rng(generator, device):
@@ -504,11 +642,14 @@ def fit(
             "skipped_steps",
             "wall_time",
             "decoder_loss",
+            "unmixed_runs",
         )
     }
-    step, evals, sims, smc_runs, skipped, elapsed = 0, 0, 0, 0, 0, 0.0
+    step, evals, sims, smc_runs, skipped, elapsed, unmixed = 0, 0, 0, 0, 0, 0.0, 0
     initial_next = 0  # the next observation of the initial SMC pass
+    fingerprint = None  # the model's, for checkpoints (recomputed each time with a decoder)
     if checkpoint is not None:
+        fingerprint = _check_model(checkpoint, model, x, decoder, run_path)
         try:
             encoder.load_state_dict(checkpoint["encoder"])
             optimizer.load_state_dict(checkpoint["optimizer"])
@@ -526,11 +667,20 @@ def fit(
                 "the model and encoder it was made with, or a new run_dir"
             ) from err
         history = checkpoint["history"]
-        step, evals, sims, smc_runs, skipped, elapsed, initial_next = checkpoint["counters"]
+        counters = checkpoint["counters"]
+        step, evals, sims, smc_runs, skipped, elapsed, initial_next = counters[:7]
+        unmixed = counters[7] if len(counters) > 7 else 0
+        history.setdefault("unmixed_runs", [0] * len(history["step"]))
         if history["step"] and history["step"][-1] % config.log_every:
             for column in history.values():  # an end-of-run row; the resumed run logs on
                 column.pop()
         logger.info("resumed from %s at step %d", run_path, step)
+
+    def model_id() -> dict:
+        nonlocal fingerprint
+        if fingerprint is None or decoder is not None:
+            fingerprint = model_fingerprint(model, x)
+        return fingerprint
 
     def save() -> None:
         if run_path is None:
@@ -547,12 +697,13 @@ def fit(
             "chains": chains,
             "generator": generator.get_state(),
             "history": history,
-            "counters": (step, evals, sims, smc_runs, skipped, elapsed, initial_next),
+            "counters": (step, evals, sims, smc_runs, skipped, elapsed, initial_next, unmixed),
+            "model": model_id(),
         }
         _atomic_save(state, run_path / CHECKPOINT_NAME)
-        tmp = run_path / ".history.json.tmp"
+        tmp = run_path / f".{HISTORY_NAME}.tmp"
         tmp.write_text(json.dumps({"config": config.to_dict(), "history": history}, indent=1))
-        os.replace(tmp, run_path / "history.json")
+        os.replace(tmp, run_path / HISTORY_NAME)
 
     start = time.perf_counter() - elapsed
     refresh_size = min(config.refresh_size or config.batch_size, n)
@@ -565,15 +716,20 @@ def fit(
         dynamic_ncols=True,
     )
     stop_reason = None
+    if overwrite and run_path is not None:
+        _remove_run(run_path)
     with _Stop() as stop:
+        if run_path is not None:
+            model_id()  # before any SMC: a likelihood that fails here has cost nothing
         if bank is not None and initial_next < n:
             logger.info("initial SMC for %d observations (K=%d)", n, config.num_particles)
         while bank is not None and initial_next < n and stop.signum is None:
             chunk = torch.arange(
                 initial_next, min(n, initial_next + config.smc_batch_size), device=device
             )
-            e, r = _run_and_store(model, encoder, x, chunk, bank, config, generator, step)
+            e, r, u = _run_and_store(model, encoder, x, chunk, bank, config, generator, step)
             evals, smc_runs, initial_next = evals + e, smc_runs + r, int(chunk[-1]) + 1
+            unmixed += u
             if initial_next == n or stop.signum is not None:
                 save()  # the initial SMC is the costliest part of a run: keep it
         if stop.signum is not None:
@@ -587,8 +743,8 @@ def fit(
                 ]
                 if decoder is not None and config.stale_after is not None:
                     bank.drop_older_than(step - config.stale_after)
-                e, r = _run_and_store(model, encoder, x, pick, bank, config, generator, step)
-                evals, smc_runs = evals + e, smc_runs + r
+                e, r, u = _run_and_store(model, encoder, x, pick, bank, config, generator, step)
+                evals, smc_runs, unmixed = evals + e, smc_runs + r, unmixed + u
                 eligible = ~bank.excluded & bank.has_runs
             pool = (
                 torch.arange(n, device=device)
@@ -600,8 +756,9 @@ def fit(
                 empty = sync.agree(empty)
             if empty:
                 raise RuntimeError(
-                    "no observation has a usable SMC run (all zero likelihood or unconverged); "
-                    "raise smc.max_stages or set use_unconverged=True"
+                    "no observation has a usable SMC run (all zero likelihood, unconverged or "
+                    "unmixed); raise smc.max_stages or smc.num_mcmc_steps, or set "
+                    "use_unconverged=True"
                 )
             idx = pool[
                 torch.randperm(pool.numel(), generator=generator, device=device)[
@@ -660,6 +817,7 @@ def fit(
                     "skipped_steps": skipped,
                     "wall_time": time.perf_counter() - start,
                     "decoder_loss": float(dec_loss.detach()) if decoder is not None else None,
+                    "unmixed_runs": unmixed,
                 }
                 for key, value in row.items():
                     history[key].append(value)
@@ -689,7 +847,9 @@ def fit(
     return FitResult(encoder, history, bank, config)
 
 
-def _load_checkpoint(run_path: Path, config: TrainConfig, x: Tensor) -> dict | None:
+def _load_checkpoint(run_path: Path | None, config: TrainConfig, x: Tensor) -> dict | None:
+    if run_path is None:
+        return None
     path = run_path / CHECKPOINT_NAME
     if not path.exists():
         logger.info("no checkpoint in %s; starting fresh", run_path)

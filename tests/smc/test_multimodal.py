@@ -358,15 +358,21 @@ def fixed_mixture_steps() -> object:
 
 
 def test_slcp_four_modes_keep_equal_mass():
-    # six observations, K = 2000: the fast version of the slow test below
+    # six observations with the default kernel: the fast version of the slow test below. The
+    # default's jumps take the adaptive number of steps here (the clouds show modes), not the
+    # four of a fixed kernel. K = 5000 as in the issue: at K = 2000 the 30-step cap stops the
+    # jumps at 91 to 95% moved and one observation in six came out 8.9 s.e. off (a limit
+    # stated in docs/KERNELS.md)
     x = slcp_observations(SLCP_LOW, 6, seed=0)
     g = torch.Generator().manual_seed(31)
-    result = run_smc(slcp_model(), x, 2000, generator=g)
+    result = run_smc(slcp_model(), x, 5000, generator=g)
     assert_masses_within_binomial_error(result, torch.full((6, 4), 0.25, dtype=DT))
+    assert (result.kernel_info["independence/steps"] > 8).all()
+    assert (result.kernel_info["independence/gain"] > multimodal.MIN_GAIN).all()
     assert not check_mode_mixing(result, warn=False).any()
 
 
-def test_slcp_fixed_mixture_steps_lose_the_balance_and_are_flagged():
+def test_slcp_fixed_mixture_steps_lose_the_balance_and_are_flagged(caplog):
     # the premise of the adaptive rule and the power of the test above: two independence steps
     # per stage, whatever they achieve, leave masses many standard errors off on these curved
     # modes, and the diagnostic flags the observations
@@ -375,7 +381,9 @@ def test_slcp_fixed_mixture_steps_lose_the_balance_and_are_flagged():
     result = run_smc(slcp_model(), x, 2000, kernel=fixed_mixture_steps(), generator=g)
     z = standardized_errors(result, torch.full((6, 4), 0.25, dtype=DT))
     assert z.abs().max() > 6
-    assert check_mode_mixing(result, warn=False).all()
+    with caplog.at_level(logging.WARNING, logger="smcwake.smc.multimodal"):
+        assert check_mode_mixing(result).all()
+    assert "6 of 6 observations: mode masses may not have equilibrated" in caplog.text
 
 
 def test_asymmetric_variant_matches_quadrature():
@@ -391,11 +399,12 @@ def test_asymmetric_variant_matches_quadrature():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("local", ["rwmh", "mala"])
-def test_slcp_ten_observations_keep_equal_mass(local):
-    # the full check: K = 5000, ten observations simulated from the prior, with random-walk
-    # (the default) or MALA local steps after the mixture steps
-    kernel = "mixture+rwmh" if local == "rwmh" else compose(mixture_independence(2), mala(3))
+@pytest.mark.parametrize("kernel", ["auto", "mixture+rwmh", "mixture+mala"])
+def test_slcp_ten_observations_keep_equal_mass(kernel):
+    # the full check of the issue: K = 5000, ten observations simulated from the prior, with the
+    # default kernel, and with random-walk or MALA local steps after the mixture steps
+    if kernel == "mixture+mala":
+        kernel = compose(mixture_independence(2), mala(3))
     x = slcp_observations(SLCP_LOW, 10, seed=0)
     g = torch.Generator().manual_seed(33)
     result = run_smc(slcp_model(), x, 5000, kernel=kernel, generator=g)
@@ -405,6 +414,7 @@ def test_slcp_ten_observations_keep_equal_mass(local):
 
 @pytest.mark.slow
 def test_asymmetric_variant_ten_observations_match_quadrature():
+    # with the default kernel, K = 5000
     x = slcp_observations(ASYM_LOW, 10, seed=1)
     truth = asym_truth(x, ASYM_LOW)
     g = torch.Generator().manual_seed(34)
@@ -456,8 +466,14 @@ def test_independence_steps_adapt_per_observation_and_are_counted():
     )
     state = state_at(z, target)
     calls.zero_()
-    kernel = mixture_independence(2)
-    state, info = kernel(state, target, g, weighted_cholesky(state.z, state.log_weights))
+    chol = weighted_cholesky(state.z, state.log_weights)
+    # by default both clouds are one Gaussian lump, with no modes to balance: two steps
+    _, lump = mixture_independence(2)(state, target, g, chol)
+    assert lump.evals_per_particle.tolist() == [2, 2]
+    assert (lump.extra["independence/gain"] < multimodal.MIN_GAIN).all()
+    calls.zero_()
+    kernel = mixture_independence(2, min_gain=None)  # the step rule wherever the cloud is
+    state, info = kernel(state, target, g, chol)
     steps = info.extra["independence/steps"]
     assert steps[0] == 2, steps
     assert steps[1] > 4, steps
@@ -530,6 +546,35 @@ def test_redraws_outside_the_support_keep_the_target_and_raise_acceptance():
     assert rates[0] < (1 - 0.6 * outside) * rates[1], (rates, outside)
 
 
+def test_held_out_gain_tells_one_lump_from_separated_modes():
+    # the gate of the step rule: one Gaussian cloud (d = 5, a 16-component fit) against the
+    # same cloud split into two modes 8 sd apart. Out of sample, the mixture's extra components
+    # buy nothing on the lump (a few hundredths of a nat, either sign). On the modes they buy
+    # the entropy difference between one Gaussian of variance 1 + 4^2 in the split coordinate
+    # and two unit ones, 0.5 log 17 - log 2 = 0.72, less the few hundredths the lump loses. A
+    # one-component fit is the comparison itself (0)
+    g = torch.Generator().manual_seed(46)
+    B, K, d = 2, 4000, 5
+    lump = torch.randn(B, K, d, generator=g, dtype=DT)
+    shift = torch.zeros(d, dtype=DT)
+    shift[0] = 4.0
+    sign = torch.where(torch.rand(B, K, 1, generator=g, dtype=DT) < 0.5, -1.0, 1.0)
+    modes = lump + sign * shift
+    log_w = torch.full((B, K), -math.log(K), dtype=DT)
+    options = dict(em_iterations=10, defensive_weight=0.05, defensive_scale=1.5, generator=g)
+    gains = {}
+    for name, z in (("lump", lump), ("modes", modes)):
+        for m in (1, 16):
+            fit = cross_fit(z, log_w, num_components=m, **options)
+            gains[name, m] = multimodal.held_out_gain(z, log_w, fit).mean(-1)
+    assert (gains["lump", 1].abs() < 1e-6).all()
+    assert (gains["modes", 1].abs() < 1e-6).all()
+    assert (gains["lump", 16].abs() < 0.1).all(), gains
+    expected = 0.5 * math.log(17) - math.log(2) + gains["lump", 16]
+    assert ((gains["modes", 16] - expected).abs() < 0.05).all(), (gains, expected)
+    assert (gains["modes", 16] > multimodal.MIN_GAIN).all()
+
+
 def test_the_adaptive_rule_keeps_unequal_masses_from_a_wrong_start():
     # exactness of the adaptive number of steps: from a start with the wrong masses (1/2, 1/2
     # instead of 0.7, 0.3) the kernel, whose step count depends on the other particles'
@@ -587,6 +632,7 @@ def test_adaptive_step_counts_are_exact_with_a_handful_of_particles(monkeypatch)
         (lambda: mixture_independence(min_moved=1.5), "min_moved"),
         (lambda: mixture_independence(max_steps=0), "max_steps"),
         (lambda: mixture_independence(max_oversampling=0.5), "max_oversampling"),
+        (lambda: mixture_independence(min_gain=math.nan), "min_gain"),
     ],
 )
 def test_bad_step_options_are_rejected(factory, message):
@@ -597,11 +643,13 @@ def test_bad_step_options_are_rejected(factory, message):
 # ---------------------------------------------------------------- the mode-mixing diagnostic
 
 
-def with_diagnostics(result, moved, acceptance, distinct):
+def with_diagnostics(result, moved, acceptance, distinct, gain=None):
     info = dict(result.kernel_info)
     if moved is not None:
         info["independence/moved"] = torch.tensor(moved, dtype=DT)
         info["independence/acceptance"] = torch.tensor(acceptance, dtype=DT)
+    if gain is not None:
+        info["independence/gain"] = torch.tensor(gain, dtype=DT)
     return result._replace(kernel_info=info, distinct_fraction=torch.tensor(distinct, dtype=DT))
 
 
@@ -624,6 +672,12 @@ def test_check_mode_mixing_applies_its_thresholds_and_warns(caplog):
         flagged, min_moved=0.5, min_acceptance=0.0, min_distinct=0.3, warn=False
     ).any()
     assert caplog.text == ""
+    # where the clouds showed no modes (held-out gain under min_gain) the moved share and the
+    # acceptance are not read: a unimodal posterior in many dimensions rarely accepts a jump
+    lumps = with_diagnostics(
+        result, [0.95, 0.80, 0.95, 0.95], [0.30, 0.30, 0.01, 0.30], [1.0] * 4, [2.0, 0.0, 0.0, 2.0]
+    )
+    assert check_mode_mixing(lumps, warn=False).tolist() == [False, False, False, False]
     # without independence moves only the distinct share is read
     local = with_diagnostics(result, None, None, [1.0, 0.3, 1.0, 1.0])
     assert check_mode_mixing(local, warn=False).tolist() == [False, True, False, False]

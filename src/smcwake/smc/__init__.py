@@ -1,6 +1,9 @@
 """Batched likelihood-tempered sequential Monte Carlo."""
 
+from smcwake.smc.auto import auto_kernel, probe_gradients
+from smcwake.smc.crosswise import crosswise
 from smcwake.smc.kernels import (
+    DEFAULT_KERNEL,
     ENCODER_KERNEL_NAMES,
     KERNEL_NAMES,
     adaptive_steps,
@@ -18,6 +21,8 @@ from smcwake.smc.kernels import (
     weighted_cholesky,
 )
 from smcwake.smc.mh import Kernel, MoveInfo, Target
+from smcwake.smc.mixing import start_end_correlation, until_decorrelated
+from smcwake.smc.precondition import shrunk_cholesky, shrunk_covariance
 from smcwake.smc.resampling import (
     RESAMPLERS,
     ess,
@@ -28,15 +33,37 @@ from smcwake.smc.resampling import (
     systematic,
 )
 from smcwake.smc.sampler import SMCResult, SMCState, run_smc, smc_stage
+from smcwake.smc.steppers import (
+    Stepper,
+    fixed_steps,
+    hmc_stepper,
+    mala_stepper,
+    random_walk_stepper,
+)
 from smcwake.smc.tempering import conditional_ess, next_temperature, tempered
+from smcwake.smc.wastefree import waste_free
 
 __all__ = [
+    "DEFAULT_KERNEL",
     "ENCODER_KERNEL_NAMES",
     "KERNEL_NAMES",
     "Kernel",
     "MoveInfo",
     "Target",
     "adaptive_steps",
+    "auto_kernel",
+    "crosswise",
+    "fixed_steps",
+    "hmc_stepper",
+    "mala_stepper",
+    "probe_gradients",
+    "random_walk_stepper",
+    "shrunk_cholesky",
+    "shrunk_covariance",
+    "start_end_correlation",
+    "Stepper",
+    "until_decorrelated",
+    "waste_free",
     "compose",
     "encoder_independence",
     "encoder_then_mala",

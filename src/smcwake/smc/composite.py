@@ -97,6 +97,7 @@ def compose(*kernels: Kernel) -> Kernel:
     move.num_steps = sum(k.num_steps for k in kernels)
     move.name = "+".join(names)
     move.uses_scale = bool(scaled)
+    move.adaptation_gain = getattr(kernels[lead], "adaptation_gain", 2.0)
     return move
 
 
@@ -124,7 +125,8 @@ def adaptive_steps(kernel: Kernel, *, min_moved: float = 0.9, max_calls: int = 1
     Use a fixed number of steps where an exactly fixed kernel is required.
 
     Observations that stop are not evaluated again, and ``evals_per_particle`` is counted per
-    observation (an int64 tensor [B]); ``MoveInfo.extra`` adds ``"calls"`` and ``"moved"`` (the
+    observation (a float64 tensor [B]: crosswise kernels report fractions when their folds
+    differ); ``MoveInfo.extra`` adds ``"calls"`` and ``"moved"`` (the
     number of calls and the final share of moved particles, per observation), and averages the
     inner kernel's diagnostics over its calls.
 
@@ -152,7 +154,7 @@ def adaptive_steps(kernel: Kernel, *, min_moved: float = 0.9, max_calls: int = 1
         jump_sum = torch.zeros_like(acc_sum)
         extra_sum: dict[str, Tensor] = {}
         active = torch.arange(B, device=start.device)
-        evals = torch.zeros(B, dtype=torch.int64, device=start.device)
+        evals = torch.zeros(B, dtype=torch.float64, device=start.device)
         for _ in range(max_calls):
             everyone = active.numel() == B
             part = state if everyone else _rows(state, active)
@@ -180,4 +182,5 @@ def adaptive_steps(kernel: Kernel, *, min_moved: float = 0.9, max_calls: int = 1
     move.num_steps = kernel.num_steps
     move.name = f"adaptive({getattr(kernel, 'name', 'kernel')})"
     move.uses_scale = _uses_scale(kernel)
+    move.adaptation_gain = getattr(kernel, "adaptation_gain", 2.0)
     return move

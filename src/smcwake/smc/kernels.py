@@ -13,39 +13,31 @@ and never recomputed. Proposals are never clamped to the prior support: outside 
 is ``-inf`` and the move is rejected. The contract and the shared building blocks live in
 :mod:`smcwake.smc.mh`.
 
-All kernels precondition with the Cholesky factor of the weighted particle covariance, which the
-sampler computes once per stage (``weighted_cholesky``). This module holds the gradient-free
-random walk and the gradient-based MALA and HMC, and the registry of kernels by name
-(:func:`get_kernel`); kernels for multimodal posteriors are in :mod:`smcwake.smc.multimodal`,
-combinators in :mod:`smcwake.smc.composite`.
+All kernels precondition with the Cholesky factor of the weighted particle covariance, its
+correlations shrunk when the cloud holds few distinct points for its dimension, which the sampler
+computes once per stage (:func:`~smcwake.smc.precondition.shrunk_cholesky`). The random walk,
+MALA and HMC move *crosswise* (:mod:`smcwake.smc.crosswise`): each fold of particles with the
+metric of the other folds. This module holds those three and the registry of kernels by name
+(:func:`get_kernel`); the default kernel is :func:`~smcwake.smc.auto.auto_kernel` ("auto"), the
+single steps are in :mod:`smcwake.smc.steppers`, kernels for multimodal posteriors in
+:mod:`smcwake.smc.multimodal`, combinators in :mod:`smcwake.smc.composite` and
+:mod:`smcwake.smc.mixing`, waste-free SMC in :mod:`smcwake.smc.wastefree`.
 """
 
 from __future__ import annotations
 
-import math
-
-import torch
-from torch import Tensor
-
-from smcwake._ops import select
+from smcwake.smc.auto import auto_kernel
 from smcwake.smc.composite import adaptive_steps, compose
-from smcwake.smc.mh import (
-    Kernel,
-    MoveInfo,
-    Target,
-    accept,
-    standard_normal,
-    update_where,
-    weighted_cholesky,
-    whitened_sq_norm,
-)
+from smcwake.smc.crosswise import crosswise
+from smcwake.smc.mh import Kernel, MoveInfo, Target, weighted_cholesky
 from smcwake.smc.multimodal import (
     ProposalEncoder,
     encoder_independence,
     local_random_walk,
     mixture_independence,
 )
-from smcwake.smc.tempering import tempered
+from smcwake.smc.steppers import fixed_steps, hmc_stepper, mala_stepper, random_walk_stepper
+from smcwake.smc.wastefree import waste_free
 
 __all__ = [
     "Target",
@@ -78,41 +70,7 @@ def random_walk_metropolis(num_steps: int = 5, target_acceptance: float = 0.234)
     satisfies detailed balance for pi_tau at fixed ``scale``. Initial scale 2.38 (Roberts,
     Gelman & Gilks, 1997), adapted between stages toward ``target_acceptance``.
     """
-    if num_steps < 1:
-        raise ValueError(f"num_steps: expected >= 1, received {num_steps}")
-
-    def move(state, target: Target, generator, chol: Tensor):
-        B, K, d = state.z.shape
-        step_scale = state.scale.to(chol.dtype) / math.sqrt(d)  # [B]
-        step_chol = chol * step_scale[:, None, None]
-        # log pi_tau of the current particles, kept up to date instead of recomputed per step
-        current = state.log_prior + tempered(state.loglik, state.tau)
-        accepted = torch.zeros_like(state.log_prior)
-        jump = torch.zeros_like(state.log_prior)
-        for _ in range(num_steps):
-            # noise drawn as [B, d, K]: L @ noise is a product with a long inner row, which
-            # runs many times faster than noise @ L^T when d is small
-            noise = standard_normal(state.z, generator, (B, d, K))
-            z_new = state.z + (step_chol @ noise).mT
-            lp, ll = target.evaluate(z_new)
-            proposed = lp + tempered(ll, state.tau)
-            acc = accept(proposed - current, generator)
-            state = update_where(state, acc, z_new, lp, ll)
-            current = select(acc, proposed, current)
-            acc_f = acc.to(accepted.dtype)
-            accepted += acc_f
-            # the step is step_scale * L @ noise, so its whitened length needs no solve
-            jump += acc_f * noise.square().sum(1)
-        jump = jump * step_scale[:, None] ** 2
-        info = MoveInfo((accepted / num_steps).mean(-1), num_steps, (jump / num_steps).mean(-1))
-        return state, info
-
-    move.target_acceptance = target_acceptance
-    move.initial_scale = 2.38
-    move.num_steps = num_steps
-    move.name = "rwmh"
-    move.uses_scale = True
-    return move
+    return crosswise(fixed_steps(random_walk_stepper(target_acceptance), num_steps))
 
 
 def mala(num_steps: int = 5, target_acceptance: float = 0.574) -> Kernel:
@@ -121,51 +79,7 @@ def mala(num_steps: int = 5, target_acceptance: float = 0.574) -> Kernel:
     h = scale^2 / d^(1/3), Sigma = L L^T the cloud covariance. The Metropolis-Hastings ratio uses
     both proposal densities, so the kernel is exact for pi_tau; needs a differentiable likelihood.
     """
-    if num_steps < 1:
-        raise ValueError(f"num_steps: expected >= 1, received {num_steps}")
-
-    def move(state, target: Target, generator, chol: Tensor):
-        d = state.z.shape[-1]
-        h = (state.scale.to(chol.dtype) ** 2 / d ** (1 / 3))[:, None, None]  # [B, 1, 1]
-        sigma = chol @ chol.mT
-
-        def drift(z, grad):
-            return z + 0.5 * h * (grad @ sigma.mT)
-
-        def log_q(to, frm_drift):  # log N(to; drift, h Sigma) up to a constant shared by both
-            return -0.5 * whitened_sq_norm(to - frm_drift, chol) / h[..., 0]
-
-        _, _, grad = target.evaluate_with_grad(state.z, state.tau)
-        accepted = torch.zeros_like(state.log_prior)
-        jump = torch.zeros_like(state.log_prior)
-        for _ in range(num_steps):
-            mean_fwd = drift(state.z, grad)
-            z_new = mean_fwd + torch.sqrt(h) * (standard_normal(state.z, generator) @ chol.mT)
-            lp, ll, grad_new = target.evaluate_with_grad(z_new, state.tau)
-            log_ratio = (
-                lp
-                + tempered(ll, state.tau)
-                - state.log_prior
-                - tempered(state.loglik, state.tau)
-                + log_q(state.z, drift(z_new, grad_new))
-                - log_q(z_new, mean_fwd)
-            )
-            acc = accept(log_ratio, generator)
-            jump += torch.where(acc, whitened_sq_norm(z_new - state.z, chol), 0.0)
-            state = update_where(state, acc, z_new, lp, ll)
-            grad = torch.where(acc[..., None], grad_new, grad)
-            accepted += acc
-        info = MoveInfo(
-            (accepted / num_steps).mean(-1), num_steps + 1, (jump / num_steps).mean(-1)
-        )
-        return state, info
-
-    move.target_acceptance = target_acceptance
-    move.initial_scale = 1.0
-    move.num_steps = num_steps
-    move.name = "mala"
-    move.uses_scale = True
-    return move
+    return crosswise(fixed_steps(mala_stepper(target_acceptance), num_steps))
 
 
 def hmc(num_steps: int = 2, num_leapfrog: int = 5, target_acceptance: float = 0.65) -> Kernel:
@@ -179,47 +93,7 @@ def hmc(num_steps: int = 2, num_leapfrog: int = 5, target_acceptance: float = 0.
         raise ValueError(
             f"num_steps, num_leapfrog: expected >= 1, received {num_steps}, {num_leapfrog}"
         )
-
-    def move(state, target: Target, generator, chol: Tensor):
-        d = state.z.shape[-1]
-        eps = (state.scale.to(chol.dtype) / d**0.25)[:, None, None]  # [B, 1, 1]
-        _, _, grad = target.evaluate_with_grad(state.z, state.tau)
-        accepted = torch.zeros_like(state.log_prior)
-        jump = torch.zeros_like(state.log_prior)
-        for _ in range(num_steps):
-            p0 = standard_normal(state.z, generator)
-            z_new, g_new = state.z, grad
-            p = p0 + 0.5 * eps * (g_new @ chol)  # L^T grad, row-vector form
-            for i in range(num_leapfrog):
-                z_new = z_new + eps * (p @ chol.mT)
-                lp, ll, g_new = target.evaluate_with_grad(z_new, state.tau)
-                half = 0.5 if i == num_leapfrog - 1 else 1.0
-                p = p + half * eps * (g_new @ chol)
-            log_ratio = (
-                lp
-                + tempered(ll, state.tau)
-                - state.log_prior
-                - tempered(state.loglik, state.tau)
-                - 0.5 * (p.square().sum(-1) - p0.square().sum(-1))
-            )
-            acc = accept(log_ratio, generator)
-            jump += torch.where(acc, whitened_sq_norm(z_new - state.z, chol), 0.0)
-            state = update_where(state, acc, z_new, lp, ll)
-            grad = torch.where(acc[..., None], g_new, grad)
-            accepted += acc
-        info = MoveInfo(
-            (accepted / num_steps).mean(-1),
-            num_steps * num_leapfrog + 1,
-            (jump / num_steps).mean(-1),
-        )
-        return state, info
-
-    move.target_acceptance = target_acceptance
-    move.initial_scale = 0.5
-    move.num_steps = num_steps
-    move.name = "hmc"
-    move.uses_scale = True
-    return move
+    return crosswise(fixed_steps(hmc_stepper(num_leapfrog, target_acceptance), num_steps))
 
 
 def mixture_then_rwmh(num_steps: int = 5, mixture_share: float = 0.3) -> Kernel:
@@ -227,8 +101,9 @@ def mixture_then_rwmh(num_steps: int = 5, mixture_share: float = 0.3) -> Kernel:
 
     m = round(mixture_share * num_steps) (at least 1, at most num_steps - 1) independence steps
     from the crosswise-fitted cloud mixture, which carry particles between modes, then random-walk
-    steps with the cloud covariance, which are cheap and mix locally. The recommended kernel
-    (registered as "mixture+rwmh"): with the default 5 steps (2 + 3) it costs as many likelihood
+    steps with the cloud covariance, which are cheap and mix locally. Registered as
+    "mixture+rwmh" (the default before "auto", which adds steps until the particles decorrelate
+    and uses gradients when it can): with the default 5 steps (2 + 3) it costs as many likelihood
     evaluations as the plain random walk's default and keeps every mode's mass (see
     ``docs/KERNELS.md``).
 
@@ -287,7 +162,11 @@ def encoder_then_mala(
     return compose(encoder_independence(encoder, m), mala(num_steps - m))
 
 
+DEFAULT_KERNEL = "auto"
+"""The kernel ``run_smc`` and ``fit`` use when none is named (:func:`auto_kernel`)."""
+
 _KERNELS = {
+    "auto": auto_kernel,
     "rwmh": random_walk_metropolis,
     "mala": mala,
     "hmc": hmc,
@@ -295,6 +174,7 @@ _KERNELS = {
     "local_rwmh": local_random_walk,
     "mixture+rwmh": mixture_then_rwmh,
     "mixture+local_rwmh": mixture_then_local,
+    "waste-free": waste_free,
 }
 KERNEL_NAMES = tuple(_KERNELS)
 """Kernels :func:`get_kernel` builds from a name alone."""
@@ -327,7 +207,10 @@ def get_kernel(
 ) -> Kernel:
     """Build a kernel by name or pass a built kernel through.
 
-    Names: "rwmh", "mala", "hmc", "mixture" (:func:`mixture_independence`), "local_rwmh"
+    Names: "auto" (the default, :func:`~smcwake.smc.auto.auto_kernel`; ``num_mcmc_steps`` is its
+    cap on local steps per stage), "waste-free" (:func:`~smcwake.smc.wastefree.waste_free`;
+    ``num_mcmc_steps`` is its chain length), "rwmh", "mala", "hmc", "mixture"
+    (:func:`mixture_independence`), "local_rwmh"
     (:func:`local_random_walk`), "mixture+rwmh" (:func:`mixture_then_rwmh`),
     "mixture+local_rwmh" (:func:`mixture_then_local`), and, with ``encoder``, "encoder+rwmh"
     (:func:`encoder_then_rwmh`) and "encoder+mala" (:func:`encoder_then_mala`).

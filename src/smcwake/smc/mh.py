@@ -39,6 +39,7 @@ __all__ = [
     "MoveInfo",
     "Kernel",
     "weighted_cholesky",
+    "regularized_cholesky",
     "weighted_mean",
     "standard_normal",
     "accept",
@@ -88,7 +89,8 @@ class MoveInfo(NamedTuple):
     """What one kernel call did, per observation."""
 
     acceptance_rate: Tensor  # [B] mean over steps and particles
-    evals_per_particle: int | Tensor  # evaluations per particle in this call (or [B] int64)
+    evals_per_particle: int | Tensor  # evaluations per particle in this call (or [B], may be
+    # fractional: a mean over particles that were not all evaluated equally often)
     sq_jump: Tensor  # [B] mean squared jump distance in whitened units, per step
     extra: dict[str, Tensor] | None = None  # [B] each, e.g. acceptance of each sub-kernel
 
@@ -97,8 +99,9 @@ class Kernel(Protocol):
     """``move(state, target, generator, chol) -> (state, MoveInfo)``.
 
     Attributes: ``target_acceptance`` and ``initial_scale`` (for the sampler's adaptation of
-    ``state.scale``), ``num_steps`` (proposals per particle and call), ``name`` (a short label
-    used in diagnostics) and ``uses_scale`` (whether the move reads ``state.scale``).
+    ``state.scale``; optionally ``adaptation_gain``, 2 by default), ``num_steps`` (proposals
+    per particle and call), ``name`` (a short label used in diagnostics) and ``uses_scale``
+    (whether the move reads ``state.scale``).
     """
 
     target_acceptance: float
@@ -127,12 +130,21 @@ def weighted_cholesky(z: Tensor, log_weights: Tensor, jitter: float = 1e-6) -> T
     w = torch.softmax(log_weights, dim=-1)[..., None]  # [B, K, 1]
     mean = (w * z).sum(1, keepdim=True)
     centred = z - mean
-    cov = (w * centred).mT @ centred  # [B, d, d]
-    d = z.shape[-1]
-    eye = torch.eye(d, dtype=z.dtype, device=z.device)
+    return regularized_cholesky((w * centred).mT @ centred, jitter)
+
+
+def regularized_cholesky(cov: Tensor, jitter: float = 1e-6) -> Tensor:
+    """Cholesky factor of ``cov`` plus a ridge of ``jitter`` times its mean variance.
+
+    Rows whose factorization still fails fall back to the square root of the diagonal.
+
+    Shapes: cov [B, d, d] -> [B, d, d].
+    """
+    d = cov.shape[-1]
+    eye = torch.eye(d, dtype=cov.dtype, device=cov.device)
     var = torch.diagonal(cov, dim1=-2, dim2=-1)
-    ridge = jitter * var.mean(-1).clamp_min(torch.finfo(z.dtype).tiny)[:, None, None]
-    tiny = torch.finfo(z.dtype).eps * eye
+    ridge = jitter * var.mean(-1).clamp_min(torch.finfo(cov.dtype).tiny)[:, None, None]
+    tiny = torch.finfo(cov.dtype).eps * eye
     cov = cov + ridge * eye + tiny
     chol, info = torch.linalg.cholesky_ex(cov)
     diag = torch.diag_embed(torch.sqrt(torch.diagonal(cov, dim1=-2, dim2=-1)))

@@ -10,7 +10,16 @@ prior draws at tau_0 = 0 and ending at tau_T = 1. One stage, in the order the co
    evidence log Z += log sum_k W_k exp(increment_k) with the normalized carried weights W;
 3. resample the observations whose ESS fell below ``resample_threshold * K``;
 4. move every particle with an MCMC kernel invariant for pi_{t+1}, preconditioned by the
-   weighted particle covariance, its step scale adapted from the previous stage's acceptance.
+   weighted particle covariance (its correlations shrunk toward 0 when the cloud holds few
+   distinct points for its dimension, see :mod:`smcwake.smc.precondition`), its step scale
+   adapted from the previous stage's acceptance;
+5. measure how far the move took the particles from where they started (the start/end
+   correlation of :mod:`smcwake.smc.mixing`); a run in which some stage's particles stayed
+   correlated with their starting points is flagged ``mixed = False`` and a warning is logged.
+
+The default kernel (:func:`~smcwake.smc.auto.auto_kernel`) uses gradients when the likelihood is
+differentiable (checked at its first evaluation), jumps between modes with a mixture fitted to
+the cloud, and makes local steps until the particles have decorrelated, per observation.
 
 Observations that reach tau = 1 leave the batch: later stages evaluate the likelihood only for the
 ones still running. The product of the evidence increments is an unbiased estimate of p(x_b).
@@ -27,9 +36,12 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from smcwake.model import Model
-from smcwake.smc.kernels import Kernel, Target, get_kernel, weighted_cholesky
+from smcwake.smc.auto import probe_gradients
+from smcwake.smc.kernels import DEFAULT_KERNEL, Kernel, Target, get_kernel
+from smcwake.smc.mixing import NOISE_ALLOWANCE, correlation_noise, start_end_correlation
+from smcwake.smc.precondition import shrunk_cholesky
 from smcwake.smc.resampling import Resampler, ess, get_resampler, normalize_with_log_norm
-from smcwake.smc.tempering import next_temperature, tempered
+from smcwake.smc.tempering import conditional_ess, next_temperature, tempered
 
 __all__ = ["SMCState", "SMCResult", "distinct_fraction", "run_smc", "smc_stage"]
 
@@ -56,16 +68,23 @@ class StageInfo(NamedTuple):
     resampled: Tensor  # [B] bool
     acceptance_rate: Tensor  # [B]
     zero_likelihood: Tensor  # [B] bool: every weighted particle had zero likelihood
-    evals_per_particle: int | Tensor  # or [B] int64 when the kernel's count varies by row
+    evals_per_particle: int | Tensor  # or [B] when the kernel's count varies by row
     extra: dict[str, Tensor]  # [B] each, from the kernel
+    correlation: Tensor  # [B] start/end correlation of the move (1: nothing moved)
+    correlation_noise: Tensor  # [B] its standard error under independence
+    planned: Tensor  # [B] float64 next temperature, chosen before the move (NaN at tau = 1)
 
 
 class SMCResult(NamedTuple):
     """The output of :func:`run_smc`, per observation.
 
-    ``particles`` with ``log_weights`` are a weighted sample from p(z | x_b) when ``converged[b]``;
-    rows that stopped at ``max_stages`` (tau < 1) or whose likelihood was zero at every particle
-    (``zero_likelihood``) are *not* posterior samples and are flagged ``converged = False``.
+    ``particles`` with ``log_weights`` are a weighted sample from p(z | x_b) when ``converged[b]``
+    and ``mixed[b]``. Rows that stopped at ``max_stages`` (tau < 1) or whose likelihood was zero
+    at every particle (``zero_likelihood``) are *not* posterior samples and are flagged
+    ``converged = False``. Rows in which the moves of some stage left the particles correlated
+    with their starting points (start/end correlation above ``max_correlation``, see
+    ``correlation_history``) reached tau = 1 but may not have reached the posterior: they are
+    flagged ``mixed = False`` (``converged`` keeps its meaning and does not include this).
     """
 
     particles: Tensor  # [B, K, d]
@@ -82,6 +101,8 @@ class SMCResult(NamedTuple):
     loglik: Tensor  # [B, K] log-likelihood of the final particles
     distinct_fraction: Tensor  # [B] share of distinct particles after the last move
     kernel_info: dict[str, Tensor]  # [B] each: kernel diagnostics averaged over stages
+    mixed: Tensor  # [B] bool: no stage above max_correlation (by two standard errors)
+    correlation_history: Tensor  # [B, S] start/end correlation of each stage, NaN after stop
 
     def sample(self, n: int, *, generator: torch.Generator | None = None) -> Tensor:
         """Draw n equally weighted particles per observation (multinomial on the weights).
@@ -164,19 +185,30 @@ def smc_stage(
     resample_threshold: float,
     min_increment: float,
     generator: torch.Generator | None,
+    planned: Tensor | None = None,
 ) -> tuple[SMCState, StageInfo]:
     """One reweight -> resample -> move stage for B observations (all still running).
+
+    ``planned`` [B] is the next temperature of each row, chosen by the previous stage from its
+    particles before they moved (``StageInfo.planned``; NaN or None: choose it from the current
+    particles). A planned temperature whose conditional ESS on the current particles is below
+    half of ``ess_target`` is replaced by one chosen from the current particles.
 
     Shapes: state with B rows, target.x [B, p] -> (new state, StageInfo with [B] fields).
     """
     K = state.z.shape[1]
-    tau_next = next_temperature(
-        state.loglik,
-        state.log_weights,
-        state.tau,
-        target_ess=ess_target,
-        min_increment=min_increment,
-    )
+
+    def choose(s: SMCState) -> Tensor:
+        return next_temperature(
+            s.loglik, s.log_weights, s.tau, target_ess=ess_target, min_increment=min_increment
+        )
+
+    if planned is None:
+        tau_next = choose(state)
+    else:
+        ok = conditional_ess(state.loglik, state.log_weights, planned - state.tau)
+        ok = ~torch.isnan(planned) & (ok >= 0.5 * ess_target)
+        tau_next = planned if bool(ok.all()) else torch.where(ok, planned, choose(state))
     increment = tempered(state.loglik, tau_next - state.tau)
     unnormalized = state.log_weights + increment
     normalized, log_norm = normalize_with_log_norm(unnormalized)  # log sum_k W_k g_k
@@ -190,12 +222,25 @@ def smc_stage(
     )
     ess_now = ess(log_weights)
     resampled = (ess_now < resample_threshold * K) & ~zero
-    state = _resample_rows(state, resampled, resampler, generator)
+    if getattr(kernel, "resamples", False):  # e.g. waste-free: the kernel draws its ancestors
+        resampled = ~zero
+    else:
+        state = _resample_rows(state, resampled, resampler, generator)
+    # the next temperature, from particles the move is about to make independent of it
+    plan = torch.where(state.tau < 1.0, choose(state), math.nan)
 
-    chol = weighted_cholesky(state.z, state.log_weights)
+    chol = shrunk_cholesky(state.z, state.log_weights)
+    start = state.z
     state, move = kernel(state, target, generator, chol)
+    reported = (move.extra or {}).get("start_end_correlation")
+    if reported is None:  # a kernel that resamples reports its own (its particles are new)
+        correlation = start_end_correlation(start, state.z, state.log_weights)
+        noise = correlation_noise(start, state.log_weights)
+    else:
+        correlation, noise = reported, move.extra["correlation_noise"]
     # Robbins-Monro style adaptation of the scale for the next stage (exactness within a stage)
-    scale = state.scale * torch.exp(2.0 * (move.acceptance_rate - kernel.target_acceptance))
+    gain = getattr(kernel, "adaptation_gain", 2.0)
+    scale = state.scale * torch.exp(gain * (move.acceptance_rate - kernel.target_acceptance))
     state = state._replace(scale=scale.clamp(1e-3, 20.0))
     extra = {"sq_jump": move.sq_jump, **(move.extra or {})}
     info = StageInfo(
@@ -206,6 +251,9 @@ def smc_stage(
         zero,
         move.evals_per_particle,
         extra,
+        correlation,
+        noise.to(correlation.dtype),
+        plan,
     )
     return state, info
 
@@ -216,9 +264,33 @@ def _check_options(
     resample_threshold: float,
     max_stages: int,
     min_increment: float,
+    num_mcmc_steps: object = None,
+    generator: object = None,
+    seed: object = None,
+    dtype: object = None,
 ) -> None:
     def is_int(value: object) -> bool:
         return isinstance(value, int) and not isinstance(value, bool)
+
+    if generator is not None and not isinstance(generator, torch.Generator):
+        hint = f" (for a seeded run pass seed={generator!r})" if is_int(generator) else ""
+        raise TypeError(
+            f"generator: expected a torch.Generator or None, received "
+            f"{type(generator).__name__}{hint}"
+        )
+    if seed is not None and not is_int(seed):
+        raise TypeError(f"seed: expected an integer or None, received {seed!r}")
+    if seed is not None and generator is not None:
+        raise ValueError("seed and generator: pass one of them, not both")
+    if num_mcmc_steps is not None and not is_int(num_mcmc_steps):
+        raise TypeError(
+            f"num_mcmc_steps: expected None or an integer >= 1, received {num_mcmc_steps!r}"
+        )
+    if dtype is not None and dtype not in (torch.float32, torch.float64):
+        raise TypeError(
+            f"dtype: expected None (the prior's), torch.float32 or torch.float64, received "
+            f"{dtype!r}"
+        )
 
     for name, value in (
         ("ess_target", ess_target),
@@ -241,6 +313,16 @@ def _check_options(
         raise ValueError(f"min_increment: expected a number in (0, 1), received {min_increment!r}")
 
 
+def _check_max_correlation(max_correlation: float) -> None:
+    if isinstance(max_correlation, bool) or not isinstance(max_correlation, int | float):
+        raise TypeError(f"max_correlation: expected a number, received {max_correlation!r}")
+    if not -1.0 < max_correlation <= 1.0:
+        raise ValueError(
+            f"max_correlation: expected a number in (-1, 1], received {max_correlation!r}"
+        )
+
+
+@torch.no_grad()
 def run_smc(
     model: Model,
     x: Tensor,
@@ -249,15 +331,17 @@ def run_smc(
     ess_target: float = 0.5,
     resample_threshold: float = 0.5,
     resampling: str | Resampler = "systematic",
-    kernel: str | Kernel = "mixture+rwmh",
+    kernel: str | Kernel = DEFAULT_KERNEL,
     num_mcmc_steps: int | None = None,
     max_stages: int = 500,
+    max_correlation: float = 0.5,
     min_increment: float = 1e-9,
     generator: torch.Generator | None = None,
     device: torch.device | str | None = None,
     dtype: torch.dtype | None = None,
     rows: Tensor | None = None,
     progress: bool = False,
+    seed: int | None = None,
 ) -> SMCResult:
     """Likelihood-tempered SMC for a batch of observations at once.
 
@@ -268,20 +352,34 @@ def run_smc(
         ess_target: the conditional ESS fraction each tempering step aims for.
         resample_threshold: resample an observation when ESS < resample_threshold * K.
         resampling: "systematic" (default), "stratified", "multinomial", "residual".
-        kernel: "mixture+rwmh" (default: jumps between modes from a Gaussian mixture fitted
-            to the cloud, then random-walk steps; keeps every mode's mass, see
-            docs/KERNELS.md), "rwmh" (cheaper per stage when the likelihood is nearly free
-            and the posterior unimodal), "mala", "hmc" (differentiable likelihoods),
-            "mixture", "local_rwmh", "mixture+local_rwmh", or a built kernel from
-            :mod:`smcwake.smc.kernels` (e.g. ``encoder_then_rwmh(encoder)``).
-        num_mcmc_steps: MCMC steps per stage for a kernel given by name (kernel default if None).
+        kernel: "auto" (default: jumps between modes from a Gaussian mixture fitted to the
+            cloud, then Langevin steps if the likelihood is differentiable, random-walk steps
+            if not, until the particles have decorrelated from their starting points; see
+            :func:`~smcwake.smc.auto.auto_kernel` and docs/KERNELS.md), "mixture+rwmh" (two
+            jumps and three random-walk steps), "rwmh", "mala", "hmc" (differentiable
+            likelihoods), "waste-free", "mixture", "local_rwmh", "mixture+local_rwmh", or a
+            built kernel from :mod:`smcwake.smc.kernels` (e.g. ``encoder_then_rwmh(encoder)``).
+        num_mcmc_steps: MCMC steps per stage for a kernel given by name (kernel default if None;
+            for "auto", the most local steps per stage).
         max_stages: cap on the number of stages; observations that hit it are flagged
             ``converged = False`` and a warning is logged.
+        max_correlation: observations in which some stage's start/end correlation exceeds this
+            by more than two of its standard errors (which are large only for clouds of a few
+            particles, see :func:`~smcwake.smc.mixing.correlation_noise`) are flagged
+            ``mixed = False`` and a warning is logged.
         min_increment: smallest temperature step.
         generator: source of all randomness (prior draws included), for reproducible runs.
-        device, dtype: where and in which precision to run (default: x's device, prior's dtype).
+        seed: shorthand for ``generator=torch.Generator(device).manual_seed(seed)``; pass
+            ``seed`` or ``generator``, not both (a ``ValueError``). With neither, the run draws
+            from torch's global random state.
+        device, dtype: where and in which precision to run (default: x's device, prior's dtype;
+            float32 or float64).
         rows: dataset indices of the observations, used in error messages.
         progress: show a progress bar over stages.
+
+    The likelihood is evaluated without recording an autograd graph (kernels that need
+    gradients take them themselves), so a likelihood with learnable parameters, such as an
+    ``nn.Module`` emulator, can be used as it is.
 
     Shapes: x [B, p] -> SMCResult with particles [B, K, d], log_weights [B, K], log_evidence [B].
 
@@ -295,12 +393,25 @@ def run_smc(
     >>> model = Model(prior, lambda z, x: Normal(z[..., 0], 1.0).log_prob(x))
     >>> g = torch.Generator().manual_seed(0)
     >>> result = run_smc(model, torch.tensor([[12.0]]), 500, generator=g)
-    >>> bool(result.converged.all()), round(float(result.log_evidence[0]), 0)
+    >>> bool(result.converged.all() & result.mixed.all()), round(float(result.log_evidence[0]), 0)
     (True, -4.0)
     """
-    _check_options(num_particles, ess_target, resample_threshold, max_stages, min_increment)
+    _check_options(
+        num_particles,
+        ess_target,
+        resample_threshold,
+        max_stages,
+        min_increment,
+        num_mcmc_steps,
+        generator,
+        seed,
+        dtype,
+    )
+    _check_max_correlation(max_correlation)
     model.check_x(x)
     device = torch.device(device) if device is not None else x.device
+    if seed is not None:
+        generator = torch.Generator(device=device).manual_seed(seed)
     kernel = get_kernel(kernel, num_mcmc_steps)
     resampler = get_resampler(resampling)
     B, K = x.shape[0], num_particles
@@ -308,7 +419,18 @@ def run_smc(
     z = model.sample_prior((B, K), generator=generator, dtype=dtype, device=device)
     x = x.to(device=device, dtype=z.dtype)
     target = Target(model, x, rows)
-    log_prior, loglik = target.evaluate(z)
+    first_evals = 1
+    choose = getattr(kernel, "choose", None)
+    if choose is None:
+        log_prior, loglik = target.evaluate(z)
+    else:  # the default kernel: gradients or not, decided at the first evaluation
+        probe = probe_gradients(target, z)
+        log_prior, loglik, first_evals = probe.log_prior, probe.loglik, probe.evaluations
+        kernel = choose(probe.usable)
+        if probe.usable:
+            logger.info("the likelihood is differentiable: moves use gradients (%s)", kernel.name)
+        else:
+            logger.info("gradient-free moves (%s): %s", kernel.name, probe.reason)
     if bool((log_prior == -math.inf).any()):
         raise ValueError("prior.sample() produced points where prior.log_prob is -inf")
     f64 = dict(dtype=torch.float64, device=device)
@@ -321,12 +443,14 @@ def run_smc(
         log_evidence=torch.zeros(B, **f64),
         scale=torch.full((B,), kernel.initial_scale, dtype=z.dtype, device=device),
     )
-    evals = torch.full((B,), K, dtype=torch.int64, device=device)
+    evals = torch.full((B,), first_evals * K, dtype=torch.int64, device=device)
     num_stages = torch.zeros(B, dtype=torch.int64, device=device)
     zero_lik = torch.zeros(B, dtype=torch.bool, device=device)
-    taus, accs = [state.tau.clone()], []
+    taus, accs, corrs = [state.tau.clone()], [], []
     extra_sums: dict[str, Tensor] = {}
     running = torch.ones(B, dtype=torch.bool, device=device)
+    planned = torch.full((B,), math.nan, **f64)
+    unmixed_stage = torch.zeros(B, dtype=torch.bool, device=device)
     bar = tqdm(total=B, desc="SMC", unit="obs", disable=not progress, leave=False)
     for _ in range(max_stages):
         idx = torch.nonzero(running).flatten()
@@ -346,17 +470,28 @@ def run_smc(
             resample_threshold=resample_threshold,
             min_increment=min_increment,
             generator=generator,
+            planned=planned if everyone else planned[idx],
         )
         state = part if everyone else _scatter_rows_(state, idx, part)
-        evals[idx] += info.evals_per_particle * K
+        planned[idx] = info.planned
+        per_particle = info.evals_per_particle  # an int, or [B] (possibly fractional)
+        if isinstance(per_particle, Tensor) and per_particle.is_floating_point():
+            evals[idx] += (per_particle * K).round().to(torch.int64)
+        else:
+            evals[idx] += per_particle * K
         num_stages[idx] += 1
         zero_lik[idx] |= info.zero_likelihood
         tau_row = torch.full((B,), math.nan, **f64)
         tau_row[idx] = info.tau
         acc_row = torch.full((B,), math.nan, dtype=z.dtype, device=device)
         acc_row[idx] = info.acceptance_rate.to(z.dtype)
+        corr_row = torch.full((B,), math.nan, dtype=z.dtype, device=device)
+        corr_row[idx] = info.correlation.to(z.dtype)
+        excess = (info.correlation - NOISE_ALLOWANCE * info.correlation_noise).to(z.dtype)
+        unmixed_stage[idx] |= excess > max_correlation
         taus.append(tau_row)
         accs.append(acc_row)
+        corrs.append(corr_row)
         for key, value in info.extra.items():
             sums = extra_sums.setdefault(key, torch.zeros(B, dtype=torch.float64, device=device))
             sums[idx] += value.to(torch.float64)
@@ -385,6 +520,23 @@ def run_smc(
             B,
             max_stages,
         )
+    corr_hist = torch.stack(corrs, 1) if corrs else torch.empty(B, 0, dtype=z.dtype, device=device)
+    # a stage counts against mixing when its correlation exceeds max_correlation by more than
+    # two standard errors (NaN, a stage of a row with zero likelihood everywhere, does not)
+    mixed = ~unmixed_stage
+    unmixed = converged & ~mixed
+    if bool(unmixed.any()):
+        worst = corr_hist.nan_to_num(-math.inf).amax(-1)[unmixed]
+        logger.warning(
+            "%d of %d runs reached tau=1 with particles that did not decorrelate from their "
+            "starting points in some stage (start/end correlation up to %.2f > "
+            "max_correlation=%.2f; see SMCResult.mixed): the sample may not represent the "
+            "posterior; use more MCMC steps, a gradient-based kernel or the default kernel",
+            int(unmixed.sum()),
+            B,
+            float(worst.max()),
+            max_correlation,
+        )
     distinct = distinct_fraction(state.z)
     degenerate = converged & (distinct < 0.1)
     if bool(degenerate.any()):
@@ -412,4 +564,6 @@ def run_smc(
         loglik=state.loglik,
         distinct_fraction=distinct,
         kernel_info={k: v / num_stages.clamp_min(1) for k, v in extra_sums.items()},
+        mixed=mixed,
+        correlation_history=corr_hist,
     )

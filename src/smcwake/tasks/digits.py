@@ -31,6 +31,13 @@ __all__ = ["DigitsData", "LinearSigmoidDecoder", "digits", "digits_task", "load_
 
 IMAGE_SIZE = 64  # 8 x 8 pixels
 
+BENCH_RUNNERS = {
+    "bench": "smcwake.bench.digits:bench_runner",
+    "fit": "smcwake.bench.digits:fit_runner",
+}
+"""How :func:`smcwake.bench.run_bench` and :func:`~smcwake.bench.run_fit` run this task: the
+likelihood is learned, so every run needs its own decoder (:mod:`smcwake.bench.digits`)."""
+
 
 class LinearSigmoidDecoder(nn.Module):
     """Bernoulli decoder p(x | z) = prod_j Bernoulli(x_j; sigmoid(W z + b)_j).
@@ -127,7 +134,10 @@ def load_digits_binary(
     >>> data.train.shape, data.test.shape, sorted(data.train.unique().tolist())
     (torch.Size([142, 64]), torch.Size([36, 64]), [0.0, 1.0])
     """
-    from sklearn.datasets import load_digits  # shipped with scikit-learn; no download
+    from smcwake._optional import require
+
+    # the images ship with scikit-learn: no download
+    load_digits = require("sklearn.datasets", "the digits task").load_digits
 
     if digit is not None and (isinstance(digit, bool) or digit not in range(10)):
         raise ValueError(f"digit: expected None (all classes) or an int 0..9, received {digit!r}")
@@ -147,6 +157,21 @@ def load_digits_binary(
         test=place(binary[test], dtype, device),
         train_labels=labels[train].to(device),
         test_labels=labels[test].to(device),
+    )
+
+
+def _initial_decoder(train: Tensor, latent_dim: int, init_seed: int, dtype, device):
+    """A decoder with N(0, 1/k) weights and the bias at the logit of the (smoothed) training
+    pixel means. Shapes: train [n, 64]."""
+    train64 = train.detach().to(dtype=torch.float64, device="cpu")
+    pixel_mean = (train64.sum(0) + 0.5) / (len(train64) + 1.0)
+    return LinearSigmoidDecoder(
+        latent_dim,
+        IMAGE_SIZE,
+        generator=make_generator(init_seed),
+        bias=torch.logit(pixel_mean),
+        dtype=dtype,
+        device=device,
     )
 
 
@@ -173,8 +198,9 @@ def digits_task(
 
     ``defaults``: ``num_observations`` (all training images), ``num_particles`` (100),
     ``encoder`` (``"gaussian-diag"``), ``num_steps``, ``decoder`` (the same decoder),
-    ``decoder_objective`` (``"iwae"``, the IWBO), ``methods`` (wake vs SMC-Wake), and ``held_out``:
-    a function ``() -> x [M, 64]`` returning the held-out images.
+    ``decoder_objective`` (``"iwae"``, the IWBO), ``methods`` (wake vs SMC-Wake), ``held_out``:
+    a function ``() -> x [M, 64]`` returning the held-out images, and ``runners``
+    (:data:`BENCH_RUNNERS`).
 
     Shapes: z [B, K, k], x [B, 64].
 
@@ -192,16 +218,7 @@ def digits_task(
         dtype=dtype,
         device=device,
     )
-    train64 = data.train.detach().to(dtype=torch.float64, device="cpu")
-    pixel_mean = (train64.sum(0) + 0.5) / (len(train64) + 1.0)
-    decoder = LinearSigmoidDecoder(
-        latent_dim,
-        IMAGE_SIZE,
-        generator=make_generator(init_seed),
-        bias=torch.logit(pixel_mean),
-        dtype=dtype,
-        device=device,
-    )
+    decoder = _initial_decoder(data.train, latent_dim, init_seed, dtype, device)
     prior = Independent(
         Normal(
             torch.zeros(latent_dim, dtype=dtype, device=device),
@@ -252,6 +269,7 @@ def digits_task(
             "decoder_objective": "iwae",
             "methods": ["wake", "smc-wake-c"],
             "held_out": held_out,
+            "runners": BENCH_RUNNERS,
         },
     )
     return task, decoder

@@ -37,7 +37,8 @@ def many_samplers(
     (``"smc-wake-a"``; with M = 1 every SMC-Wake estimator coincides), ``num_steps``,
     ``metric`` (``"forward_kl"``, tracked over training), ``design_matrix``, and ``settings``:
     a list of two dicts with ``label``, ``num_runs`` (M, SMC runs per observation) and
-    ``num_particles`` (K per run): M = 1, K = 10,000 and M = 100, K = 100.
+    ``num_particles`` (K per run): M = 1, K = 10,000 and M = 100, K = 100; ``runners``: the
+    benchmark compares these two settings (:mod:`smcwake.bench.many_samplers`), not methods.
 
     Shapes: z [B, K, d], x [B, p].
 
@@ -58,6 +59,7 @@ def many_samplers(
                 {"label": "M=1, K=10000", "num_runs": 1, "num_particles": 10_000},
                 {"label": "M=100, K=100", "num_runs": 100, "num_particles": 100},
             ],
+            "runners": {"bench": "smcwake.bench.many_samplers:bench_runner"},
         },
         d=d,
         p=p,

@@ -12,8 +12,9 @@ rewards a proposal r that has collapsed to a point.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from typing import NamedTuple
+from collections.abc import Callable, Sequence
+from functools import partial
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -63,7 +64,10 @@ def toy_collapse(
     """The toy model z ~ N(0, prior_sd^2), x | z ~ N(z, noise_sd^2), with exact references.
 
     ``defaults``: ``observed`` (12.0, the paper's x), ``num_observations`` (1), ``num_particles``
-    (10,000, the table's number of proposals), ``encoder`` (``"gaussian"``), ``num_steps``.
+    (10,000, the table's number of proposals), ``encoder`` (``"gaussian"``), ``num_steps``, and
+    ``bench_extras``: a function ``() -> {"collapse": ...}``, the exact posterior at the
+    observed x and the rows of :func:`collapse_table`, which a benchmark adds to its results
+    (the report draws them).
 
     Shapes: z [B, K, 1], x [B, 1].
 
@@ -116,6 +120,8 @@ def toy_collapse(
         xd = x.double()[:, 0]
         return (-0.5 * xd.square() / var - 0.5 * math.log(var) - 0.5 * _LOG_2PI).to(x.dtype)
 
+    observed = 12.0  # the paper's x
+
     return Task(
         name="toy-collapse",
         model=model,
@@ -129,11 +135,14 @@ def toy_collapse(
         posterior_moments=posterior_moments,
         log_evidence=log_evidence,
         defaults={
-            "observed": 12.0,
+            "observed": observed,
             "num_observations": 1,
             "num_particles": 10_000,
             "encoder": "gaussian",
             "num_steps": 2_000,
+            "bench_extras": partial(
+                _collapse_results, posterior_moments, observed, prior_sd, noise_sd
+            ),
         },
     )
 
@@ -208,6 +217,25 @@ def collapse_table(
             )
         )
     return rows
+
+
+def _collapse_results(
+    posterior_moments: Callable[[Tensor], tuple[Tensor, Tensor]],
+    observed: float,
+    prior_sd: float,
+    noise_sd: float,
+) -> dict[str, Any]:
+    """The exact posterior at ``observed`` and the rows of :func:`collapse_table`, as a
+    benchmark stores them (``results["collapse"]``, drawn by the report)."""
+    mean, cov = posterior_moments(torch.tensor([[observed]]))
+    rows = collapse_table(observed, prior_sd=prior_sd, noise_sd=noise_sd)
+    return {
+        "collapse": {
+            "observed": observed,
+            "posterior": {"mean": float(mean), "sd": float(cov.sqrt())},
+            "rows": [row._asdict() for row in rows],
+        }
+    }
 
 
 def format_collapse_table(rows: Sequence[CollapseRow]) -> str:

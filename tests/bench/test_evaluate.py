@@ -1,7 +1,6 @@
-"""bench: metrics against known answers, unavailable methods kept, budgets matched."""
+"""bench.evaluate: metrics against known answers (exact posteriors, closed-form evidences)."""
 
 import dataclasses
-import json
 import math
 
 import pytest
@@ -9,27 +8,22 @@ import torch
 from torch.distributions import Independent, MultivariateNormal, Normal, Uniform
 
 from smcwake import Model
-from smcwake.bench import (
+from smcwake.bench.evaluate import (
     EvalOptions,
+    Reference,
+    curve_metric,
     evaluate,
     grid_log_evidence,
-    run_bench,
-    unavailable_reason,
+    importance_log_evidence,
+    mean_finite,
 )
 from smcwake.tasks import Task, get
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # small tensors; seeded runs reproduce
 
 TINY_EVAL = EvalOptions(
     num_samples=200, c2st_observations=0, c2st_samples=100, mmd_samples=50, sbc_samples=49
 )
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small tensors: one thread is fastest and does not fight other processes for cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 class ExactPosterior:
@@ -112,77 +106,47 @@ def test_grid_log_evidence_of_a_box_uniform_prior():
     torch.testing.assert_close(got, expected, atol=1e-3, rtol=0)
 
 
-def test_unavailable_methods_have_reasons():
-    two_moons = get("two-moons")
-    assert "bounded support" in unavailable_reason(two_moons, "elbo", "flow")
-    assert "reparameterized" in unavailable_reason(get("toy-collapse"), "elbo", "mdn")
-    assert unavailable_reason(two_moons, "sleep", "flow") is None
-    with pytest.raises(ValueError, match="unknown"):
-        unavailable_reason(two_moons, "nope", "flow")
+def test_grid_log_evidence_refuses_other_tasks():
+    task = get("toy-collapse")
+    with pytest.raises(ValueError, match="2-D task with a box-uniform prior"):
+        grid_log_evidence(task, torch.zeros(1, 1))
 
 
-def test_bench_matches_budgets_within_one_step(tmp_path):
-    budget = 30_000
-    results = run_bench(
-        "toy-collapse",
-        ["smc-wake-c", "wake", "msc", "sleep"],
-        seeds=1,
-        steps=1000,
-        budget=budget,
-        out=tmp_path,
-        num_observations=8,
-        overrides={"num_particles": 100, "batch_size": 8, "log_every": 1},
-        eval_options=TINY_EVAL,
-        progress=False,
-    )
-    for method in ("smc-wake-c", "wake", "msc"):
-        run = results["methods"][method]["runs"][0]
-        history = json.loads((tmp_path / "runs" / method / "seed0" / "history.json").read_text())
-        evals = history["history"]["likelihood_evals"]
-        largest_step = max(b - a for a, b in zip([0, *evals[:-1]], evals, strict=True))
-        assert run["stopped_by"] == "budget", method
-        assert budget <= run["likelihood_evals"] < budget + largest_step, method
-    sleep = results["methods"]["sleep"]["runs"][0]
-    assert budget <= sleep["simulations"] < budget + 8 * 100  # one step: 8 obs x 100 sims
-    assert (tmp_path / "report.md").exists()
-    assert not list(tmp_path.glob("runs/*/seed0/checkpoint.pt"))  # finished runs drop them
+def test_importance_log_evidence_with_the_posterior_as_proposal_is_exact():
+    # every weight p(z, x) / p(z | x) equals p(x), whatever the draws
+    task = get("toy-collapse", dtype=torch.float64)
+    _, x = task.observations(5, 0)
+    q = ExactPosterior(task)
+    z = q.sample(x, 7, generator=torch.Generator().manual_seed(0))
+    got = importance_log_evidence(task.model, z, q.log_prob(z, x), x)
+    torch.testing.assert_close(got, task.log_evidence(x), atol=1e-10, rtol=0)
 
 
-def test_default_budget_is_the_first_methods_and_resume_reuses_runs(tmp_path):
-    kwargs = {
-        "seeds": 1,
-        "steps": 20,
-        "out": tmp_path,
-        "num_observations": 4,
-        "overrides": {"num_particles": 50, "batch_size": 4},
-        "eval_options": TINY_EVAL,
-        "progress": False,
-    }
-    first = run_bench("toy-collapse", ["smc-wake-a", "wake"], **kwargs)
-    used = first["methods"]["smc-wake-a"]["runs"][0]["likelihood_evals"]
-    assert first["budgets"] == {0: used}
-    again = run_bench("toy-collapse", ["smc-wake-a", "wake"], resume=True, **kwargs)
-    assert again["methods"]["wake"]["runs"][0] == json.loads(
-        json.dumps(first["methods"]["wake"]["runs"][0], default=lambda t: t.tolist())
-    )
+def test_importance_log_evidence_is_unbiased_for_the_evidence():
+    # proposal N(0, 3^2) for the toy posterior: mean over 4000 draws of the weights estimates
+    # p(x); its relative standard error is sd(w) / (mean(w) sqrt(S)), checked within 4 s.e.
+    task = get("toy-collapse", dtype=torch.float64)
+    x = torch.tensor([[2.0]], dtype=torch.float64)
+    g = torch.Generator().manual_seed(0)
+    z = 3.0 * torch.randn(1, 4000, 1, generator=g, dtype=torch.float64)
+    log_q = Normal(0.0, 3.0).log_prob(z).sum(-1)
+    log_w = task.model.log_joint(z, x).double() - log_q
+    w = (log_w - task.log_evidence(x)[:, None]).exp()  # weights / p(x): mean 1
+    se = float(w.std() / math.sqrt(w.numel()))
+    got = importance_log_evidence(task.model, z, log_q, x)
+    assert abs(float(got - task.log_evidence(x))) < 4 * se
 
 
-def test_digits_learns_a_decoder_and_scores_held_out_images(tmp_path):
-    results = run_bench(
-        "digits",
-        ["smc-wake-c", "wake"],
-        seeds=1,
-        steps=3,
-        out=tmp_path,
-        num_observations=16,
-        overrides={"refresh_size": 8, "num_particles": 30},
-        eval_options=EvalOptions(num_samples=30, heldout_particles=30),
-        progress=False,
-    )
-    for method in ("smc-wake-c", "wake"):
-        run = results["methods"][method]["runs"][0]
-        assert run["steps"] == 3
-        # log p(x) of a binary 8x8 image lies in [64 log(1e-3), 0) for any sane decoder
-        assert -450 < run["metrics"]["heldout_loglik"] < 0
-        assert len(run["reconstructions"]) == 8
-    assert (tmp_path / "reconstructions.png").exists()
+def test_mean_finite_skips_infinities_and_nans():
+    assert mean_finite(torch.tensor([1.0, math.inf, math.nan, 3.0])) == 2.0
+    assert math.isinf(mean_finite(torch.tensor([math.inf, math.inf])))
+
+
+def test_the_tracked_forward_kl_is_zero_at_the_exact_posterior():
+    task = get("linear-gaussian", d=2, p=3, dtype=torch.float64)
+    _, x = task.observations(6, 0)
+    options = EvalOptions(c2st_observations=0, curve_observations=4)
+    name, metric = curve_metric(task, Reference(task, x, options), x, options)
+    assert name == "forward_kl"
+    assert metric(ExactPosterior(task)) == pytest.approx(0.0, abs=1e-10)
+    assert metric(ExactPosterior(task, closed_form=False)) == pytest.approx(0.0, abs=1e-10)
