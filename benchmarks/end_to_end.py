@@ -35,7 +35,7 @@ import torch
 from _common import best_of, parser, setup, table, write_section
 
 import smcwake
-import smcwake.train
+import smcwake.loop
 from smcwake import run_smc
 from smcwake.diagnostics import c2st, forward_kl_gaussian
 from smcwake.tasks import get
@@ -77,13 +77,14 @@ SETTINGS = {
 
 
 class SMCTimer:
-    """Wraps the run_smc used by fit to add up its wall time and the observations sent."""
+    """Wraps the run_smc used by fit (in smcwake.loop) to add up its wall time and the
+    observations sent."""
 
     def __init__(self) -> None:
         self.seconds = 0.0
         self.observations = 0
         self.calls = 0
-        self._original = smcwake.train.run_smc
+        self._original = smcwake.loop.run_smc
 
     def __enter__(self) -> SMCTimer:
         def timed(model, x, *args, **kwargs):
@@ -94,11 +95,11 @@ class SMCTimer:
             self.calls += 1
             return result
 
-        smcwake.train.run_smc = timed
+        smcwake.loop.run_smc = timed
         return self
 
     def __exit__(self, *exc) -> None:
-        smcwake.train.run_smc = self._original
+        smcwake.loop.run_smc = self._original
 
 
 def quality(name: str, task, x):

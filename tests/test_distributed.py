@@ -8,6 +8,7 @@ end test (whose rendezvous store listens on a TCP port) is marked ``slow``.
 
 import json
 import os
+import runpy
 import shutil
 import socket
 import subprocess
@@ -21,6 +22,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
+from faults import conjugate, small
 from smcwake.diagnostics import forward_kl_gaussian
 from smcwake.distributed import (
     LAYOUT_NAME,
@@ -28,7 +30,6 @@ from smcwake.distributed import (
     DistributedSynchronizer,
     _combine_histories,
     fit_distributed,
-    main,
     rank_seed,
     shard_indices,
 )
@@ -289,12 +290,25 @@ def test_resume_refuses_another_world_size(two_processes, tmp_path, one_process_
         fit_distributed(task.model, x, run_dir=run, resume=True, **SETTINGS)
 
 
-def test_command_line_entry(tmp_path, one_process_group, capsys):
+@pytest.mark.filterwarnings("ignore:.*found in sys.modules:RuntimeWarning")  # runpy
+def test_command_line_entry(tmp_path, one_process_group, capsys, monkeypatch):
+    from smcwake import cli
+
     out = tmp_path / "run"
     argv = ["--task", "toy-collapse", "--encoder", "gaussian", "--num-observations", "8"]
     argv += ["--num-particles", "50", "--steps", "4", "--batch-size", "4", "--out", str(out)]
     with _one_thread():
-        assert main([*argv, "--no-progress"]) == 0
+        assert cli.main(["distributed", *argv, "--no-progress"]) == 0
+    assert "4 steps on 1 process " in capsys.readouterr().out
+    # the module's own entry is the same command, deprecated
+    monkeypatch.setattr(sys, "argv", ["distributed.py", *argv, "--no-progress", "--overwrite"])
+    with (
+        _one_thread(),
+        pytest.warns(FutureWarning, match="-m smcwake distributed"),
+        pytest.raises(SystemExit) as stop,
+    ):
+        runpy.run_module("smcwake.distributed", run_name="__main__")
+    assert stop.value.code == 0
     assert "4 steps on 1 process " in capsys.readouterr().out
     summary = json.loads((out / SUMMARY_NAME).read_text())
     assert summary["world_size"] == 1
@@ -325,7 +339,7 @@ def test_torchrun_launch_and_resume_on_the_same_world_size(tmp_path):
 
     def launch(steps: int, *extra: str) -> None:
         command = [str(torchrun), "--nproc-per-node", str(WORLD), "--master-addr", "127.0.0.1"]
-        command += ["--master-port", str(_free_port()), "-m", "smcwake.distributed"]
+        command += ["--master-port", str(_free_port()), "-m", "smcwake", "distributed"]
         command += ["--task", "toy-collapse", "--encoder", "gaussian", "--no-progress"]
         command += ["--num-observations", "20", "--num-particles", "50", "--batch-size", "5"]
         command += ["--steps", str(steps), "--checkpoint-every", "10", "--out", str(out)]
@@ -352,3 +366,22 @@ def test_combined_history_sums_counters_and_averages_losses():
     assert combined["loss"] == [2.0, 4.0]
     assert combined["smc_runs"] == [8, 15]
     assert combined["unmixed_runs"] == [2, 3]
+
+
+def test_fit_distributed_follows_the_same_run_folder_rules(tmp_path, one_process_group):
+    from smcwake.distributed import fit_distributed
+
+    model, x = conjugate()
+    run = tmp_path / "run"
+    fit_distributed(model, x, run_dir=run, **small(steps=4))
+    with pytest.raises(ValueError, match=r"rank 0: run_dir .*rank-0 already holds a run"):
+        fit_distributed(model, x, run_dir=run, **small(steps=4))
+    with pytest.raises(ValueError, match="resume=True needs run_dir"):
+        fit_distributed(model, x, resume=True, **small(steps=4))
+    assert (
+        fit_distributed(model, x, run_dir=run, resume=True, **small(steps=6)).history["step"][-1]
+        == 6
+    )
+    assert fit_distributed(model, x, run_dir=run, overwrite=True, **small(steps=2)).history[
+        "step"
+    ] == [2]

@@ -8,8 +8,21 @@ import math
 import pytest
 import torch
 from torch import nn
-from torch.distributions import MultivariateNormal
+from torch.distributions import (
+    Beta,
+    Distribution,
+    Gamma,
+    HalfNormal,
+    Independent,
+    LogNormal,
+    MultivariateNormal,
+    Normal,
+    Poisson,
+    Uniform,
+    constraints,
+)
 
+from smcwake import Model
 from smcwake.encoders import (
     ENCODER_KINDS,
     FlowEncoder,
@@ -345,3 +358,197 @@ def test_sample_moments_match_density(kind, z_dim):
         variance = integrate(q * f_grid**2, axes) - expected**2
         error = (f_sample.mean(-1) - expected).abs()
         assert (error <= 4 * (variance / n).sqrt()).all(), (error, (variance / n).sqrt())
+
+
+# ---------------------------------------------------------------------------- support transform
+class NormalGamma(Distribution):
+    """A mixed-support prior: z_0 ~ N(0, 1) on R, z_1 ~ Gamma(2, 1) on (0, inf), independent."""
+
+    arg_constraints: dict = {}
+    support = constraints.cat([constraints.real, constraints.positive], dim=-1, lengths=[1, 1])
+
+    def __init__(self):
+        super().__init__(event_shape=torch.Size([2]), validate_args=False)
+        self.parts = (Normal(0.0, 1.0), Gamma(2.0, 1.0))
+
+    def sample(self, sample_shape=()):
+        return torch.stack([part.sample(sample_shape) for part in self.parts], -1)
+
+    def log_prob(self, value):
+        return self.parts[0].log_prob(value[..., 0]) + self.parts[1].log_prob(value[..., 1])
+
+
+PRIORS = {
+    "box": lambda: Independent(Uniform(torch.tensor([-1.0, 0.0]), torch.tensor([1.0, 3.0])), 1),
+    "halfnormal": lambda: Independent(HalfNormal(2.0 * torch.ones(3)), 1),
+    "gamma": lambda: Independent(Gamma(0.5 * torch.ones(3), torch.ones(3)), 1),
+    "lognormal": lambda: Independent(LogNormal(torch.zeros(2), 2.0 * torch.ones(2)), 1),
+    "beta": lambda: Independent(Beta(torch.tensor([0.5, 2.0]), torch.tensor([0.5, 5.0])), 1),
+    "normal-gamma": NormalGamma,
+}
+
+
+def on_support(prior_name, kind, support=True, **options):
+    """An untrained encoder for a prior, standardized from 4,000 prior draws, and its Model."""
+    prior = PRIORS[prior_name]()
+    d = prior.event_shape[0]
+    encoder = build_encoder(
+        kind, X_DIM, d, hidden=(16, 16), support=prior.support if support else None, **options
+    ).double()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(1)
+        z = prior.sample((4000,)).double()
+    encoder.set_standardization(x=observations(50), z=z)
+    model = Model(prior, lambda z, x: z.new_zeros(z.shape[:2]))
+    return encoder, model
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("prior_name", list(PRIORS))
+def test_draws_never_leave_the_support(prior_name, kind):
+    encoder, model = on_support(prior_name, kind)
+    x = observations(4)
+    z = encoder.sample(x, 2000, generator=torch.Generator().manual_seed(0))
+    assert torch.isfinite(model.log_prior(z.float())).all()  # the library's own support test
+    log_q = encoder.log_prob(z, x)
+    assert torch.isfinite(log_q).all()
+    if kind in REPARAMETERIZED:
+        z_r, log_q_r = encoder.rsample_and_log_prob(x, 500)
+        assert torch.isfinite(model.log_prior(z_r.detach().float())).all()
+        torch.testing.assert_close(log_q_r, encoder.log_prob(z_r, x), atol=1e-8, rtol=1e-8)
+    # premise: the same network without the transform does put draws outside the support
+    plain, _ = on_support(prior_name, kind, support=False)
+    z_plain = plain.sample(x, 2000, generator=torch.Generator().manual_seed(0))
+    outside = (~torch.isfinite(model.log_prior(z_plain.float()))).float().mean()
+    assert float(outside) > 0
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_log_prob_is_minus_inf_outside_and_agrees_with_forward(kind):
+    encoder, _ = on_support("box", kind)
+    x = observations(2)
+    z = torch.tensor([[[0.0, 1.0], [1.0, 1.0], [-1.5, 1.0], [0.5, -0.1], [0.5, 3.5]]] * 2)
+    z = z.double().requires_grad_()
+    log_q = encoder.log_prob(z, x)
+    # interval's closed check: z_0 = 1 is on the boundary, finite after T^-1's clipping
+    assert torch.isfinite(log_q[:, :2]).all()
+    assert (log_q[:, 2:] == -math.inf).all()
+    log_q[:, :2].sum().backward()
+    assert torch.isfinite(z.grad).all()
+    for parameter in encoder.parameters():
+        assert parameter.grad is None or torch.isfinite(parameter.grad).all()
+    inside = z.detach()[:, :1]  # forward() is the same density as a torch Distribution
+    torch.testing.assert_close(
+        encoder(x).log_prob(inside.movedim(1, 0)).movedim(0, 1), encoder.log_prob(inside, x)
+    )
+
+
+def test_standardization_is_in_the_unconstrained_space():
+    # LogNormal(0, 2): v = log z ~ N(0, 2^2). The buffers are v's mean and sd, not z's (whose
+    # sd is about 55 for these draws); 4 standard errors of the mean (2 / sqrt(4000) = 0.032)
+    # and of the sd (2 / sqrt(2 * 4000) = 0.022) bound them.
+    encoder, _ = on_support("lognormal", "gaussian-diag")
+    assert (encoder.z_loc.abs() < 4 * 0.032).all(), encoder.z_loc
+    assert ((encoder.z_scale - 2.0).abs() < 4 * 0.022).all(), encoder.z_scale
+    with pytest.raises(ValueError, match="outside the encoder's support"):
+        encoder.set_standardization(z=-torch.ones(3, 2, dtype=torch.float64))
+    # Gamma's support [0, inf) holds z = 0, where v = log z = -inf: that row is left out
+    gamma, _ = on_support("gamma", "gaussian-diag")
+    z = torch.tensor([[1.0, 1.0, 1.0], [0.0, 2.0, 2.0], [4.0, 4.0, 4.0]], dtype=torch.float64)
+    gamma.set_standardization(z=z)
+    torch.testing.assert_close(gamma.z_loc, torch.full((3,), math.log(2.0), dtype=torch.float64))
+
+
+def test_supports_that_need_no_or_no_possible_transform():
+    real = Independent(Normal(torch.zeros(2), 1.0), 1).support
+    assert build_encoder("flow", 2, 2, support=real).support is None
+    assert (
+        build_encoder(
+            "gaussian", 2, 2, support=MultivariateNormal(torch.zeros(2), torch.eye(2)).support
+        ).support
+        is None
+    )
+    with pytest.raises(ValueError, match="maps v"):
+        build_encoder("flow", 2, 3, support=constraints.simplex)
+    with pytest.raises(TypeError, match="expected a torch.distributions constraint"):
+        build_encoder("flow", 2, 2, support="positive")
+    encoder, _ = on_support("box", "gaussian")
+    with pytest.raises(ValueError, match="not Gaussian in z"):
+        encoder.gaussian_params(observations(2))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_state_dict_round_trip_with_support(kind):
+    encoder, _ = on_support("normal-gamma", kind)
+    torch.manual_seed(99)  # a different initialisation (inside the test's forked RNG)
+    other = build_encoder(kind, X_DIM, 2, hidden=(16, 16), support=NormalGamma.support).double()
+    other.load_state_dict(encoder.state_dict())
+    x = observations(3)
+    z = encoder.sample(x, 5, generator=torch.Generator().manual_seed(2))
+    torch.testing.assert_close(other.log_prob(z, x), encoder.log_prob(z, x), atol=0, rtol=0)
+
+
+# Quadrature on bounded supports. The density is integrated in z, so the test fails if the
+# log-Jacobian of T is missing or wrong. Midpoint rule on [0.5, 2] (d = 1, 20,000 cells) and on
+# [-1, 1] x [0, 3] (d = 2, 400^2 cells): the logit-normal densities vanish at the edges. The
+# error at these grids was below 3e-6 (d = 1) and 1.8e-3 (d = 2, the diagonal Gaussian), and
+# 2 to 5 times larger at half the grids, so atol 5e-3; without the log-Jacobian it is O(1).
+BOUNDED = {
+    1: lambda: Independent(Uniform(torch.tensor([0.5]), torch.tensor([2.0])), 1),
+    2: PRIORS["box"],
+}
+CELLS = {1: 20_000, 2: 400}
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("z_dim", [1, 2])
+def test_density_on_a_bounded_support_integrates_to_one(kind, z_dim):
+    prior = BOUNDED[z_dim]()
+    encoder = build_encoder(kind, X_DIM, z_dim, hidden=(16, 16), support=prior.support).double()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(1)
+        encoder.set_standardization(x=observations(50), z=prior.sample((4000,)).double())
+    low, high = prior.base_dist.low.double(), prior.base_dist.high.double()
+    n = CELLS[z_dim]
+    width = (high - low) / n
+    axes = [low[j] + width[j] * (torch.arange(n, dtype=torch.float64) + 0.5) for j in range(z_dim)]
+    grid = torch.stack(torch.meshgrid(*axes, indexing="ij"), -1).reshape(1, -1, z_dim)
+    x = observations(2)
+    with torch.no_grad():
+        log_q = encoder.log_prob(grid.expand(2, -1, -1), x)
+    total = log_q.exp().sum(-1) * width.prod()
+    torch.testing.assert_close(total, torch.ones(2, dtype=total.dtype), atol=5e-3, rtol=0)
+
+
+def test_encoder_kernel_proposes_inside_a_positive_support():
+    # Gamma-Poisson: z ~ Gamma(2, 1), x_k | z ~ Poisson(z), k = 1..5; p(x) in closed form,
+    # log p(x) = a log b - lgamma(a) + lgamma(a + s) - (a + s) log(b + n) - sum lgamma(x_k + 1).
+    # SMC whose moves propose from an untrained encoder on (0, inf) must still be exact; K =
+    # 2,000 puts the log-evidence's Monte Carlo sd near 0.02, so 0.1 is 5 sd.
+    from smcwake import run_smc
+    from smcwake.smc.kernels import get_kernel
+
+    a, b = 2.0, 1.0
+    prior = Independent(Gamma(torch.tensor([a]), torch.tensor([b])), 1)
+    model = Model(prior, lambda z, x: Poisson(z).log_prob(x[:, None, :]).sum(-1))
+    x = torch.tensor([[3.0, 5.0, 2.0, 4.0, 6.0], [0.0, 1.0, 0.0, 0.0, 2.0]])
+    encoder = build_encoder("flow", 5, 1, hidden=(16,), support=prior.support)
+    encoder.set_standardization(x=x, z=prior.sample((1000,)))
+    result = run_smc(
+        model,
+        x,
+        2000,
+        kernel=get_kernel("encoder+rwmh", encoder=encoder),
+        generator=torch.Generator().manual_seed(0),
+    )
+    s, n = x.sum(-1).double(), x.shape[1]
+    exact = (
+        a * math.log(b)
+        - math.lgamma(a)
+        + torch.lgamma(a + s)
+        - (a + s) * math.log(b + n)
+        - torch.lgamma(x.double() + 1).sum(-1)
+    )
+    assert result.converged.all()
+    torch.testing.assert_close(result.log_evidence, exact, atol=0.1, rtol=0)
+    assert (result.particles > 0).all()

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 from torch.distributions import Independent, Normal
 
+from faults import D, conjugate, g0
 from smcwake import Model, run_smc
 from smcwake.bank import ParticleBank
 from smcwake.encoders import GaussianEncoder
@@ -298,3 +299,31 @@ def test_sleep_gradient_is_the_expected_gradient_over_simulations():
         loss.backward()
         grads.append(torch.stack([encoder.a.grad, encoder.b.grad, encoder.log_s.grad]))
     assert bias_in_se(torch.stack(grads), exact.double()).abs().max() < 4
+
+
+def test_objectives_validate_their_batch():
+    model, x = conjugate()
+    encoder = GaussianEncoder(D, D).double()
+    wake = get_objective("wake")
+    ctx = Context(model, 8, g0())
+    idx = torch.arange(12)
+    with pytest.raises(ValueError, match="finite.*NaN in observation 2"):
+        wake(encoder, Batch(idx, x.index_fill(0, torch.tensor([2]), math.nan)), ctx)
+    with pytest.raises(ValueError, match=r"one index per observation, received idx \[5\]"):
+        wake(encoder, Batch(idx[:5], x), ctx)
+    with pytest.raises(TypeError, match="batch.idx: expected a 1-D integer tensor"):
+        wake(encoder, Batch(idx.double(), x), ctx)
+    with pytest.raises(ValueError, match="num_particles: expected an integer >= 1, received 0"):
+        wake(encoder, Batch(idx, x), Context(model, 0, g0()))
+    with pytest.raises(ValueError, match="num_particles: expected an integer >= 2, received 1"):
+        get_objective("msc")(encoder, Batch(idx, x), Context(model, 1, g0()))
+
+
+@pytest.mark.parametrize("method", ["elbo", "iwae"])
+def test_a_bound_that_is_minus_inf_everywhere_gives_an_infinite_loss_not_zero(method):
+    # with zero likelihood at every draw the bound is -inf; a loss of 0 would make the trainer
+    # take an Adam step on a zero gradient instead of counting a skipped step
+    model, x = conjugate(4, loglik=lambda z, x: torch.full(z.shape[:2], -math.inf).double())
+    encoder = GaussianEncoder(D, D).double()
+    loss, _ = get_objective(method)(encoder, Batch(torch.arange(4), x), Context(model, 8, g0()))
+    assert loss == math.inf

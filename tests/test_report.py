@@ -105,3 +105,19 @@ def test_write_report_makes_every_figure_from_json(tmp_path, results):
 def test_write_report_without_results_says_where_it_looked(tmp_path):
     with pytest.raises(FileNotFoundError, match="no results here"):
         write_report(tmp_path)
+
+
+def test_convergence_figure_reads_every_run_history(tmp_path, results):
+    # fit writes history.json into each run folder; rows without the signal hold None
+    for seed, kl in ((0, [3.0, None, 1.0]), (1, [2.5, None, 0.8])):
+        folder = tmp_path / "runs" / "smc-wake-a" / f"seed{seed}"
+        folder.mkdir(parents=True)
+        history = {"step": [100, 150, 200], "bank_forward_kl": kl, "bank_ess": [0.1, None, 0.6]}
+        (folder / "history.json").write_text(json.dumps({"config": {}, "history": history}))
+    (tmp_path / "runs" / "wake" / "seed0").mkdir(parents=True)  # no signal: left out
+    (tmp_path / "runs" / "wake" / "seed0" / "history.json").write_text(
+        json.dumps({"history": {"step": [1], "bank_forward_kl": [None], "bank_ess": [None]}})
+    )
+    text = write_report(tmp_path, results).read_text()
+    assert (tmp_path / "convergence.png").stat().st_size > 1000
+    assert "(convergence.png)" in text

@@ -3,7 +3,9 @@
 The short path is :func:`fit`; the pieces under it stay importable: :func:`run_smc` (batched
 likelihood-tempered SMC), :class:`ParticleBank` (per-observation SMC runs and the evidence-weighted
 views of SMC-Wake), :mod:`smcwake.objectives` (every method's loss as a plain function),
-:mod:`smcwake.encoders` and :mod:`smcwake.diagnostics`. After training:
+:mod:`smcwake.encoders` and :mod:`smcwake.diagnostics`. After training: ``fit(...).posterior``
+(a :class:`Posterior`: sample, ``save``, ``refine`` for exact SMC started from the encoder) and
+:func:`load` (a saved posterior in a fresh process, without the model or the data),
 :func:`check_calibration` (SBC, expected coverage and TARP in one call), :mod:`smcwake.plot`
 (pairplot, coverage curves, rank histograms; needs ``smcwake[plot]``) and
 :func:`to_inference_data` (ArviZ; needs ``smcwake[arviz]``). :func:`fit_distributed` (several
@@ -25,6 +27,7 @@ from smcwake.encoders import (
 from smcwake.interop import to_inference_data
 from smcwake.model import Model
 from smcwake.objectives import METHOD_NAMES, get_objective
+from smcwake.posterior import Posterior, RefinedPosterior, load
 from smcwake.smc import SMCResult, run_smc
 from smcwake.train import FitResult, SMCOptions, TrainConfig, fit
 
@@ -38,6 +41,8 @@ __all__ = [
     "MixtureDensityEncoder",
     "Model",
     "ParticleBank",
+    "Posterior",
+    "RefinedPosterior",
     "SMCOptions",
     "SMCResult",
     "TrainConfig",
@@ -46,6 +51,7 @@ __all__ = [
     "fit",
     "fit_distributed",
     "get_objective",
+    "load",
     "plot",
     "run_smc",
     "to_inference_data",

@@ -1,4 +1,4 @@
-"""The ``smcwake`` command: ``fit``, ``bench``, ``report`` and ``demo``.
+"""The ``smcwake`` command: ``fit``, ``bench``, ``report``, ``demo`` and ``distributed``.
 
 ::
 
@@ -8,6 +8,7 @@
     smcwake fit --model mypkg.models:build --data x.pt --steps 2000 --out runs/mine
     smcwake bench linear-gaussian --methods smc-wake-a,wake --seeds 3 --steps 500 --out runs/lg
     smcwake report runs/lg                            # rebuild report.md and PNGs from JSON
+    torchrun --nproc-per-node 2 -m smcwake distributed --task two-moons --steps 2000 --out runs/d
 
 Every command writes ``results.json``, ``report.md`` and PNG figures into its output folder;
 ``fit`` also writes ``metrics.json`` and its checkpoint (``--resume`` continues from it).
@@ -17,6 +18,8 @@ checkpoint, ``summary.json`` and ``posterior.png``; with ``--calibration N`` als
 ``fit`` and ``bench`` refuse an output folder that already holds a run unless told what to do
 with it: ``--resume`` (continue it, reusing finished runs) or ``--overwrite`` (start afresh).
 ``demo`` continues an earlier or interrupted demo in its folder; ``--overwrite`` starts afresh.
+``distributed`` trains on a built-in task on every process of a ``torchrun`` launch
+(:func:`smcwake.fit_distributed`) and writes ``summary.json`` (see docs/SCALING.md).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import shlex
 import sys
 import time
@@ -212,7 +216,37 @@ def build_parser() -> argparse.ArgumentParser:
         "--overwrite", action="store_true", help="replace a demo in --out, not continue it"
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _add_distributed_parser(sub)
     return parser
+
+
+def _add_distributed_parser(sub) -> None:
+    p = sub.add_parser(
+        "distributed",
+        help="data-parallel training on a built-in task (launch with torchrun)",
+        description="Data-parallel SMC-Wake training on a built-in task, launched as "
+        "torchrun --nproc-per-node N -m smcwake distributed ...",
+    )
+    p.add_argument("--task", default="two-moons", help="a name from smcwake.tasks")
+    p.add_argument("--method", default="smc-wake-a")
+    p.add_argument("--steps", type=int, required=True)
+    p.add_argument("--out", required=True, help="run folder")
+    p.add_argument("--num-observations", type=int, help="default: the task's")
+    p.add_argument("--data-seed", type=int, default=0, help="seed of the observations")
+    p.add_argument("--seed", type=int, default=0, help="seed of the training run")
+    p.add_argument("--encoder", help="encoder kind (default: the task's)")
+    p.add_argument("--num-particles", type=int, help="default: the task's")
+    p.add_argument("--batch-size", type=int, help="observations per step, per process")
+    p.add_argument("--refresh-every", type=int)
+    p.add_argument("--refresh-size", type=int, help="observations per refresh, per process")
+    p.add_argument("--lr", type=float)
+    p.add_argument("--checkpoint-every", type=int)
+    p.add_argument("--log-every", type=int)
+    p.add_argument("--device", help="default: cuda:<LOCAL_RANK> if available, else cpu")
+    again = p.add_mutually_exclusive_group()
+    again.add_argument("--resume", action="store_true", help="continue from the checkpoints")
+    again.add_argument("--overwrite", action="store_true", help="replace the run in --out")
+    p.add_argument("--no-progress", action="store_true")
 
 
 def _command_line(argv: Sequence[str] | None) -> str:
@@ -297,7 +331,7 @@ def _fit_fields(args: argparse.Namespace) -> dict[str, Any]:
 def _cmd_fit_model(args: argparse.Namespace, command: str) -> int:
     import torch
 
-    from smcwake import fit
+    from smcwake.train import fit
     from smcwake._cli_model import load_data, load_model
 
     model, x = load_model(args.model)
@@ -531,14 +565,67 @@ def _cmd_demo(args: argparse.Namespace, command: str) -> int:
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``smcwake`` console script; returns the exit status."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
+def _cmd_distributed(args: argparse.Namespace, rank: int) -> int:
+    from smcwake import tasks
+    from smcwake.distributed import SUMMARY_NAME, fit_distributed
+
+    task = tasks.get(args.task)
+    n = args.num_observations or int(task.defaults.get("num_observations", 100))
+    _, x = task.observations(n, args.data_seed)
+    overrides = {
+        "method": args.method,
+        "steps": args.steps,
+        "seed": args.seed,
+        "encoder": args.encoder or task.defaults.get("encoder"),
+        "num_particles": args.num_particles or task.defaults.get("num_particles"),
+        "batch_size": args.batch_size,
+        "refresh_every": args.refresh_every,
+        "refresh_size": args.refresh_size,
+        "lr": args.lr,
+        "checkpoint_every": args.checkpoint_every,
+        "log_every": args.log_every,
+        "device": args.device,
+        "progress": False if args.no_progress else None,
+    }
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    result = fit_distributed(
+        task.model, x, run_dir=args.out, resume=args.resume, overwrite=args.overwrite, **overrides
+    )
+    if rank == 0:
+        h = result.history
+        world = json.loads((Path(args.out) / SUMMARY_NAME).read_text())["world_size"]
+        print(
+            f"{args.task}: {h['step'][-1]} steps on {world} process{'es' if world > 1 else ''} "
+            f"in {h['wall_time'][-1]:.1f} s, final loss {h['loss'][-1]:.4g}; "
+            f"summary in {Path(args.out) / SUMMARY_NAME}"
+        )
+    return 0
+
+
+def _setup_logging(args: argparse.Namespace) -> int:
+    """Configure logging; return this process's rank (0 unless launched by torchrun)."""
+    rank = 0
+    if args.command == "distributed":  # every process logs warnings, rank 0 its progress
+        import torch.distributed as dist
+
+        rank = dist.get_rank() if dist.is_initialized() else int(os.environ.get("RANK", "0"))
+        level = logging.INFO if rank == 0 or args.verbose else logging.WARNING
+        logging.basicConfig(
+            level=level, format=f"[rank {rank}] %(levelname)s %(name)s: %(message)s"
+        )
+        return rank
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(asctime)s %(name)s %(levelname)s: %(message)s",
     )
+    return rank
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``smcwake`` console script; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    rank = _setup_logging(args)
     import torch
 
     previous_threads = torch.get_num_threads()
@@ -551,6 +638,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_bench(args, command)
         if args.command == "report":
             return _cmd_report(args)
+        if args.command == "distributed":
+            return _cmd_distributed(args, rank)
         return _cmd_demo(args, command)
     except (ValueError, FileNotFoundError, TypeError, ImportError) as err:
         if args.verbose:

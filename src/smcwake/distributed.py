@@ -14,10 +14,10 @@ entries, SMC time per rank is ``1 / W`` of the single-process time for the initi
 only traffic per step is the encoder's gradient (plus two one-element all-reduces that keep the
 skip and stop decisions of :func:`~smcwake.train.fit` in agreement).
 
-:func:`fit_distributed` wraps :func:`~smcwake.train.fit` with this scheme, and :func:`main` is a
-command line entry for ``torchrun``::
+:func:`fit_distributed` wraps :func:`~smcwake.train.fit` with this scheme; the command
+``smcwake distributed`` (:mod:`smcwake.cli`) runs it on a built-in task under ``torchrun``::
 
-    torchrun --nproc-per-node 2 -m smcwake.distributed \\
+    torchrun --nproc-per-node 2 -m smcwake distributed \\
         --task two-moons --method smc-wake-a --steps 2000 --out runs/moons
 
 Run folder layout: ``<run_dir>/rank-<r>/`` holds rank r's checkpoint, ``history.json`` and
@@ -28,7 +28,6 @@ multi-node launches and the measured speed-up.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import logging
@@ -42,9 +41,17 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from smcwake.encoders import Encoder, build_encoder
-from smcwake.model import Model, forked_rng
-from smcwake.train import CHECKPOINT_NAME, Callback, FitResult, TrainConfig, check_run_dir, fit
+from smcwake.encoders import Encoder
+from smcwake.model import Model
+from smcwake.train import (
+    CHECKPOINT_NAME,
+    Callback,
+    FitResult,
+    TrainConfig,
+    check_run_dir,
+    fit,
+    initial_encoder,
+)
 
 __all__ = [
     "DistributedSynchronizer",
@@ -52,7 +59,6 @@ __all__ = [
     "SUMMARY_NAME",
     "default_device",
     "fit_distributed",
-    "main",
     "rank_seed",
     "shard_indices",
 ]
@@ -67,9 +73,6 @@ SUMMARY_NAME = "summary.json"
 
 _SEED_STRIDE = 1000
 """Rank r draws its SMC and minibatch randomness from seed ``seed + 1000 * r``."""
-
-_NUM_PRIOR_DRAWS = 10_000
-"""Prior draws for the z standardization, as in :func:`~smcwake.train.fit`."""
 
 _ENV_VARS = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
@@ -435,28 +438,8 @@ def fit_distributed(
         shard = _take_shard(model, x, sync, sharded)
         rank_dir = _prepare_run_dir(run_dir, shard, sync, resume, overwrite)
         local = shard.x.to(device)
-        if encoder is None:
-            encoder = _initial_encoder(model, local, shard.total, config, device, sync)
-        sync.broadcast_module(encoder.to(device=device))
-        extra: dict[str, Any] = {}
-        if decoder is not None:
-            sync.broadcast_module(decoder)
-            extra["decoder"] = decoder
-        rank_config = dataclasses.replace(
-            config,
-            seed=rank_seed(config.seed, rank),
-            progress=config.progress and rank == 0,
-            device=str(device),
-        )
-        logger.info(
-            "rank %d of %d: observations [%d, %d) of %d, seed %d",
-            rank,
-            sync.world_size,
-            shard.start,
-            shard.start + shard.sizes[rank],
-            shard.total,
-            rank_config.seed,
-        )
+        encoder = _shared_modules(model, local, shard.total, config, sync, encoder, decoder)
+        rank_config = _rank_config(config, sync, shard, device)
         result = fit(
             model,
             local,
@@ -467,28 +450,58 @@ def fit_distributed(
             overwrite=overwrite,
             callbacks=callbacks,
             sync=sync,
-            **extra,
+            decoder=decoder,
         )
         history = _combine_histories(sync.all_gather_object(result.history), shard.sizes)
         if rank == 0 and run_dir is not None:
-            summary = {
-                "world_size": sync.world_size,
-                "num_observations": shard.total,
-                "shard_sizes": shard.sizes,
-                "seeds": [rank_seed(config.seed, r) for r in range(sync.world_size)],
-                "config": config.to_dict(),
-                "encoder_checkpoint": f"rank-0/{CHECKPOINT_NAME}",
-                "history": history,
-            }
-            _write_json(Path(run_dir) / SUMMARY_NAME, summary)
+            _write_summary(Path(run_dir), sync.world_size, shard, config, history)
         # leave together: a rank that tears the group down (or exits) while another is still
         # working can abort that process (gloo); a caller that made the group should also meet
         # at a barrier right before destroy_process_group
         dist.barrier(group=sync.group)
-        return FitResult(result.encoder, history, result.bank, result.config)
+        return result._replace(history=history)
     finally:
         if created:
             dist.destroy_process_group()
+
+
+def _rank_config(
+    config: TrainConfig, sync: DistributedSynchronizer, shard: _Shard, device: torch.device
+) -> TrainConfig:
+    """This rank's settings: its own seed, a progress bar on rank 0 only, the device."""
+    rank = sync.rank
+    rank_config = dataclasses.replace(
+        config,
+        seed=rank_seed(config.seed, rank),
+        progress=config.progress and rank == 0,
+        device=str(device),
+    )
+    logger.info(
+        "rank %d of %d: observations [%d, %d) of %d, seed %d",
+        rank,
+        sync.world_size,
+        shard.start,
+        shard.start + shard.sizes[rank],
+        shard.total,
+        rank_config.seed,
+    )
+    return rank_config
+
+
+def _write_summary(
+    run_dir: Path, world_size: int, shard: _Shard, config: TrainConfig, history: dict
+) -> None:
+    """Rank 0's ``summary.json``: world size, shards, seeds, settings, combined history."""
+    summary = {
+        "world_size": world_size,
+        "num_observations": shard.total,
+        "shard_sizes": shard.sizes,
+        "seeds": [rank_seed(config.seed, r) for r in range(world_size)],
+        "config": config.to_dict(),
+        "encoder_checkpoint": f"rank-0/{CHECKPOINT_NAME}",
+        "history": history,
+    }
+    _write_json(run_dir / SUMMARY_NAME, summary)
 
 
 class _Shard(NamedTuple):
@@ -576,104 +589,42 @@ def _prepare_run_dir(
     return rank_dir
 
 
-def _initial_encoder(
+def _shared_modules(
     model: Model,
     local: Tensor,
     total: int,
     config: TrainConfig,
-    device: torch.device,
     sync: DistributedSynchronizer,
+    encoder: Encoder | None,
+    decoder: nn.Module | None,
 ) -> Encoder:
-    """Build the encoder as :func:`~smcwake.train.fit` does, standardized with global x.
+    """The encoder (built as :func:`~smcwake.train.fit` does, standardized with the global x,
+    when not given) with rank 0's parameters on every rank, and the decoder's likewise.
 
-    Shapes: local [n_r, p].
+    Shapes: local [n_r, p] (on the run's device).
     """
-    generator = torch.Generator(device=device).manual_seed(config.seed)
-    with forked_rng(generator, device):
-        encoder = build_encoder(config.encoder, local.shape[1], model.dim)
-    encoder = encoder.to(device=device, dtype=local.dtype)
-    z_ref = model.sample_prior(
-        (_NUM_PRIOR_DRAWS,), generator=generator, dtype=local.dtype, device=device
-    )
-    loc, scale = _global_location_scale(local, sync, total)
-    encoder.set_standardization(x=_standardization_rows(loc, scale), z=z_ref)
+    if encoder is None:
+        generator = torch.Generator(device=local.device).manual_seed(config.seed)
+        loc, scale = _global_location_scale(local, sync, total)
+        rows = _standardization_rows(loc, scale).to(device=local.device, dtype=local.dtype)
+        encoder = initial_encoder(model, rows, config, generator)
+    sync.broadcast_module(encoder.to(device=local.device))
+    if decoder is not None:
+        sync.broadcast_module(decoder)
     return encoder
 
 
 # ---------------------------------------------------------------------------- command line
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="torchrun --nproc-per-node N -m smcwake.distributed",
-        description="Data-parallel SMC-Wake training on a built-in task (launch with torchrun).",
+if __name__ == "__main__":  # deprecated entry: torchrun ... -m smcwake.distributed ...
+    import warnings
+
+    from smcwake import cli
+
+    warnings.warn(
+        "`-m smcwake.distributed` is deprecated since smcwake 0.1.0 and will be removed in "
+        "0.2.0: launch `torchrun --nproc-per-node N -m smcwake distributed ...` (the same "
+        "options)",
+        FutureWarning,
+        stacklevel=1,
     )
-    parser.add_argument("--task", default="two-moons", help="a name from smcwake.tasks")
-    parser.add_argument("--method", default="smc-wake-a")
-    parser.add_argument("--steps", type=int, required=True)
-    parser.add_argument("--out", required=True, help="run folder")
-    parser.add_argument("--num-observations", type=int, help="default: the task's")
-    parser.add_argument("--data-seed", type=int, default=0, help="seed of the observations")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the training run")
-    parser.add_argument("--encoder", help="encoder kind (default: the task's)")
-    parser.add_argument("--num-particles", type=int, help="default: the task's")
-    parser.add_argument("--batch-size", type=int, help="observations per step, per process")
-    parser.add_argument("--refresh-every", type=int)
-    parser.add_argument("--refresh-size", type=int, help="observations per refresh, per process")
-    parser.add_argument("--lr", type=float)
-    parser.add_argument("--checkpoint-every", type=int)
-    parser.add_argument("--log-every", type=int)
-    parser.add_argument("--device", help="default: cuda:<LOCAL_RANK> if available, else cpu")
-    again = parser.add_mutually_exclusive_group()
-    again.add_argument("--resume", action="store_true", help="continue from the checkpoints")
-    again.add_argument("--overwrite", action="store_true", help="replace the run in --out")
-    parser.add_argument("--no-progress", action="store_true")
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Command line entry: ``torchrun --nproc-per-node N -m smcwake.distributed ...``."""
-    from smcwake import tasks
-
-    args = _parser().parse_args(argv)
-    rank = dist.get_rank() if dist.is_initialized() else int(os.environ.get("RANK", "0"))
-    logging.basicConfig(
-        level=logging.INFO if rank == 0 else logging.WARNING,
-        format=f"[rank {rank}] %(levelname)s %(name)s: %(message)s",
-    )
-    task = tasks.get(args.task)
-    n = args.num_observations or int(task.defaults.get("num_observations", 100))
-    _, x = task.observations(n, args.data_seed)
-    overrides = {
-        "method": args.method,
-        "steps": args.steps,
-        "seed": args.seed,
-        "encoder": args.encoder or task.defaults.get("encoder"),
-        "num_particles": args.num_particles or task.defaults.get("num_particles"),
-        "batch_size": args.batch_size,
-        "refresh_every": args.refresh_every,
-        "refresh_size": args.refresh_size,
-        "lr": args.lr,
-        "checkpoint_every": args.checkpoint_every,
-        "log_every": args.log_every,
-        "device": args.device,
-        "progress": False if args.no_progress else None,
-    }
-    overrides = {k: v for k, v in overrides.items() if v is not None}
-    result = fit_distributed(
-        task.model, x, run_dir=args.out, resume=args.resume, overwrite=args.overwrite, **overrides
-    )
-    if rank == 0:
-        h = result.history
-        world = json.loads((Path(args.out) / SUMMARY_NAME).read_text())["world_size"]
-        line = (
-            f"{args.task}: {h['step'][-1]} steps on {world} process{'es' if world > 1 else ''} "
-            f"in {h['wall_time'][-1]:.1f} s, final loss {h['loss'][-1]:.4g}; "
-            f"summary in {Path(args.out) / SUMMARY_NAME}"
-        )
-        print(line)  # noqa: T201  (the command's one line of output)
-    return 0
-
-
-if __name__ == "__main__":  # run the imported module's main, so loggers carry its name
-    from smcwake.distributed import main as _main
-
-    sys.exit(_main())
+    sys.exit(cli.main(["distributed", *sys.argv[1:]]))

@@ -1,16 +1,26 @@
-"""Encoders: conditional densities q(z | x) over z in R^d given an observation x in R^p.
+"""Encoders: conditional densities q(z | x) over z in the prior's support given x in R^p.
 
 Every encoder is an ``nn.Module`` whose ``forward(x)`` returns a plain
 ``torch.distributions.Distribution`` with batch shape ``[B]`` and event shape ``[d]``, in the
 original units of z. Objectives only need ``log_prob``, ``sample`` and, for the reparameterized
 objectives, ``rsample_and_log_prob``.
 
+Support. An encoder built with ``support=prior.support`` (what :func:`smcwake.fit` does by
+default) describes the unconstrained variable ``v`` in R^d and maps it onto the support with
+``T = torch.distributions.biject_to(support)``: z = T(v). Samples are then always inside the
+support and ``log_prob`` is a density on it, log q(z) = log q_v(T^-1(z)) - log |det J_T(T^-1(z))|,
+``-inf`` outside. Boxes (``Independent(Uniform(low, high), 1)``, per-coordinate bounds included),
+half-lines (HalfNormal, Gamma, LogNormal, Exponential), the unit interval (Beta) and products of
+them built with ``constraints.cat`` / ``constraints.independent`` are handled. Without a support
+(or with an unbounded one) T is the identity and v is z.
+
 Both sides are standardized with buffers set from real data by ``set_standardization``: the
 network sees ``(x - x_loc) / x_scale`` (then the optional embedding net), and describes
-``u = (z - z_loc) / z_scale``. The map back to z is affine and its log-determinant,
-``-sum(log z_scale)``, is part of every log-density. Gaussian and mixture encoders fold it into
-their location and scale (the result is again a Gaussian or a mixture); the flow appends it as an
-``AffineTransform``.
+``u = (v - z_loc) / z_scale``, the standardized unconstrained variable (z samples passed to
+``set_standardization`` are mapped through T^-1 first). The map from u to v is affine and its
+log-determinant, ``-sum(log z_scale)``, is part of every log-density. Gaussian and mixture
+encoders fold it into their location and scale (the result is again a Gaussian or a mixture);
+the flow appends it as an ``AffineTransform``.
 
 Families: ``FlowEncoder`` (neural spline flow from zuko; the default), ``MixtureDensityEncoder``
 (mixture of diagonal Gaussians), ``GaussianEncoder`` (full-rank or diagonal). ``build_encoder``
@@ -21,6 +31,7 @@ Shapes: x [B, p]; ``log_prob(z [B, S, d], x) -> [B, S]``; ``sample(x, n) -> [B, 
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Sequence
 
@@ -32,13 +43,17 @@ from torch.distributions import (
     Categorical,
     Distribution,
     Independent,
+    IndependentTransform,
     MixtureSameFamily,
     MultivariateNormal,
     Normal,
+    Transform,
     TransformedDistribution,
+    biject_to,
+    constraints,
 )
 
-from smcwake.model import forked_rng
+from smcwake._rng import forked_rng
 
 __all__ = [
     "Encoder",
@@ -46,6 +61,7 @@ __all__ = [
     "MixtureDensityEncoder",
     "FlowEncoder",
     "build_encoder",
+    "check_support",
     "ENCODER_KINDS",
 ]
 
@@ -70,15 +86,21 @@ _LOG_2PI = math.log(2 * math.pi)
 class Encoder(nn.Module):
     """Base class: standardization buffers, input checks, and the sampling/log-density API.
 
-    Subclasses implement ``_distribution(h)``: the distribution of z in original units for the
-    conditioning features ``h [B, e]`` (standardized x, passed through the embedding if any).
-    They may override ``_draw`` (sampling with the generator) and ``_rsample_and_log_prob``.
+    Subclasses implement ``_distribution(h)``: the distribution of the unconstrained variable v
+    (z itself when there is no support transform) for the conditioning features ``h [B, e]``
+    (standardized x, passed through the embedding if any). They may override ``_draw``
+    (sampling with the generator) and ``_rsample_and_log_prob``; this class maps their v onto
+    the support.
 
     Args:
         x_dim: p, the size of one observation.
         z_dim: d, the size of the latent.
         embedding: optional ``nn.Module`` mapping standardized x ``[B, p]`` to ``[B, e]``.
         embedding_dim: e; inferred by a dry run on ``zeros(1, p)`` (in eval mode) if omitted.
+        support: the prior's support (``prior.support``), a constraint that
+            ``torch.distributions.biject_to`` maps R^d onto; None (or an unbounded support) for
+            an encoder on all of R^d. It is part of the construction, not of the state dict:
+            rebuild with the same support before ``load_state_dict``.
 
     Shapes: x [B, p]; forward -> batch_shape [B], event_shape [d]; log_prob(z [B, S, d], x) ->
     [B, S]; sample(x, n) -> [B, n, d]; rsample_and_log_prob(x, n) -> ([B, n, d], [B, n]).
@@ -92,6 +114,8 @@ class Encoder(nn.Module):
     x_dim: int
     z_dim: int
     context_dim: int  # e: width of the features the density network is conditioned on
+    kind: str = ""  # the build_encoder name of the family; set by each family
+    build_options: dict  # the family's own constructor options (JSON values), for saving
     x_loc: Tensor
     x_scale: Tensor
     z_loc: Tensor
@@ -104,6 +128,7 @@ class Encoder(nn.Module):
         *,
         embedding: nn.Module | None = None,
         embedding_dim: int | None = None,
+        support: constraints.Constraint | None = None,
     ) -> None:
         super().__init__()
         for name, value in (("x_dim", x_dim), ("z_dim", z_dim)):
@@ -111,6 +136,8 @@ class Encoder(nn.Module):
                 raise ValueError(f"{name}: expected a positive int, received {value!r}")
         self.x_dim = x_dim
         self.z_dim = z_dim
+        self.support = check_support(support, z_dim)
+        self._transforms: dict[tuple[torch.dtype, torch.device], Transform] = {}
         self.register_buffer("x_loc", torch.zeros(x_dim))
         self.register_buffer("x_scale", torch.ones(x_dim))
         self.register_buffer("z_loc", torch.zeros(z_dim))
@@ -126,7 +153,31 @@ class Encoder(nn.Module):
             self.context_dim = _infer_embedding_dim(embedding, x_dim)
 
     def extra_repr(self) -> str:
-        return f"x_dim={self.x_dim}, z_dim={self.z_dim}"
+        support = "" if self.support is None else f", support={self.support}"
+        return f"x_dim={self.x_dim}, z_dim={self.z_dim}{support}"
+
+    def support_transform(self, like: Tensor | None = None) -> Transform | None:
+        """T = ``biject_to(support)`` (event dim 1) in ``like``'s dtype and device; None if the
+        encoder lives on all of R^d.
+
+        Shapes: T maps v [*, d] to z [*, d].
+
+        >>> from torch.distributions import constraints
+        >>> box = constraints.independent(constraints.interval(-torch.ones(2), torch.ones(2)), 1)
+        >>> t = GaussianEncoder(3, 2, support=box).support_transform()
+        >>> z = t(torch.tensor([0.0, 100.0]))  # far out in v: still strictly inside the box
+        >>> z[0].item(), bool(z[1] < 1.0)
+        (0.0, True)
+        """
+        if self.support is None:
+            return None
+        like = self.z_loc if like is None else like
+        key = (like.dtype, like.device)
+        if key not in self._transforms:
+            self._transforms[key] = _event_transform(
+                biject_to(_constraint_to(self.support, like.dtype, like.device))
+            )
+        return self._transforms[key]
 
     # ------------------------------------------------------------ standardization
     @torch.no_grad()
@@ -142,6 +193,9 @@ class Encoder(nn.Module):
         spread is at most ``1e-6 * max(1, |loc|)`` is constant: it is centred and gets scale 1
         (as in scikit-learn's StandardScaler), so new values are not blown up by a tiny scale.
         Call it with real data (the training x, pooled SMC particles), before training.
+        With a support, z is given in original units and mapped to v = T^-1(z) first; rows on
+        the support's boundary (where T^-1 is infinite, e.g. z = 0 for a positive support) are
+        left out, rows outside it raise ``ValueError``.
 
         Args:
             x: training observations.
@@ -166,6 +220,7 @@ class Encoder(nn.Module):
         if z is not None:
             z = _check_data("z", z, self.z_dim, self.z_loc)
             weights = None if z_weights is None else _check_weights(z_weights, z)
+            z, weights = self._unconstrained_rows(z, weights)
             loc, scale = _location_scale(z, weights)
             self.z_loc.copy_(loc)
             self.z_scale.copy_(scale)
@@ -174,15 +229,25 @@ class Encoder(nn.Module):
     def forward(self, x: Tensor) -> Distribution:
         """The distribution q(z | x) for each observation, in original units of z.
 
+        With a support transform: a ``TransformedDistribution`` of q(v | x) by T (its
+        ``log_prob`` is not masked outside the support; :meth:`log_prob` is).
+
         Shapes: x [B, p] -> batch_shape [B], event_shape [d].
 
         >>> GaussianEncoder(3, 2)(torch.zeros(4, 3)).batch_shape
         torch.Size([4])
         """
-        return self._distribution(self._context(self._check_x(x)))
+        dist = self._distribution(self._context(self._check_x(x)))
+        transform = self.support_transform()
+        if transform is None:
+            return dist
+        return TransformedDistribution(dist, [transform], validate_args=False)
 
     def log_prob(self, z: Tensor, x: Tensor) -> Tensor:
         """log q(z_bs | x_b); the network runs once per observation where the family allows.
+
+        With a support transform the value is ``-inf`` outside the support (and on its boundary
+        where T^-1 is infinite), finite inside, with finite gradients everywhere.
 
         Shapes: z [B, S, d], x [B, p] -> [B, S].
 
@@ -192,7 +257,14 @@ class Encoder(nn.Module):
         x = self._check_x(x)
         z = self._check_z(z, x)
         dist = self._distribution(self._context(x))
-        return dist.log_prob(z.movedim(1, 0)).movedim(0, 1)  # z [S, B, d] against batch [B]
+        transform = self.support_transform(z)
+        if transform is None:
+            return dist.log_prob(z.movedim(1, 0)).movedim(0, 1)  # z [S, B, d] against batch [B]
+        inside, v = self._to_unconstrained(z, transform)
+        z_inside = transform(v)
+        log_q = dist.log_prob(v.movedim(1, 0)).movedim(0, 1)
+        log_q = log_q - transform.log_abs_det_jacobian(v, z_inside)
+        return torch.where(inside, log_q, -math.inf)
 
     def sample(self, x: Tensor, n: int, *, generator: torch.Generator | None = None) -> Tensor:
         """Draw n samples per observation, without gradient.
@@ -205,7 +277,10 @@ class Encoder(nn.Module):
         """
         _check_n(n)
         with torch.no_grad():
-            return self._draw(self(x), n, generator)
+            dist = self._distribution(self._context(self._check_x(x)))
+            v = self._draw(dist, n, generator)
+            transform = self.support_transform(v)
+            return v if transform is None else transform(v)
 
     def rsample_and_log_prob(
         self, x: Tensor, n: int, *, generator: torch.Generator | None = None
@@ -219,11 +294,20 @@ class Encoder(nn.Module):
         (torch.Size([4, 6, 2]), torch.Size([4, 6]))
         """
         _check_n(n)
-        return self._rsample_and_log_prob(self(x), n, generator)
+        dist = self._distribution(self._context(self._check_x(x)))
+        v, log_q = self._rsample_and_log_prob(dist, n, generator)
+        transform = self.support_transform(v)
+        if transform is None:
+            return v, log_q
+        z = transform(v)
+        return z, log_q - transform.log_abs_det_jacobian(v, z)
 
     # ------------------------------------------------------------ hooks
     def _distribution(self, h: Tensor) -> Distribution:
-        """q(z | x) in original units. Shapes: h [B, e] -> batch_shape [B], event_shape [d]."""
+        """q(v | x), v the unconstrained variable (z without a support transform).
+
+        Shapes: h [B, e] -> batch_shape [B], event_shape [d].
+        """
         raise NotImplementedError(f"{type(self).__name__} does not define _distribution")
 
     def _draw(self, dist: Distribution, n: int, generator: torch.Generator | None) -> Tensor:
@@ -239,6 +323,53 @@ class Encoder(nn.Module):
         return z, dist.log_prob(z.movedim(1, 0)).movedim(0, 1)
 
     # ------------------------------------------------------------ helpers
+    def _in_support(self, z: Tensor) -> Tensor:
+        """Whether each z is in the support (the constraint's own, closed, check).
+
+        Shapes: z [*, d] -> [*] bool.
+        """
+        inside = self.support.check(z)
+        if inside.dim() == z.dim():  # an element-wise constraint: reduce over the event
+            inside = inside.all(-1)
+        return inside
+
+    def _to_unconstrained(self, z: Tensor, transform: Transform) -> tuple[Tensor, Tensor]:
+        """Which z are inside the support, and v = T^-1(z) there (0 elsewhere, so that every
+        value and gradient computed from v stays finite).
+
+        Shapes: z [*, d] -> (inside [*] bool, v [*, d]).
+        """
+        inside = self._in_support(z)
+        z_safe = torch.where(inside[..., None], z, transform(z.new_zeros(z.shape[-1])))
+        v = transform.inv(z_safe)
+        inside = inside & torch.isfinite(v).all(-1)  # on the boundary T^-1 is infinite
+        return inside, torch.where(inside[..., None], v, 0.0)
+
+    def _unconstrained_rows(
+        self, z: Tensor, weights: Tensor | None
+    ) -> tuple[Tensor, Tensor | None]:
+        """Standardization data mapped to v = T^-1(z); boundary rows get weight 0.
+
+        Shapes: z [N, d], weights [N] or None -> ([N, d], [N] or None).
+        """
+        transform = self.support_transform(z)
+        if transform is None:
+            return z, weights
+        inside = self._in_support(z)
+        if not bool(inside.all()):
+            bad = int(torch.nonzero(~inside)[0])
+            raise ValueError(
+                f"z: {int((~inside).sum())} of {z.shape[0]} rows are outside the encoder's "
+                f"support {self.support}, first row {bad}: {z[bad].tolist()}"
+            )
+        usable, v = self._to_unconstrained(z, transform)
+        if not bool(usable.any()):
+            raise ValueError(f"z: every row lies on the boundary of the support {self.support}")
+        if bool(usable.all()):
+            return v, weights
+        keep = usable.to(v.dtype) if weights is None else weights * usable
+        return v, _check_weights(keep, v)
+
     def _context(self, x: Tensor) -> Tensor:
         """Standardize x and apply the embedding. Shapes: x [B, p] -> h [B, e]."""
         h = (x - self.x_loc) / self.x_scale
@@ -285,7 +416,9 @@ class GaussianEncoder(Encoder):
     """Gaussian q(z | x) = N(mean(x), L(x) L(x)^T), full-rank or diagonal.
 
     An MLP outputs the mean and a Cholesky factor whose diagonal is ``softplus + 1e-4`` (in
-    standardized units); with ``full_rank=False`` only the diagonal.
+    standardized units); with ``full_rank=False`` only the diagonal. With a bounded support the
+    Gaussian describes v and T maps it onto the support (a logit-normal on a box, a log-normal
+    on a half-line); ``gaussian_params`` is then unavailable.
 
     Shapes: x [B, p] -> MultivariateNormal (full rank) or Independent(Normal) with batch [B].
 
@@ -304,9 +437,14 @@ class GaussianEncoder(Encoder):
         hidden: Sequence[int] = (64, 64),
         embedding: nn.Module | None = None,
         embedding_dim: int | None = None,
+        support: constraints.Constraint | None = None,
     ) -> None:
-        super().__init__(x_dim, z_dim, embedding=embedding, embedding_dim=embedding_dim)
+        super().__init__(
+            x_dim, z_dim, embedding=embedding, embedding_dim=embedding_dim, support=support
+        )
         self.full_rank = full_rank
+        self.kind = "gaussian" if full_rank else "gaussian-diag"
+        self.build_options = {"hidden": [int(h) for h in hidden]}
         n_factor = z_dim * (z_dim + 1) // 2 if full_rank else z_dim
         self.net = zuko.nn.MLP(self.context_dim, z_dim + n_factor, hidden_features=tuple(hidden))
 
@@ -319,6 +457,11 @@ class GaussianEncoder(Encoder):
         >>> cov.shape
         torch.Size([2, 1, 1])
         """
+        if self.support is not None:
+            raise ValueError(
+                f"gaussian_params: this encoder maps a Gaussian onto the support {self.support}, "
+                "so q is not Gaussian in z; build it without a support for closed-form metrics"
+            )
         dist = self(x)
         if self.full_rank:
             return dist.loc, dist.covariance_matrix
@@ -396,11 +539,16 @@ class MixtureDensityEncoder(Encoder):
         hidden: Sequence[int] = (64, 64),
         embedding: nn.Module | None = None,
         embedding_dim: int | None = None,
+        support: constraints.Constraint | None = None,
     ) -> None:
-        super().__init__(x_dim, z_dim, embedding=embedding, embedding_dim=embedding_dim)
+        super().__init__(
+            x_dim, z_dim, embedding=embedding, embedding_dim=embedding_dim, support=support
+        )
         if not isinstance(components, int) or components < 1:
             raise ValueError(f"components: expected a positive int, received {components!r}")
         self.components = components
+        self.kind = "mdn"
+        self.build_options = {"components": components, "hidden": [int(h) for h in hidden]}
         out = components * (1 + 2 * z_dim)
         self.net = zuko.nn.MLP(self.context_dim, out, hidden_features=tuple(hidden))
 
@@ -446,7 +594,7 @@ class MixtureDensityEncoder(Encoder):
 
 
 class FlowEncoder(Encoder):
-    """Conditional neural spline flow (``zuko.flows.NSF``) on standardized z; the default.
+    """Conditional neural spline flow (``zuko.flows.NSF``) on standardized v; the default.
 
     The splines act on [-5, 5] (identity outside), which standardized z mostly occupies. For
     ``z_dim == 1`` zuko builds element-wise spline transforms conditioned on x only.
@@ -471,8 +619,17 @@ class FlowEncoder(Encoder):
         bins: int = 8,
         embedding: nn.Module | None = None,
         embedding_dim: int | None = None,
+        support: constraints.Constraint | None = None,
     ) -> None:
-        super().__init__(x_dim, z_dim, embedding=embedding, embedding_dim=embedding_dim)
+        super().__init__(
+            x_dim, z_dim, embedding=embedding, embedding_dim=embedding_dim, support=support
+        )
+        self.kind = "flow"
+        self.build_options = {
+            "transforms": int(transforms),
+            "hidden": [int(h) for h in hidden],
+            "bins": int(bins),
+        }
         self.flow = zuko.flows.NSF(
             features=z_dim,
             context=self.context_dim,
@@ -482,9 +639,9 @@ class FlowEncoder(Encoder):
         )
 
     def _distribution(self, h: Tensor) -> Distribution:
-        standardized = self.flow(h)  # zuko NormalizingFlow over u = (z - z_loc) / z_scale
-        to_z = AffineTransform(self.z_loc, self.z_scale, event_dim=1)
-        return TransformedDistribution(standardized, [to_z], validate_args=False)
+        standardized = self.flow(h)  # zuko NormalizingFlow over u = (v - z_loc) / z_scale
+        to_v = AffineTransform(self.z_loc, self.z_scale, event_dim=1)
+        return TransformedDistribution(standardized, [to_v], validate_args=False)
 
     def _rsample_and_log_prob(
         self, dist: Distribution, n: int, generator: torch.Generator | None
@@ -492,8 +649,8 @@ class FlowEncoder(Encoder):
         """zuko's fused inverse pass gives u and log q(u) together. -> ([B, n, d], [B, n])."""
         with forked_rng(generator, self.z_loc.device):
             u, log_q = dist.base_dist.rsample_and_log_prob((n,))
-        z = self.z_loc + self.z_scale * u
-        return z.movedim(0, 1), (log_q - self.z_scale.log().sum()).movedim(0, 1)
+        v = self.z_loc + self.z_scale * u
+        return v.movedim(0, 1), (log_q - self.z_scale.log().sum()).movedim(0, 1)
 
 
 ENCODER_KINDS = ("flow", "nsf", "mdn", "gaussian", "gaussian-diag")
@@ -501,7 +658,8 @@ ENCODER_KINDS = ("flow", "nsf", "mdn", "gaussian", "gaussian-diag")
 
 
 def build_encoder(kind: str, x_dim: int, z_dim: int, **options) -> Encoder:
-    """Build an encoder by name; ``options`` go to its constructor (e.g. ``hidden=(32, 32)``).
+    """Build an encoder by name; ``options`` go to its constructor (e.g. ``hidden=(32, 32)``,
+    ``support=prior.support``).
 
     "flow" / "nsf": FlowEncoder; "mdn": MixtureDensityEncoder; "gaussian": full-rank
     GaussianEncoder; "gaussian-diag": diagonal GaussianEncoder.
@@ -521,6 +679,86 @@ def build_encoder(kind: str, x_dim: int, z_dim: int, **options) -> Encoder:
 
 
 # ---------------------------------------------------------------------------- private helpers
+def _base_constraint(support: constraints.Constraint) -> constraints.Constraint:
+    """``support`` without its ``independent`` wrappers."""
+    while isinstance(support, constraints.independent):
+        support = support.base_constraint
+    return support
+
+
+def check_support(
+    support: constraints.Constraint | None, z_dim: int
+) -> constraints.Constraint | None:
+    """The support an encoder maps onto: ``support``, or None for R^d (no transform).
+
+    Raises ``ValueError`` when ``torch.distributions.biject_to`` has no bijection onto it, or
+    when that bijection does not take v [*, d] to z [*, d] (a simplex drops a coordinate), and
+    ``TypeError`` when it is not a constraint.
+
+    >>> from torch.distributions import Gamma, Independent, Normal
+    >>> check_support(Independent(Normal(torch.zeros(2), 1.0), 1).support, 2) is None
+    True
+    >>> check_support(Independent(Gamma(torch.ones(2), 1.0), 1).support, 2)
+    IndependentConstraint(GreaterThanEq(lower_bound=0.0), 1)
+    """
+    if support is None:
+        return None
+    if not isinstance(support, constraints.Constraint):
+        raise TypeError(
+            f"support: expected a torch.distributions constraint (prior.support) or None, "
+            f"received {type(support).__name__}"
+        )
+    if isinstance(_base_constraint(support), type(constraints.real)):
+        return None  # R^d: the identity
+    if support.is_discrete:
+        raise ValueError(f"support: expected a continuous support, received {support}")
+    try:
+        on_cpu = _constraint_to(support, torch.float64, torch.device("cpu"))
+        probe = torch.zeros(1, z_dim, dtype=torch.float64)
+        z = _event_transform(biject_to(on_cpu))(probe)
+    except NotImplementedError as err:
+        raise ValueError(
+            f"support: torch.distributions.biject_to has no bijection onto {support} ({err}); "
+            "pass support=None for an encoder on all of R^d"
+        ) from err
+    except (RuntimeError, IndexError, ValueError) as err:
+        raise ValueError(
+            f"support: the bijection onto {support} does not map R^{z_dim} to z [*, {z_dim}] "
+            f"({err})"
+        ) from err
+    if z.shape != probe.shape:
+        raise ValueError(
+            f"support: the bijection onto {support} maps v [*, {z_dim}] to "
+            f"{list(z.shape[1:])} instead of [{z_dim}]; reparameterize the prior on R^{z_dim}"
+        )
+    return support
+
+
+def _event_transform(transform: Transform) -> Transform:
+    """``transform`` acting on whole events [*, d]: element-wise ones are made independent."""
+    if transform.domain.event_dim == 0:
+        return IndependentTransform(transform, 1)
+    return transform
+
+
+def _constraint_to(
+    support: constraints.Constraint, dtype: torch.dtype, device: torch.device
+) -> constraints.Constraint:
+    """A copy of ``support`` whose tensors (bounds) are in ``dtype`` on ``device``."""
+    moved = copy.copy(support)
+    for name, value in vars(support).items():
+        if isinstance(value, Tensor):
+            to_dtype = dtype if value.is_floating_point() else value.dtype
+            setattr(moved, name, value.to(device=device, dtype=to_dtype))
+        elif isinstance(value, constraints.Constraint):
+            setattr(moved, name, _constraint_to(value, dtype, device))
+        elif isinstance(value, list | tuple) and any(
+            isinstance(c, constraints.Constraint) for c in value
+        ):
+            setattr(moved, name, type(value)(_constraint_to(c, dtype, device) for c in value))
+    return moved
+
+
 def _infer_embedding_dim(embedding: nn.Module, x_dim: int) -> int:
     """Output width of ``embedding`` from a dry run on ``zeros(1, x_dim)`` in eval mode."""
     like = next(embedding.parameters(), None)

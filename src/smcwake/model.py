@@ -7,13 +7,16 @@ Shapes throughout the library: observations first, then particles, then the even
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor
 from torch.distributions import Distribution, Independent, Normal, Transform, Uniform, constraints
 from torch.distributions.utils import lazy_property
 
+from smcwake import _rng
 from smcwake._ops import select
 
 _COORDINATE_LOOP_MAX_DIM = 8
@@ -23,7 +26,6 @@ __all__ = [
     "LogLikelihood",
     "Simulator",
     "check_log_likelihood",
-    "forked_rng",
     "model_fingerprint",
     "fingerprint_differences",
 ]
@@ -33,30 +35,6 @@ LogLikelihood = Callable[[Tensor, Tensor], Tensor]
 
 Simulator = Callable[[Tensor], Tensor]
 """``simulate(z [N, d]) -> x [N, p]``; may use torch's global RNG (it is forked and seeded)."""
-
-
-def forked_rng(generator: torch.Generator | None, device: torch.device | str | None = None):
-    """Context in which torch's global RNG is seeded from ``generator`` and restored afterwards.
-
-    For code that cannot take a generator (sampling a torch prior, a user's simulator,
-    initialising a network). Draws one integer from ``generator`` (or from the global RNG when
-    ``generator`` is None, in which case nothing is forked).
-    """
-    import contextlib
-
-    if generator is None:
-        return contextlib.nullcontext()
-    seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device))
-    device = torch.device(device) if device is not None else torch.device("cpu")
-    devices = [device] if device.type == "cuda" else []
-
-    @contextlib.contextmanager
-    def _ctx():
-        with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(seed)
-            yield
-
-    return _ctx()
 
 
 def check_log_likelihood(loglik: Tensor, z: Tensor, rows: Tensor | None = None) -> Tensor:
@@ -147,6 +125,10 @@ class Model:
         simulate: optional ``g(z [N, d]) -> x [N, p]`` drawing x ~ p(x | z) (needed by the sleep /
             NPE baseline and by simulation-based checks).
         name: a label used in logs and reports.
+        x_dim: p, the number of columns the likelihood expects in ``x``, when known. Then
+            :meth:`check_x` refuses observations of another width before any evaluation;
+            without it (the default) a wrong width shows as an error of the likelihood, which
+            :meth:`log_likelihood` reports with the shapes of ``z`` and ``x``.
 
     Shapes: ``log_prior(z [*, d]) -> [*]``, ``log_likelihood(z [B, K, d], x [B, p]) -> [B, K]``.
 
@@ -166,7 +148,12 @@ class Model:
         *,
         simulate: Simulator | None = None,
         name: str = "model",
+        x_dim: int | None = None,
     ) -> None:
+        if x_dim is not None and (
+            isinstance(x_dim, bool) or not isinstance(x_dim, int) or x_dim < 1
+        ):
+            raise ValueError(f"x_dim: expected None or an integer >= 1, received {x_dim!r}")
         if not isinstance(prior, Distribution):
             raise TypeError(
                 "prior: expected a torch.distributions.Distribution, received "
@@ -197,7 +184,7 @@ class Model:
         self._unbounded = _base_constraint(prior.support) is constraints.real
         self._box = _uniform_box(prior)
         self._diagonal_normal = _is_plain_independent(prior, Normal)
-        self.x_dim: int | None = None
+        self.x_dim = x_dim
         self._interior: dict[tuple[torch.dtype, torch.device], Tensor] = {}
         self._box_cache: dict[tuple[torch.dtype, torch.device], tuple[Tensor, ...]] = {}
 
@@ -285,7 +272,7 @@ class Model:
 
         Shapes: -> [*shape, d].
         """
-        with forked_rng(generator, device):
+        with _rng.forked_rng(generator, device):
             z = self.prior.sample(shape)
         return z.to(dtype=dtype or z.dtype, device=device or z.device)
 
@@ -308,7 +295,7 @@ class Model:
             raise ValueError("x: received no observations (B = 0)")
         if self.x_dim is not None and x.shape[1] != self.x_dim:
             raise ValueError(
-                f"x: expected shape [*, {self.x_dim}] (as first used with this model), "
+                f"x: expected shape [*, {self.x_dim}] (the model's x_dim), "
                 f"received {list(x.shape)}"
             )
         bad_rows = ~torch.isfinite(x).all(-1)
@@ -334,7 +321,7 @@ class Model:
         """Evaluate and validate log p(x_b | z_bk).
 
         NaN or ``+inf`` raise ``ValueError``; ``-inf`` is a valid zero likelihood. A
-        ``RuntimeError`` or ``IndexError`` from the first evaluation (usually x with the wrong
+        ``RuntimeError`` or ``IndexError`` from the user's function (often x with the wrong
         number of columns) is raised again as a ``ValueError`` that names the shapes.
 
         ``log_prior`` (the log prior at z, when the caller has it) marks the points outside the
@@ -371,8 +358,6 @@ class Model:
                 f"z {list(z.shape)} and x {list(x.shape)}, received {got}. Sum over the "
                 "data dimensions and keep the particle axis."
             )
-        if self.x_dim is None:
-            self.x_dim = int(x.shape[1])
         if out.dtype != z.dtype:  # the samplers keep every quantity in z's dtype
             out = out.to(z.dtype)
         if outside is not None:
@@ -380,10 +365,8 @@ class Model:
         return check_log_likelihood(out, z, rows)
 
     def _evaluate_likelihood(self, z: Tensor, x: Tensor) -> Tensor:
-        """The user's function; its failure on the first evaluation is reported with shapes."""
-        if self.x_dim is not None:
-            return self._log_likelihood(z, x)
-        try:  # first evaluation: a failure here is often a shape mismatch, or a bug
+        """The user's function; a failure is reported with the shapes it was called with."""
+        try:  # often a shape mismatch (x of another width than the likelihood's), or a bug
             return self._log_likelihood(z, x)
         except (RuntimeError, IndexError) as err:
             if isinstance(err, torch.cuda.OutOfMemoryError):
@@ -395,7 +378,7 @@ class Model:
             else:
                 hint = f"The message does not mention shapes: {bug}; or {columns}."
             raise ValueError(
-                f"log_likelihood failed on its first evaluation, with z {list(z.shape)} "
+                f"log_likelihood failed with z {list(z.shape)} "
                 f"(d={self.dim} from the prior) and x {list(x.shape)}: "
                 f"{type(err).__name__}: {err}. {hint}"
             ) from err
@@ -426,7 +409,7 @@ class Model:
                 f"model {self.name!r} has no simulator; pass Model(..., simulate=fn) to use "
                 "simulation-based methods such as 'sleep'"
             )
-        with forked_rng(generator, z.device):
+        with _rng.forked_rng(generator, z.device):
             x = self._simulate(z)
         if not isinstance(x, Tensor) or x.dim() != 2 or x.shape[0] != z.shape[0]:
             got = list(x.shape) if isinstance(x, Tensor) else type(x).__name__
@@ -630,3 +613,16 @@ def _show(value: object, limit: int = 4) -> str:
     shown = ", ".join(f"{v:.6g}" if isinstance(v, float) else str(v) for v in flat[:limit])
     more = f", ... ({value.numel()} values)" if len(flat) > limit else ""
     return f"[{shown}{more}]"
+
+
+def __getattr__(name: str) -> Any:
+    if name == "forked_rng":  # lived here before smcwake 0.1.0
+        warnings.warn(
+            "smcwake.model.forked_rng is deprecated since smcwake 0.1.0 and will be removed in "
+            "0.2.0: it is an internal helper (smcwake._rng.forked_rng); pass a "
+            "torch.Generator to smcwake's functions instead",
+            FutureWarning,
+            stacklevel=2,
+        )
+        return _rng.forked_rng
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -29,6 +29,10 @@ has zero density), which :func:`~smcwake.fit` counts as a skipped step.
   steps on -log q(new state | x).
 
 :func:`get_objective` returns a method's objective by name; :data:`METHOD_NAMES` lists the names.
+A :class:`Method` pairs an objective with what :func:`~smcwake.fit` must keep for it (a particle
+bank refreshed by SMC, one chain state per observation, simulations to count); fit reads only
+that declaration, so a new method is one objective function and one line in the registry (or a
+call to :func:`register_method`).
 
 References:
     McNamara, Loper & Regier (2024), Sequential Monte Carlo for Inclusive KL Minimization in
@@ -41,6 +45,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import torch
@@ -57,7 +62,10 @@ __all__ = [
     "Objective",
     "METHOD_NAMES",
     "SMC_WAKE_METHODS",
+    "Method",
+    "get_method",
     "get_objective",
+    "register_method",
     "smc_wake",
     "wake",
     "defensive_wake",
@@ -260,18 +268,52 @@ SMC_WAKE_METHODS = {
     "smc-wake-pimh": "pimh",
 }
 
-_OBJECTIVES: dict[str, Objective] = {
-    **{name: smc_wake(est) for name, est in SMC_WAKE_METHODS.items()},
-    "wake": wake,
-    "defensive-wake": defensive_wake,
-    "sleep": sleep,
-    "elbo": elbo,
-    "iwae": iwae,
-    "msc": msc,
+
+@dataclass(frozen=True)
+class Method:
+    """A training method: its objective and what :func:`~smcwake.fit` keeps and counts for it.
+
+    Attributes:
+        objective: ``loss, evals = objective(encoder, batch, ctx)``.
+        estimator: for an SMC-Wake method, the :class:`~smcwake.bank.ParticleBank` estimator
+            ("a", "b", "c", "naive", "pimh"): fit runs SMC for every observation first, then
+            refreshes, and passes the bank as ``ctx.bank``. None: no bank, no SMC.
+        chains: fit keeps one state per observation, started at prior draws and checkpointed,
+            and passes it as ``ctx.chains`` ([n, d]; the objective updates it in place).
+        simulates: the objective draws ``ctx.num_particles`` simulations per observation of
+            the batch, which fit counts in the history's ``simulations`` column.
+    """
+
+    objective: Objective
+    estimator: str | None = None
+    chains: bool = False
+    simulates: bool = False
+
+
+_METHODS: dict[str, Method] = {
+    **{name: Method(smc_wake(est), estimator=est) for name, est in SMC_WAKE_METHODS.items()},
+    "wake": Method(wake),
+    "defensive-wake": Method(defensive_wake),
+    "sleep": Method(sleep, simulates=True),
+    "elbo": Method(elbo),
+    "iwae": Method(iwae),
+    "msc": Method(msc, chains=True),
 }
 
-METHOD_NAMES = tuple(_OBJECTIVES)
-"""The names :func:`get_objective` (and ``fit(method=...)``) accept."""
+METHOD_NAMES = tuple(_METHODS)
+"""The built-in names :func:`get_objective` (and ``fit(method=...)``) accept."""
+
+
+def get_method(method: str) -> Method:
+    """The registered :class:`Method` of a name; unknown names raise ValueError listing the
+    valid ones.
+
+    >>> get_method("msc").chains, get_method("smc-wake-b").estimator
+    (True, 'b')
+    """
+    if not isinstance(method, str) or method not in _METHODS:
+        raise ValueError(f"method: unknown {method!r}; expected one of {sorted(_METHODS)}")
+    return _METHODS[method]
 
 
 def get_objective(method: str) -> Objective:
@@ -280,12 +322,46 @@ def get_objective(method: str) -> Objective:
     >>> get_objective("wake").__name__
     'wake'
     """
-    try:
-        return _OBJECTIVES[method]
-    except KeyError:
+    return get_method(method).objective
+
+
+def register_method(
+    name: str,
+    objective: Objective,
+    *,
+    estimator: str | None = None,
+    chains: bool = False,
+    simulates: bool = False,
+) -> Method:
+    """Make ``fit(method=name)`` train with ``objective`` (see :class:`Method` for the rest).
+
+    A built-in or already registered name is refused (``ValueError``).
+
+    >>> def mean_log_q(encoder, batch, ctx):
+    ...     z = encoder.sample(batch.x, ctx.num_particles, generator=ctx.generator)
+    ...     return -encoder.log_prob(z, batch.x).mean(), 0
+    >>> register_method("wake", mean_log_q)
+    Traceback (most recent call last):
+    ...
+    ValueError: method: 'wake' is already registered; choose another name
+    """
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"name: expected a non-empty string, received {name!r}")
+    if name in _METHODS:
+        raise ValueError(f"method: {name!r} is already registered; choose another name")
+    if not callable(objective):
+        raise TypeError(
+            "objective: expected a callable objective(encoder, batch, ctx) -> (loss, evals), "
+            f"received {type(objective).__name__}"
+        )
+    estimators = sorted(set(SMC_WAKE_METHODS.values()))
+    if estimator is not None and estimator not in estimators:
         raise ValueError(
-            f"method: unknown {method!r}; expected one of {sorted(_OBJECTIVES)}"
-        ) from None
+            f"estimator: expected None or one of {estimators}, received {estimator!r}"
+        )
+    method = Method(objective, estimator=estimator, chains=chains, simulates=simulates)
+    _METHODS[name] = method
+    return method
 
 
 def _deprecated_registry() -> dict[str, Objective]:
@@ -299,7 +375,7 @@ def _deprecated_registry() -> dict[str, Objective]:
         FutureWarning,
         stacklevel=3,
     )
-    return _OBJECTIVES
+    return {name: method.objective for name, method in _METHODS.items()}
 
 
 def __getattr__(name: str) -> Any:

@@ -12,7 +12,10 @@ Figures (matplotlib, Agg backend), each written only when the results hold its d
 - ``posteriors.png``: samples of q against reference samples for a few observations (2-D tasks);
 - ``collapse.png``: the wake-collapse panels of the toy model (wake's self-normalized estimate
   against the proposal's scale; each method's q(z | x = 12); q's scale over training);
-- ``reconstructions.png``: held-out digits and each method's reconstructions.
+- ``reconstructions.png``: held-out digits and each method's reconstructions;
+- ``convergence.png``: the held-out-free convergence signal that ``fit`` records for SMC-Wake
+  methods (``bank_forward_kl`` and ``bank_ess`` in each run's ``history.json`` under the report's
+  folder) against gradient steps, one line per run.
 
 Tables give ``mean ± sd`` over seeds (sample standard deviation; the count in the header). A
 method that could not run on the task is listed with its reason.
@@ -27,6 +30,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from smcwake._optional import require
 from smcwake.bench.results import load_results, to_json_data
 
 __all__ = ["METRIC_INFO", "metric_table", "budget_table", "render_markdown", "write_report"]
@@ -310,7 +314,7 @@ def render_markdown(results: dict[str, Any], figures: Sequence[str] = ()) -> str
 
 # ------------------------------------------------------------------------------- figures
 def _plt():
-    import matplotlib
+    matplotlib = require("matplotlib", "the figures of smcwake.report")
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -380,27 +384,32 @@ def plot_curves(results: dict[str, Any], path: Path) -> Path | None:
 
 
 def plot_coverage(results: dict[str, Any], path: Path) -> Path | None:
-    """Expected coverage curves (mean over seeds) against the diagonal."""
+    """Expected coverage curves (mean over seeds) against the diagonal, with the band a
+    calibrated posterior stays in (:func:`smcwake.plot.coverage`)."""
     plt = _plt()
+    from smcwake.plot import coverage
+
     methods = [
         m for m, e in results["methods"].items() if any("coverage" in r for r in _ok_runs(e))
     ]
     if not methods:
         return None
-    colors = _colors(list(results["methods"]))
-    fig, ax = plt.subplots(figsize=(4.8, 4.6))
-    ax.plot([0, 1], [0, 1], color="black", lw=1, ls="--", label="calibrated")
+    curves, levels = [], None
     for method in methods:
         runs = [r["coverage"] for r in _ok_runs(results["methods"][method]) if "coverage" in r]
-        level = runs[0]["level"]
-        cov = [sum(r["coverage"][i] for r in runs) / len(runs) for i in range(len(level))]
-        ax.plot(level, cov, color=colors[method], label=method)
-    ax.set_xlabel("credibility level of q's HPD region")
-    ax.set_ylabel("fraction of true z inside")
-    ax.set_title(f"{results['task']}: expected coverage")
-    ax.legend(fontsize=7)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
+        levels = runs[0]["level"]
+        curves.append(
+            [sum(r["coverage"][i] for r in runs) / len(runs) for i in range(len(levels))]
+        )
+    fig = coverage(
+        levels,
+        curves,
+        labels=methods,
+        num_simulations=results.get("settings", {}).get("num_observations"),
+        title=f"{results['task']}: expected coverage",
+        xlabel="credibility level of q's HPD region",
+        ylabel="fraction of true z inside",
+    )
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
@@ -578,6 +587,51 @@ def plot_reconstructions(results: dict[str, Any], path: Path) -> Path | None:
     return path
 
 
+def _histories(root: Path) -> list[tuple[str, dict[str, list]]]:
+    """(label, history) of every ``history.json`` below ``root`` with a convergence signal."""
+    import json
+
+    found = []
+    for path in sorted(root.glob("**/history.json")):
+        try:
+            history = json.loads(path.read_text())["history"]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if any(v is not None for v in history.get("bank_forward_kl", [])):
+            label = path.parent.relative_to(root).as_posix()
+            found.append((label if label != "." else "fit", history))
+    return found
+
+
+def plot_convergence(results: dict[str, Any], path: Path) -> Path | None:
+    """The bank's forward-KL estimate and the ESS fraction of q against gradient steps."""
+    histories = _histories(path.parent)
+    if not histories:
+        return None
+    plt = _plt()
+    runs = [label.removeprefix("runs/") for label, _ in histories]
+    groups = [label.split("/")[0] for label in runs]
+    colors = _colors(list(dict.fromkeys(groups)))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for label, group, (_, history) in zip(runs, groups, histories, strict=True):
+        for ax, key in zip(axes, ("bank_forward_kl", "bank_ess"), strict=True):
+            kept = [i for i, v in enumerate(history[key]) if v is not None]
+            steps, values = [history["step"][i] for i in kept], [history[key][i] for i in kept]
+            ax.plot(steps, values, marker="o", ms=3, color=colors[group], label=label)
+    axes[0].set_ylabel("forward KL estimate from the bank (nats)")
+    axes[1].set_ylabel("ESS fraction of q against the bank")
+    axes[1].set_ylim(0, 1.05)
+    for ax in axes:
+        ax.set_xlabel("gradient steps")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.suptitle(f"{results['task']}: convergence signal (training observations only)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def write_report(out: str | os.PathLike, results: dict[str, Any] | None = None) -> Path:
     """Write ``report.md`` and the figures into ``out``; returns the report's path.
 
@@ -595,6 +649,7 @@ def write_report(out: str | os.PathLike, results: dict[str, Any] | None = None) 
         ("coverage.png", plot_coverage),
         ("collapse.png", plot_collapse),
         ("reconstructions.png", plot_reconstructions),
+        ("convergence.png", plot_convergence),
     ):
         written = plot(results, out / name)
         if written is not None:

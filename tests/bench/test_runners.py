@@ -65,3 +65,26 @@ def test_default_budget_is_the_first_methods_and_resume_reuses_runs(tmp_path):
     assert again["methods"]["wake"]["runs"][0] == json.loads(
         json.dumps(first["methods"]["wake"]["runs"][0], default=lambda t: t.tolist())
     )
+
+
+def test_bench_without_resume_starts_each_run_afresh(tmp_path):
+    from smcwake.bench import EvalOptions, run_bench
+
+    kwargs = dict(
+        seeds=1,
+        steps=4,
+        out=tmp_path,
+        num_observations=4,
+        overrides={"num_particles": 30, "batch_size": 4},
+        eval_options=EvalOptions(
+            num_samples=50, c2st_observations=0, mmd_samples=20, sbc_samples=19
+        ),
+        progress=False,
+        keep_checkpoints=True,
+    )
+    first = run_bench("toy-collapse", ["smc-wake-c"], **kwargs)
+    again = run_bench("toy-collapse", ["smc-wake-c"], **{**kwargs, "steps": 2})
+    for results, steps in ((first, 4), (again, 2)):
+        run = results["methods"]["smc-wake-c"]["runs"][0]
+        assert "failed" not in run
+        assert run["steps"] == steps

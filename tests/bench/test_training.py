@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+import smcwake
 import smcwake.bench.training as training
 from smcwake.bench.evaluate import EvalOptions
 from smcwake.bench.results import RunRecord
@@ -44,6 +45,9 @@ def test_a_run_records_counts_curve_and_metrics(tmp_path):
     assert len(record["curve"]["q_sd_at_observed"]) == 6
     assert (tmp_path / "run" / "curve.json").exists()
     assert record["q_at_observed"]["sd"] > 0
+    # the trained posterior is saved next to the checkpoint and loads without the task
+    loaded = smcwake.load(tmp_path / "run" / "posterior.pt")
+    assert loaded.z_dim == data.task.model.dim
 
 
 def test_a_diverged_run_is_evaluated_at_its_last_state(monkeypatch):

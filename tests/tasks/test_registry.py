@@ -16,6 +16,7 @@ SMALL = {
     "linear-gaussian": {"d": 5, "p": 8},
     "many-samplers": {"d": 5, "p": 8},
     "digits": {"digit": 3, "latent_dim": 4},
+    "spike-slab": {},
 }
 
 
@@ -27,6 +28,7 @@ def test_names_lists_every_task_in_spec_order():
         "many-samplers",
         "digits",
         "galaxy-spectra",
+        "spike-slab",
     ]
 
 

@@ -24,9 +24,10 @@ The modules, from the bottom up:
 ``digits``          the runners of the ``digits`` task
 =================== ========================================================================
 
-A method that cannot run on a task (``sleep`` without a simulator; ``elbo`` and ``iwae`` when the
-prior has bounded support, since an encoder on all of R^d then puts mass where log p(z) = -inf)
-is kept in the results with the reason (:func:`unavailable_reason`), never dropped.
+A method that cannot run on a task (``sleep`` without a simulator; ``elbo`` and ``iwae`` with
+the mixture-density encoder, or on a bounded prior when the encoder is not kept on its support
+by ``support_transform``) is kept in the results with the reason (:func:`unavailable_reason`),
+never dropped.
 
 References:
     McNamara, Loper & Regier (2024), Sequential Monte Carlo for Inclusive KL Minimization in

@@ -171,7 +171,9 @@ def compare_methods(request: BenchRequest, task: Task) -> Results:
         resume=request.resume,
         budgets={s: request.budget for s in seeds},
         keep_checkpoints=request.keep_checkpoints,
-        unavailable=lambda method: unavailable_reason(task, method, base["encoder"]),
+        unavailable=lambda method: unavailable_reason(
+            task, method, base["encoder"], support_transform=base.get("support_transform", True)
+        ),
         on_run=request.on_run,
     )
 
@@ -222,7 +224,8 @@ def run_fit(
         _write_metrics(results, method, Path(out))
         return results
     encoder = encoder or task.defaults.get("encoder", "flow")
-    reason = unavailable_reason(task, method, encoder)
+    transform = (overrides or {}).get("support_transform", True)
+    reason = unavailable_reason(task, method, encoder, support_transform=transform)
     if reason is not None:
         raise ValueError(f"{method} cannot run on {task_name}: {reason}")
     options = eval_options or EvalOptions()

@@ -19,14 +19,17 @@ from torch import Tensor
 
 from smcwake.bench.evaluate import EvalOptions, Reference, curve_metric, evaluate
 from smcwake.bench.results import RunRecord
-from smcwake.encoders import build_encoder
-from smcwake.model import forked_rng
+from smcwake.loop import initial_encoder
+from smcwake.posterior import Posterior
 from smcwake.tasks import Task
 from smcwake.train import TrainConfig, fit
 
-__all__ = ["BenchData", "Checkpoints", "bench_data", "initial_encoder", "train_and_evaluate"]
+__all__ = ["BenchData", "Checkpoints", "bench_data", "train_and_evaluate"]
 
 logger = logging.getLogger(__name__)
+
+POSTERIOR_NAME = "posterior.pt"
+"""The trained posterior in a run folder (:meth:`smcwake.Posterior.save`)."""
 
 
 class BenchData(NamedTuple):
@@ -104,18 +107,6 @@ class _Curve:
             self.path.write_text(json.dumps(curve))
 
 
-def initial_encoder(task: Task, x: Tensor, config: TrainConfig):
-    """A fresh encoder of ``config.encoder``, initialised from ``config.seed`` and standardized
-    with x and 10,000 prior draws (as :func:`smcwake.fit` builds one)."""
-    g = torch.Generator().manual_seed(config.seed)
-    with forked_rng(g, x.device):
-        encoder = build_encoder(config.encoder, x.shape[1], task.model.dim)
-    encoder = encoder.to(dtype=x.dtype)
-    z_ref = task.model.sample_prior((10_000,), generator=g, dtype=x.dtype)
-    encoder.set_standardization(x=x, z=z_ref)
-    return encoder
-
-
 def train_and_evaluate(
     data: BenchData,
     method: str,
@@ -148,7 +139,8 @@ def train_and_evaluate(
         if points.due(step):
             curve.record(step, encoder, row)
 
-    encoder = initial_encoder(task, x, config)
+    # the encoder fit would build (scored at step 0 before fit trains it)
+    encoder = initial_encoder(task.model, x, config, torch.Generator().manual_seed(config.seed))
     if metric is not None or observed is not None:
         curve.record(0, encoder, {})
     diverged, bank = None, None
@@ -171,6 +163,8 @@ def train_and_evaluate(
         logger.warning("%s seed %d diverged: %s", method, seed, err)
     steps = int(final_row.get("step", 0))
     curve.record(steps, encoder, final_row)
+    if run_dir is not None:
+        _save_posterior(encoder, run_dir / POSTERIOR_NAME)
     metrics, arrays = evaluate(
         task, encoder, z_true, x, options=options, seed=seed, bank=bank, reference=reference
     )
@@ -194,6 +188,14 @@ def train_and_evaluate(
             m, c = encoder.gaussian_params(torch.full((1, x.shape[1]), float(observed)))
             record["q_at_observed"] = {"mean": float(m[0, 0]), "sd": float(c[0, 0, 0].sqrt())}
     return record
+
+
+def _save_posterior(encoder, path: Path) -> None:
+    """The trained posterior next to the run's checkpoint (``smcwake.load(path)`` reads it)."""
+    try:
+        Posterior(encoder).save(path)
+    except ValueError as err:  # an encoder family or support the file cannot describe
+        logger.warning("the posterior was not saved to %s: %s", path, err)
 
 
 def _counts(row: dict[str, Any]) -> dict[str, Any]:

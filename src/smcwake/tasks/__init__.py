@@ -14,6 +14,7 @@ name                what it is
 ``many-samplers``   linear-gaussian with A scaled by 10: one big SMC run vs many small ones
 ``digits``          scikit-learn's 8x8 handwritten digits, binarized; learned linear decoder
 ``galaxy-spectra``  a slot for a user-supplied spectrum emulator (none is shipped)
+``spike-slab``      2-D location on a wide box, likelihood a broad + very narrow Gaussian; exact
 =================== ============================================================================
 
 Every builder takes ``dtype=`` (default ``torch.float32``) and ``device=`` options; random draws
@@ -83,11 +84,12 @@ _REGISTRY: dict[str, tuple[str, str]] = {
     "many-samplers": ("many_samplers", "many_samplers"),
     "digits": ("digits", "digits"),
     "galaxy-spectra": ("galaxy_spectra", "galaxy_spectra"),
+    "spike-slab": ("spike_slab", "spike_slab"),
 }
 
 
 def names() -> list[str]:
-    """The names of the built-in tasks, in the order of the paper's experiments.
+    """The names of the built-in tasks: the paper's experiments in its order, then the others.
 
     >>> names()[:2]
     ['toy-collapse', 'two-moons']

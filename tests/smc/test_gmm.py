@@ -1,0 +1,95 @@
+"""The Gaussian mixture fitted to a weighted particle cloud: its fit, densities and draws."""
+
+import math
+
+import pytest
+import torch
+
+from smcwake.smc.gmm import (
+    GaussianMixture,
+    component_log_prob,
+    fit_mixture,
+    mixture_log_prob,
+    sample_mixture,
+    step_log_prob,
+)
+
+DT = torch.float64
+
+
+def test_fit_mixture_recovers_weighted_components():
+    # two components with weights set through the particle weights, not the counts
+    g = torch.Generator().manual_seed(9)
+    K = 6000
+    a = torch.randn(K // 2, 3, generator=g, dtype=DT) * torch.tensor([0.1, 1.0, 0.5]) - 4.0
+    b = torch.randn(K // 2, 3, generator=g, dtype=DT) * 2.0 + 4.0
+    z = torch.cat([a, b])[None]
+    log_weights = torch.log(torch.cat([torch.full((K // 2,), 0.2), torch.full((K // 2,), 0.8)]))
+    # EM run to convergence: with 10 iterations about a third of the seeds stop early here
+    mix = fit_mixture(
+        z, log_weights[None].to(DT), 2, generator=g, max_points=None, num_iterations=50
+    )
+    first = int(mix.loc[0, :, 0].argmin())
+    weights = mix.log_mix[0].exp()
+    # weight 0.2 of 3000 equally weighted draws each: exact; means within 4 s.e. (sd / sqrt(n))
+    torch.testing.assert_close(weights[first], torch.tensor(0.2, dtype=DT), atol=1e-3, rtol=0)
+    sd_a = torch.tensor([0.1, 1.0, 0.5], dtype=DT)
+    assert ((mix.loc[0, first] + 4.0).abs() < 4 * sd_a / math.sqrt(K // 2)).all()
+    cov = mix.scale_tril[0, first] @ mix.scale_tril[0, first].T
+    # sample variances within 4 s.e. (sqrt(2 / n) relative): narrow directions stay narrow
+    rel = torch.diagonal(cov) / sd_a**2 - 1
+    assert (rel.abs() < 4 * math.sqrt(2 / (K // 2))).all(), rel
+
+
+def test_fit_mixture_stays_finite_on_resampled_clouds_with_few_distinct_points():
+    # clouds after resampling: 500 copies of ~130 distinct points, one cluster of near-copies,
+    # flat directions: EM can empty a component, and rounding then left its variances
+    # negative and its fit NaN, which poisoned sampling from the whole mixture
+    g = torch.Generator().manual_seed(0)
+    B = 200
+    base = torch.randn(B, 8, 5, generator=g) * torch.tensor([1.0, 1.0, 0.01, 0.01, 0.01])
+    base = torch.cat([base, base[:, :1] + 1e-4 * torch.randn(B, 120, 5, generator=g)], 1)
+    pick = torch.randint(0, base.shape[1], (B, 500), generator=g)
+    z = torch.gather(base, 1, pick[..., None].expand(-1, -1, 5))
+    mix = fit_mixture(z, torch.randn(B, 500, generator=g) * 3, 5, generator=g)
+    assert torch.isfinite(mix.loc).all()
+    assert torch.isfinite(mix.scale_tril).all()
+    torch.testing.assert_close(torch.logsumexp(mix.log_mix, -1), torch.zeros(B), atol=1e-5, rtol=0)
+    draws, _ = sample_mixture(mix, 10, generator=g)
+    assert torch.isfinite(draws).all()
+
+
+@pytest.mark.parametrize(("d", "m"), [(2, 3), (4, 3)])  # both evaluation paths (d <= M, d > M)
+def test_mixture_densities_match_torch(d, m):
+    from torch.distributions import MultivariateNormal
+
+    g = torch.Generator().manual_seed(10)
+    B, K = 2, 50
+    loc = torch.randn(B, m, d, generator=g, dtype=DT)
+    A = torch.randn(B, m, d, d, generator=g, dtype=DT)
+    tril = torch.linalg.cholesky(A @ A.mT + torch.eye(d, dtype=DT))
+    log_mix = torch.log_softmax(torch.randn(B, m, generator=g, dtype=DT), -1)
+    mix = GaussianMixture(log_mix, loc, tril)
+    z = torch.randn(B, K, d, generator=g, dtype=DT) * 3
+    comps = MultivariateNormal(loc[:, None], scale_tril=tril[:, None])  # batch [B, 1, M]
+    expected = log_mix[:, None] + comps.log_prob(z[:, :, None])
+    torch.testing.assert_close(component_log_prob(mix, z), expected)
+    torch.testing.assert_close(mixture_log_prob(mix, z), torch.logsumexp(expected, -1))
+    zero = MultivariateNormal(torch.zeros(d, dtype=DT), scale_tril=tril[:, None])
+    torch.testing.assert_close(step_log_prob(z, tril), zero.log_prob(z[:, :, None]))
+    # draws: the share of each component and its mean within 4 s.e.
+    n = 40_000
+    draws, comp = sample_mixture(mix, n, generator=g)
+    for j in range(m):
+        share = (comp == j).to(DT).mean(-1)
+        p = log_mix[:, j].exp()
+        assert ((share - p).abs() < 4 * (p * (1 - p) / n).sqrt()).all()
+        sel = draws[0][comp[0] == j]
+        sd = torch.diagonal(tril[0, j] @ tril[0, j].T).sqrt()
+        assert ((sel.mean(0) - loc[0, j]).abs() < 4 * sd / math.sqrt(len(sel))).all()
+
+
+def test_fit_mixture_caps_components_by_particles_per_dimension():
+    z = torch.randn(1, 400, 10, dtype=DT)
+    mix = fit_mixture(z, torch.zeros(1, 400, dtype=DT), 16, generator=torch.Generator())
+    assert mix.log_mix.shape == (1, 2)  # 400 particles, at least 20 d = 200 per component
