@@ -331,7 +331,9 @@ def test_encoder_kernel_rejects_what_is_not_an_encoder():
 
 
 def test_compose_reports_each_sub_kernel_and_adapts_to_the_lead():
-    kernel = compose(mixture_independence(2), random_walk_metropolis(3), random_walk_metropolis(1))
+    # a fixed number of mixture steps (min_moved=0), so that every stage costs the same
+    mixture = mixture_independence(2, min_moved=0.0)
+    kernel = compose(mixture, random_walk_metropolis(3), random_walk_metropolis(1))
     assert kernel.name == "mixture+rwmh+rwmh_2"
     assert kernel.num_steps == 6
     assert kernel.target_acceptance == 0.234
