@@ -124,6 +124,7 @@ TITLES = {
     "scaling": "Scaling",
     "compile": "torch.compile",
     "end-to-end": "End to end",
+    "refine": "Refined posteriors: `posterior.refine` against a from-scratch `run_smc`",
 }
 
 
