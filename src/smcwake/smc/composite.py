@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
-from smcwake.smc.mh import Kernel, MoveInfo, Target
+from smcwake.smc.mh import ADAPTATION_GAIN, Kernel, MoveInfo, Target
 
 if TYPE_CHECKING:
     from smcwake.smc.sampler import SMCState
@@ -97,7 +97,7 @@ def compose(*kernels: Kernel) -> Kernel:
     move.num_steps = sum(k.num_steps for k in kernels)
     move.name = "+".join(names)
     move.uses_scale = bool(scaled)
-    move.adaptation_gain = getattr(kernels[lead], "adaptation_gain", 2.0)
+    move.adaptation_gain = getattr(kernels[lead], "adaptation_gain", ADAPTATION_GAIN)
     return move
 
 
@@ -182,5 +182,5 @@ def adaptive_steps(kernel: Kernel, *, min_moved: float = 0.9, max_calls: int = 1
     move.num_steps = kernel.num_steps
     move.name = f"adaptive({getattr(kernel, 'name', 'kernel')})"
     move.uses_scale = _uses_scale(kernel)
-    move.adaptation_gain = getattr(kernel, "adaptation_gain", 2.0)
+    move.adaptation_gain = getattr(kernel, "adaptation_gain", ADAPTATION_GAIN)
     return move

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, NamedTuple
 import torch
 from torch import Tensor
 
-from smcwake.smc.mh import Kernel, MoveInfo, Target
+from smcwake.smc.mh import ADAPTATION_GAIN, Kernel, MoveInfo, Target
 from smcwake.smc.precondition import shrunk_cholesky
 
 if TYPE_CHECKING:
@@ -181,5 +181,5 @@ def crosswise(kernel: Kernel, num_folds: int = NUM_FOLDS) -> Kernel:
     for attr in ("target_acceptance", "initial_scale", "num_steps", "name"):
         setattr(move, attr, getattr(kernel, attr))
     move.uses_scale = getattr(kernel, "uses_scale", True)
-    move.adaptation_gain = getattr(kernel, "adaptation_gain", 2.0)
+    move.adaptation_gain = getattr(kernel, "adaptation_gain", ADAPTATION_GAIN)
     return move

@@ -46,7 +46,36 @@ __all__ = [
     "whitened_sq_norm",
     "log_target_ratio",
     "update_where",
+    "ADAPTATION_GAIN",
+    "MIN_SCALE",
+    "MAX_SCALE",
 ]
+
+ADAPTATION_GAIN = 2.0
+"""Default gain of the sampler's step-scale adaptation between stages.
+
+After each stage the scale becomes ``scale * exp(gain * (acceptance - target_acceptance))``, a
+Robbins-Monro style step on log scale. A kernel may set its own ``adaptation_gain``; 2 keeps the
+random walk's scale moving over the few stages of an easy run (with 1 it lost its adaptation on a
+four-mode model), while MALA and HMC use 1 (see
+:data:`~smcwake.smc.steppers.GRADIENT_ADAPTATION_GAIN`). The scale is held fixed within a stage,
+so every stage is an exact Metropolis-Hastings kernel whatever the gain.
+"""
+
+MIN_SCALE = 1e-3
+"""Smallest step scale the adaptation may reach.
+
+A stage with an acceptance rate near 0 shrinks the scale geometrically; the floor keeps a run
+that met one hard stage able to recover in the next ones instead of freezing its particles.
+"""
+
+MAX_SCALE = 20.0
+"""Largest step scale the adaptation may reach.
+
+Scales are relative to the cloud covariance (the random walk starts at 2.38), so a scale of 20
+already proposes steps far outside the cloud; the cap stops a stage that accepts nearly every
+proposal (e.g. a flat likelihood) from growing the scale without bound.
+"""
 
 
 class Target(NamedTuple):

@@ -57,6 +57,7 @@ from smcwake.smc.mh import (
     weighted_mean,
     whitened_sq_norm,
 )
+from smcwake.smc.steppers import RANDOM_WALK_INITIAL_SCALE
 
 if TYPE_CHECKING:
     from smcwake.smc.sampler import SMCState
@@ -559,7 +560,7 @@ def local_random_walk(
         return state, info
 
     move.target_acceptance = target_acceptance
-    move.initial_scale = 2.38
+    move.initial_scale = RANDOM_WALK_INITIAL_SCALE
     move.num_steps = num_steps
     move.name = "local_rwmh"
     move.uses_scale = True

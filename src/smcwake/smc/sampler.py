@@ -38,6 +38,7 @@ from tqdm.auto import tqdm
 from smcwake.model import Model
 from smcwake.smc.auto import probe_gradients
 from smcwake.smc.kernels import DEFAULT_KERNEL, Kernel, Target, get_kernel
+from smcwake.smc.mh import ADAPTATION_GAIN, MAX_SCALE, MIN_SCALE
 from smcwake.smc.mixing import NOISE_ALLOWANCE, correlation_noise, start_end_correlation
 from smcwake.smc.precondition import shrunk_cholesky
 from smcwake.smc.resampling import Resampler, ess, get_resampler, normalize_with_log_norm
@@ -46,6 +47,22 @@ from smcwake.smc.tempering import conditional_ess, next_temperature, tempered
 __all__ = ["SMCState", "SMCResult", "distinct_fraction", "run_smc", "smc_stage"]
 
 logger = logging.getLogger(__name__)
+
+DEGENERATE_FRACTION = 0.1
+"""A converged cloud with fewer distinct particles than this share is reported (a warning).
+
+Resampling copies particles and rejected moves keep the copies, so a cloud whose moves mix poorly
+ends with few distinct points: its weighted sample then stands for far fewer than K draws.
+"""
+
+PLANNED_ESS_SHARE = 0.5
+"""A planned temperature is kept while its conditional ESS is at least this share of the target.
+
+Each stage plans the next temperature from its particles before they move (so the move makes the
+particles independent of that choice). After the move the conditional ESS of the planned step is
+checked on the new particles; a plan that falls below ``PLANNED_ESS_SHARE * ess_target`` there is
+replaced by a temperature chosen from the current particles.
+"""
 
 
 class SMCState(NamedTuple):
@@ -192,7 +209,8 @@ def smc_stage(
     ``planned`` [B] is the next temperature of each row, chosen by the previous stage from its
     particles before they moved (``StageInfo.planned``; NaN or None: choose it from the current
     particles). A planned temperature whose conditional ESS on the current particles is below
-    half of ``ess_target`` is replaced by one chosen from the current particles.
+    ``PLANNED_ESS_SHARE`` (half) of ``ess_target`` is replaced by one chosen from the current
+    particles.
 
     Shapes: state with B rows, target.x [B, p] -> (new state, StageInfo with [B] fields).
     """
@@ -207,7 +225,7 @@ def smc_stage(
         tau_next = choose(state)
     else:
         ok = conditional_ess(state.loglik, state.log_weights, planned - state.tau)
-        ok = ~torch.isnan(planned) & (ok >= 0.5 * ess_target)
+        ok = ~torch.isnan(planned) & (ok >= PLANNED_ESS_SHARE * ess_target)
         tau_next = planned if bool(ok.all()) else torch.where(ok, planned, choose(state))
     increment = tempered(state.loglik, tau_next - state.tau)
     unnormalized = state.log_weights + increment
@@ -239,9 +257,9 @@ def smc_stage(
     else:
         correlation, noise = reported, move.extra["correlation_noise"]
     # Robbins-Monro style adaptation of the scale for the next stage (exactness within a stage)
-    gain = getattr(kernel, "adaptation_gain", 2.0)
+    gain = getattr(kernel, "adaptation_gain", ADAPTATION_GAIN)
     scale = state.scale * torch.exp(gain * (move.acceptance_rate - kernel.target_acceptance))
-    state = state._replace(scale=scale.clamp(1e-3, 20.0))
+    state = state._replace(scale=scale.clamp(MIN_SCALE, MAX_SCALE))
     extra = {"sq_jump": move.sq_jump, **(move.extra or {})}
     info = StageInfo(
         state.tau,
@@ -538,13 +556,14 @@ def run_smc(
             max_correlation,
         )
     distinct = distinct_fraction(state.z)
-    degenerate = converged & (distinct < 0.1)
+    degenerate = converged & (distinct < DEGENERATE_FRACTION)
     if bool(degenerate.any()):
         logger.warning(
-            "%d of %d final particle clouds have under 10%% distinct particles (see "
+            "%d of %d final particle clouds have under %g%% distinct particles (see "
             "SMCResult.distinct_fraction); use more MCMC steps or a kernel that mixes better",
             int(degenerate.sum()),
             B,
+            100 * DEGENERATE_FRACTION,
         )
     acc_hist = torch.stack(accs, 1) if accs else torch.empty(B, 0, dtype=z.dtype, device=device)
     return SMCResult(

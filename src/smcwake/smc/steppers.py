@@ -25,6 +25,7 @@ from torch import Tensor
 
 from smcwake._ops import select
 from smcwake.smc.mh import (
+    ADAPTATION_GAIN,
     Kernel,
     MoveInfo,
     Target,
@@ -45,7 +46,23 @@ __all__ = [
     "random_walk_stepper",
     "mala_stepper",
     "hmc_stepper",
+    "RANDOM_WALK_INITIAL_SCALE",
+    "GRADIENT_ADAPTATION_GAIN",
 ]
+
+RANDOM_WALK_INITIAL_SCALE = 2.38
+"""First step scale of random-walk moves, whose proposal covariance is (scale^2 / d) Sigma.
+
+2.38^2 / d is the asymptotically optimal random-walk scaling for a Gaussian-like target with
+covariance Sigma (Roberts, Gelman & Gilks, 1997); the sampler adapts it from the first stage on.
+"""
+
+GRADIENT_ADAPTATION_GAIN = 1.0
+"""Gain of the step-scale adaptation for MALA and HMC (half the default :data:`ADAPTATION_GAIN`).
+
+At d = 50 MALA's acceptance falls from 0.9 to 0.3 when the scale grows by 40%, and with gain 2
+it alternated between the two from stage to stage.
+"""
 
 Carry = tuple[Tensor, ...]
 StepResult = tuple["SMCState", Carry, Tensor, Tensor]
@@ -69,7 +86,7 @@ class Stepper(NamedTuple):
     step_evals: int
     target_acceptance: float
     initial_scale: float
-    adaptation_gain: float = 2.0
+    adaptation_gain: float = ADAPTATION_GAIN
 
 
 def carry_rows(carry: Carry, idx: Tensor) -> Carry:
@@ -107,7 +124,7 @@ def random_walk_stepper(target_acceptance: float = 0.234) -> Stepper:
         jump = acc.to(current.dtype) * noise.square().sum(1) * step_scale[:, None] ** 2
         return state, (step_chol, step_scale, current), acc, jump
 
-    return Stepper("rwmh", start, step, 0, 1, target_acceptance, 2.38)
+    return Stepper("rwmh", start, step, 0, 1, target_acceptance, RANDOM_WALK_INITIAL_SCALE)
 
 
 def mala_stepper(target_acceptance: float = 0.574) -> Stepper:
@@ -150,9 +167,8 @@ def mala_stepper(target_acceptance: float = 0.574) -> Stepper:
         grad = torch.where(acc[..., None], grad_new, grad)
         return state, (h, sigma, grad), acc, jump
 
-    # gain 1: at d = 50 MALA's acceptance falls from 0.9 to 0.3 when the scale grows by 40%,
-    # and gain 2 made it alternate between the two from stage to stage
-    return Stepper("mala", start, step, 1, 1, target_acceptance, 1.0, adaptation_gain=1.0)
+    gain = GRADIENT_ADAPTATION_GAIN
+    return Stepper("mala", start, step, 1, 1, target_acceptance, 1.0, adaptation_gain=gain)
 
 
 def hmc_stepper(num_leapfrog: int = 5, target_acceptance: float = 0.65) -> Stepper:
@@ -194,9 +210,8 @@ def hmc_stepper(num_leapfrog: int = 5, target_acceptance: float = 0.65) -> Stepp
         grad = torch.where(acc[..., None], g_new, grad)
         return state, (eps, grad), acc, jump
 
-    return Stepper(
-        "hmc", start, step, 1, num_leapfrog, target_acceptance, 0.5, adaptation_gain=1.0
-    )
+    gain = GRADIENT_ADAPTATION_GAIN
+    return Stepper("hmc", start, step, 1, num_leapfrog, target_acceptance, 0.5, gain)
 
 
 def fixed_steps(stepper: Stepper, num_steps: int) -> Kernel:
