@@ -218,7 +218,7 @@ def smc_stage(
 
     def choose(s: SMCState) -> Tensor:
         return next_temperature(
-            s.loglik, s.log_weights, s.tau, target_ess=ess_target, min_increment=min_increment
+            s.loglik, s.log_weights, s.tau, ess_target=ess_target, min_increment=min_increment
         )
 
     if planned is None:
