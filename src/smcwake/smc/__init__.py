@@ -1,6 +1,7 @@
 """Batched likelihood-tempered sequential Monte Carlo."""
 
 from smcwake.smc.auto import auto_kernel, probe_gradients
+from smcwake.smc.base import Kernel, MoveInfo, SMCState, Target
 from smcwake.smc.crosswise import crosswise
 from smcwake.smc.kernels import (
     DEFAULT_KERNEL,
@@ -20,7 +21,6 @@ from smcwake.smc.kernels import (
     random_walk_metropolis,
     weighted_cholesky,
 )
-from smcwake.smc.mh import Kernel, MoveInfo, Target
 from smcwake.smc.mixing import start_end_correlation, until_decorrelated
 from smcwake.smc.precondition import shrunk_cholesky, shrunk_covariance
 from smcwake.smc.resampling import (
@@ -32,7 +32,7 @@ from smcwake.smc.resampling import (
     stratified,
     systematic,
 )
-from smcwake.smc.sampler import SMCResult, SMCState, run_smc, smc_stage
+from smcwake.smc.sampler import SMCResult, run_smc, smc_stage
 from smcwake.smc.steppers import (
     Stepper,
     fixed_steps,

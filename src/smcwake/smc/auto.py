@@ -37,7 +37,7 @@ from smcwake.smc.multimodal import mixture_independence
 from smcwake.smc.steppers import mala_stepper, random_walk_stepper
 
 if TYPE_CHECKING:
-    from smcwake.smc.sampler import SMCState
+    from smcwake.smc.base import SMCState
 
 __all__ = ["GradientProbe", "probe_gradients", "auto_kernel"]
 

@@ -16,7 +16,7 @@ from torch import Tensor
 from smcwake.smc.mh import ADAPTATION_GAIN, Kernel, MoveInfo, Target
 
 if TYPE_CHECKING:
-    from smcwake.smc.sampler import SMCState
+    from smcwake.smc.base import SMCState
 
 __all__ = ["compose", "adaptive_steps"]
 

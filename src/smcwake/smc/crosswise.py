@@ -29,7 +29,7 @@ from smcwake.smc.mh import ADAPTATION_GAIN, Kernel, MoveInfo, Target
 from smcwake.smc.precondition import shrunk_cholesky
 
 if TYPE_CHECKING:
-    from smcwake.smc.sampler import SMCState
+    from smcwake.smc.base import SMCState
 
 __all__ = [
     "Folds",

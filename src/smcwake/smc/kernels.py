@@ -5,13 +5,13 @@ A kernel is built by a function and is itself a function::
     move = random_walk_metropolis(num_steps=5)
     state, info = move(state, target, generator, chol)
 
-``state`` is an :class:`~smcwake.smc.sampler.SMCState` whose ``tau`` is the temperature to target
+``state`` is an :class:`~smcwake.smc.base.SMCState` whose ``tau`` is the temperature to target
 and whose ``scale`` [B] is the kernel's step scale for each observation (held fixed during one
 call, so each call is an exact Metropolis-Hastings kernel; the sampler adapts it between stages
 from the returned acceptance rate). Log-densities of the current particles are cached in the state
 and never recomputed. Proposals are never clamped to the prior support: outside it the log prior
-is ``-inf`` and the move is rejected. The contract and the shared building blocks live in
-:mod:`smcwake.smc.mh`.
+is ``-inf`` and the move is rejected. The contract lives in
+:mod:`smcwake.smc.base`, the shared building blocks in :mod:`smcwake.smc.mh`.
 
 All kernels precondition with the Cholesky factor of the weighted particle covariance, its
 correlations shrunk when the cloud holds few distinct points for its dimension, which the sampler

@@ -35,7 +35,7 @@ from smcwake.smc.precondition import merged_weights
 from smcwake.smc.steppers import Stepper, carry_rows
 
 if TYPE_CHECKING:
-    from smcwake.smc.sampler import SMCState
+    from smcwake.smc.base import SMCState
 
 __all__ = ["NOISE_ALLOWANCE", "correlation_noise", "start_end_correlation", "until_decorrelated"]
 

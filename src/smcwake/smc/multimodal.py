@@ -60,7 +60,7 @@ from smcwake.smc.mh import (
 from smcwake.smc.steppers import RANDOM_WALK_INITIAL_SCALE
 
 if TYPE_CHECKING:
-    from smcwake.smc.sampler import SMCState
+    from smcwake.smc.base import SMCState
 
 __all__ = [
     "ProposalEncoder",

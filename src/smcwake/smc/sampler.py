@@ -37,8 +37,8 @@ from tqdm.auto import tqdm
 
 from smcwake.model import Model
 from smcwake.smc.auto import probe_gradients
-from smcwake.smc.kernels import DEFAULT_KERNEL, Kernel, Target, get_kernel
-from smcwake.smc.mh import ADAPTATION_GAIN, MAX_SCALE, MIN_SCALE
+from smcwake.smc.base import ADAPTATION_GAIN, MAX_SCALE, MIN_SCALE, Kernel, SMCState, Target
+from smcwake.smc.kernels import DEFAULT_KERNEL, get_kernel
 from smcwake.smc.mixing import NOISE_ALLOWANCE, correlation_noise, start_end_correlation
 from smcwake.smc.precondition import shrunk_cholesky
 from smcwake.smc.resampling import Resampler, ess, get_resampler, normalize_with_log_norm
@@ -63,18 +63,6 @@ particles independent of that choice). After the move the conditional ESS of the
 checked on the new particles; a plan that falls below ``PLANNED_ESS_SHARE * ess_target`` there is
 replaced by a temperature chosen from the current particles.
 """
-
-
-class SMCState(NamedTuple):
-    """B independent samplers at one stage; every stage returns a new state."""
-
-    z: Tensor  # [B, K, d]
-    log_weights: Tensor  # [B, K] normalized: logsumexp over K is 0
-    log_prior: Tensor  # [B, K] cached; -inf outside the support
-    loglik: Tensor  # [B, K] cached; -inf is a valid zero likelihood
-    tau: Tensor  # [B] float64, current temperature
-    log_evidence: Tensor  # [B] float64, running log Zhat
-    scale: Tensor  # [B] the kernel's step scale (adapted between stages)
 
 
 class StageInfo(NamedTuple):

@@ -37,7 +37,7 @@ from smcwake.smc.mh import (
 from smcwake.smc.tempering import tempered
 
 if TYPE_CHECKING:
-    from smcwake.smc.sampler import SMCState
+    from smcwake.smc.base import SMCState
 
 __all__ = [
     "Stepper",

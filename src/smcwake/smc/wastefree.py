@@ -28,7 +28,7 @@ from smcwake.smc.resampling import systematic
 from smcwake.smc.steppers import Stepper, mala_stepper, random_walk_stepper
 
 if TYPE_CHECKING:
-    from smcwake.smc.sampler import SMCState
+    from smcwake.smc.base import SMCState
 
 __all__ = ["waste_free"]
 
