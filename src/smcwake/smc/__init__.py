@@ -22,6 +22,7 @@ from smcwake.smc.kernels import (
     weighted_cholesky,
 )
 from smcwake.smc.mixing import start_end_correlation, until_decorrelated
+from smcwake.smc.options import SMCOptions
 from smcwake.smc.precondition import shrunk_cholesky, shrunk_covariance
 from smcwake.smc.resampling import (
     RESAMPLERS,
@@ -72,6 +73,7 @@ __all__ = [
     "mixture_independence",
     "mixture_then_rwmh",
     "RESAMPLERS",
+    "SMCOptions",
     "SMCResult",
     "SMCState",
     "conditional_ess",

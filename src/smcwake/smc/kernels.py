@@ -58,7 +58,6 @@ __all__ = [
     "encoder_then_mala",
     "KERNEL_NAMES",
     "ENCODER_KERNEL_NAMES",
-    "check_kernel_name",
     "get_kernel",
 ]
 
@@ -182,21 +181,6 @@ KERNEL_NAMES = tuple(_KERNELS)
 _ENCODER_KERNELS = {"encoder+rwmh": encoder_then_rwmh, "encoder+mala": encoder_then_mala}
 ENCODER_KERNEL_NAMES = tuple(_ENCODER_KERNELS)
 """Kernels that also need the encoder (``get_kernel(name, encoder=...)``; ``fit`` passes it)."""
-
-
-def check_kernel_name(kernel: str | Kernel, num_mcmc_steps: int | None = None) -> None:
-    """Raise ``ValueError`` for an unknown kernel name or a step count it cannot use.
-
-    Encoder kernels are checked without an encoder, so settings can be validated before one
-    exists.
-    """
-    if callable(kernel):
-        return
-    if kernel in _ENCODER_KERNELS:
-        if num_mcmc_steps is not None:
-            _split(num_mcmc_steps, _ENCODER_SHARE)
-        return
-    get_kernel(kernel, num_mcmc_steps)
 
 
 def get_kernel(

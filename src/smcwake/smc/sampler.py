@@ -38,8 +38,9 @@ from tqdm.auto import tqdm
 from smcwake.model import Model
 from smcwake.smc.auto import probe_gradients
 from smcwake.smc.base import ADAPTATION_GAIN, MAX_SCALE, MIN_SCALE, Kernel, SMCState, Target
-from smcwake.smc.kernels import DEFAULT_KERNEL, get_kernel
+from smcwake.smc.kernels import get_kernel
 from smcwake.smc.mixing import NOISE_ALLOWANCE, correlation_noise, start_end_correlation
+from smcwake.smc.options import OPTION_NAMES, SMCOptions
 from smcwake.smc.precondition import shrunk_cholesky
 from smcwake.smc.resampling import Resampler, ess, get_resampler, normalize_with_log_norm
 from smcwake.smc.tempering import conditional_ess, next_temperature, tempered
@@ -63,6 +64,8 @@ particles independent of that choice). After the move the conditional ESS of the
 checked on the new particles; a plan that falls below ``PLANNED_ESS_SHARE * ess_target`` there is
 replaced by a temperature chosen from the current particles.
 """
+
+_DEFAULT_OPTIONS = SMCOptions()  # the settings run_smc uses when neither options nor keywords
 
 
 class StageInfo(NamedTuple):
@@ -319,6 +322,26 @@ def _check_options(
         raise ValueError(f"min_increment: expected a number in (0, 1), received {min_increment!r}")
 
 
+def _settings(options: SMCOptions | None, **given: object) -> dict[str, object]:
+    """The SMCOptions fields of a run: from ``options`` or the keywords (None: not given)."""
+    if options is None:
+        defaults = _DEFAULT_OPTIONS
+    elif not isinstance(options, SMCOptions):
+        raise TypeError(f"options: expected SMCOptions or None, received {type(options).__name__}")
+    else:
+        both = [name for name, value in given.items() if value is not None]
+        if both:
+            raise ValueError(
+                f"{both[0]}: given both as a keyword and in options=; pass "
+                f"options=dataclasses.replace(options, {both[0]}=...) or leave it out of one"
+            )
+        defaults = options
+    return {
+        name: getattr(defaults, name) if given[name] is None else given[name]
+        for name in OPTION_NAMES
+    }
+
+
 def _check_max_correlation(max_correlation: float) -> None:
     if isinstance(max_correlation, bool) or not isinstance(max_correlation, int | float):
         raise TypeError(f"max_correlation: expected a number, received {max_correlation!r}")
@@ -334,12 +357,13 @@ def run_smc(
     x: Tensor,
     num_particles: int = 1000,
     *,
-    ess_target: float = 0.5,
-    resample_threshold: float = 0.5,
-    resampling: str | Resampler = "systematic",
-    kernel: str | Kernel = DEFAULT_KERNEL,
+    options: SMCOptions | None = None,
+    ess_target: float | None = None,
+    resample_threshold: float | None = None,
+    resampling: str | Resampler | None = None,
+    kernel: str | Kernel | None = None,
     num_mcmc_steps: int | None = None,
-    max_stages: int = 500,
+    max_stages: int | None = None,
     max_correlation: float = 0.5,
     min_increment: float = 1e-9,
     generator: torch.Generator | None = None,
@@ -355,8 +379,13 @@ def run_smc(
         model: prior and batched likelihood.
         x: observations [B, p]; each gets its own sampler and temperature schedule.
         num_particles: K particles per observation, drawn from the prior.
-        ess_target: the conditional ESS fraction each tempering step aims for.
-        resample_threshold: resample an observation when ESS < resample_threshold * K.
+        options: the six settings below as one :class:`~smcwake.smc.options.SMCOptions` (as
+            ``fit`` stores them in ``TrainConfig.smc``). Give each setting either here or as a
+            keyword, not both (a ``ValueError`` naming it); a setting given in neither place
+            takes its default, the same as SMCOptions'.
+        ess_target: the conditional ESS fraction each tempering step aims for (default 0.5).
+        resample_threshold: resample an observation when ESS < resample_threshold * K
+            (default 0.5).
         resampling: "systematic" (default), "stratified", "multinomial", "residual".
         kernel: "auto" (default: jumps between modes from a Gaussian mixture fitted to the
             cloud, then Langevin steps if the likelihood is differentiable, random-walk steps
@@ -367,8 +396,8 @@ def run_smc(
             built kernel from :mod:`smcwake.smc.kernels` (e.g. ``encoder_then_rwmh(encoder)``).
         num_mcmc_steps: MCMC steps per stage for a kernel given by name (kernel default if None;
             for "auto", the most local steps per stage).
-        max_stages: cap on the number of stages; observations that hit it are flagged
-            ``converged = False`` and a warning is logged.
+        max_stages: cap on the number of stages (default 500); observations that hit it are
+            flagged ``converged = False`` and a warning is logged.
         max_correlation: observations in which some stage's start/end correlation exceeds this
             by more than two of its standard errors (which are large only for clouds of a few
             particles, see :func:`~smcwake.smc.mixing.correlation_noise`) are flagged
@@ -402,6 +431,18 @@ def run_smc(
     >>> bool(result.converged.all() & result.mixed.all()), round(float(result.log_evidence[0]), 0)
     (True, -4.0)
     """
+    settings = _settings(
+        options,
+        ess_target=ess_target,
+        resample_threshold=resample_threshold,
+        resampling=resampling,
+        kernel=kernel,
+        num_mcmc_steps=num_mcmc_steps,
+        max_stages=max_stages,
+    )
+    ess_target, resample_threshold = settings["ess_target"], settings["resample_threshold"]
+    resampling, kernel = settings["resampling"], settings["kernel"]
+    num_mcmc_steps, max_stages = settings["num_mcmc_steps"], settings["max_stages"]
     _check_options(
         num_particles,
         ess_target,
