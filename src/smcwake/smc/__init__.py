@@ -1,7 +1,7 @@
 """Batched likelihood-tempered sequential Monte Carlo."""
 
 from smcwake.smc.auto import auto_kernel, probe_gradients
-from smcwake.smc.base import Kernel, MoveInfo, SMCState, Target
+from smcwake.smc.base import Kernel, MoveInfo, MoveKernel, SMCState, Target, make_kernel
 from smcwake.smc.crosswise import crosswise
 from smcwake.smc.kernels import (
     DEFAULT_KERNEL,
@@ -50,6 +50,8 @@ __all__ = [
     "KERNEL_NAMES",
     "Kernel",
     "MoveInfo",
+    "MoveKernel",
+    "make_kernel",
     "Target",
     "adaptive_steps",
     "auto_kernel",

@@ -9,6 +9,8 @@ the sampler. Between stages the sampler adapts each kernel's step scale,
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import NamedTuple, Protocol
 
 import torch
@@ -22,6 +24,8 @@ __all__ = [
     "Target",
     "MoveInfo",
     "Kernel",
+    "MoveKernel",
+    "make_kernel",
     "ADAPTATION_GAIN",
     "MIN_SCALE",
     "MAX_SCALE",
@@ -118,7 +122,8 @@ class Kernel(Protocol):
     Attributes: ``target_acceptance`` and ``initial_scale`` (for the sampler's adaptation of
     ``state.scale``; optionally ``adaptation_gain``, 2 by default), ``num_steps`` (proposals
     per particle and call), ``name`` (a short label used in diagnostics) and ``uses_scale``
-    (whether the move reads ``state.scale``).
+    (whether the move reads ``state.scale``). Every kernel of this package is a
+    :class:`MoveKernel` built by :func:`make_kernel`; any callable with these attributes works.
     """
 
     target_acceptance: float
@@ -128,3 +133,70 @@ class Kernel(Protocol):
     def __call__(
         self, state: SMCState, target: Target, generator: torch.Generator | None, chol: Tensor
     ) -> tuple[SMCState, MoveInfo]: ...
+
+
+Move = Callable[[SMCState, Target, "torch.Generator | None", Tensor], tuple[SMCState, MoveInfo]]
+
+
+@dataclass(frozen=True)
+class MoveKernel:
+    """A built kernel: its move function and what the sampler needs to know about it.
+
+    Calling it calls ``move``, so it satisfies :class:`Kernel`; build one with
+    :func:`make_kernel`. ``resamples``: the move draws its own ancestors (waste-free SMC), so
+    the sampler does not resample before it. ``choose``: for a kernel that picks gradient-based
+    or gradient-free moves, ``choose(differentiable)`` returns the kernel to use once the
+    sampler has probed the likelihood.
+    """
+
+    move: Move = field(repr=False)
+    target_acceptance: float
+    initial_scale: float
+    num_steps: int
+    name: str
+    uses_scale: bool = True
+    adaptation_gain: float = ADAPTATION_GAIN
+    resamples: bool = False
+    choose: Callable[[bool], Kernel] | None = field(default=None, repr=False)
+
+    def __call__(
+        self, state: SMCState, target: Target, generator: torch.Generator | None, chol: Tensor
+    ) -> tuple[SMCState, MoveInfo]:
+        return self.move(state, target, generator, chol)
+
+
+def make_kernel(
+    move: Move,
+    *,
+    target_acceptance: float,
+    initial_scale: float,
+    num_steps: int,
+    name: str,
+    uses_scale: bool = True,
+    adaptation_gain: float = ADAPTATION_GAIN,
+    resamples: bool = False,
+    choose: Callable[[bool], Kernel] | None = None,
+) -> MoveKernel:
+    """A :class:`MoveKernel` from a move function ``move(state, target, generator, chol)``.
+
+    ``target_acceptance`` and ``initial_scale`` drive the sampler's adaptation of
+    ``state.scale`` (with ``adaptation_gain``); a move with ``uses_scale=False`` does not read
+    the scale. ``num_steps`` is the number of proposals per particle and call, ``name`` a short
+    label for diagnostics.
+
+    >>> kernel = make_kernel(lambda *args: None, target_acceptance=0.234, initial_scale=2.38,
+    ...                      num_steps=1, name="noop")
+    >>> kernel.name, kernel.uses_scale, kernel.adaptation_gain
+    ('noop', True, 2.0)
+    """
+    return MoveKernel(
+        move,
+        target_acceptance,
+        initial_scale,
+        num_steps,
+        name,
+        uses_scale,
+        adaptation_gain,
+        resamples,
+        choose,
+    )

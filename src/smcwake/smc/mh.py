@@ -1,6 +1,8 @@
 """Metropolis-Hastings building blocks shared by every move kernel.
 
-A kernel is built by a function and is itself a function::
+A kernel is built by a function and is called like a function (a
+:class:`~smcwake.smc.base.MoveKernel`: the move and its settings, made by
+:func:`~smcwake.smc.base.make_kernel`)::
 
     move = random_walk_metropolis(num_steps=5)
     state, info = move(state, target, generator, chol)

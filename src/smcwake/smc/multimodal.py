@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, NamedTuple, Protocol
 import torch
 from torch import Tensor
 
+from smcwake.smc.base import make_kernel
 from smcwake.smc.gmm import (
     GaussianMixture,
     add_component,
@@ -353,12 +354,14 @@ def mixture_independence(
             lambda z: fit.apply(mixture_log_prob, z),
         )
 
-    move.target_acceptance = 0.5  # not used: the move has no step scale
-    move.initial_scale = 1.0
-    move.num_steps = num_steps
-    move.name = "mixture"
-    move.uses_scale = False
-    return move
+    return make_kernel(  # target_acceptance, initial_scale: not used (no step scale)
+        move,
+        target_acceptance=0.5,
+        initial_scale=1.0,
+        num_steps=num_steps,
+        name="mixture",
+        uses_scale=False,
+    )
 
 
 def _float_dtype(module: object, default: torch.dtype) -> torch.dtype:
@@ -466,12 +469,14 @@ def encoder_independence(
             if isinstance(encoder, torch.nn.Module):
                 encoder.train(was_training)
 
-    move.target_acceptance = 0.5  # not used: the move has no step scale
-    move.initial_scale = 1.0
-    move.num_steps = num_steps
-    move.name = "encoder"
-    move.uses_scale = False
-    return move
+    return make_kernel(  # target_acceptance, initial_scale: not used (no step scale)
+        move,
+        target_acceptance=0.5,
+        initial_scale=1.0,
+        num_steps=num_steps,
+        name="encoder",
+        uses_scale=False,
+    )
 
 
 def local_random_walk(
@@ -559,9 +564,10 @@ def local_random_walk(
         info = MoveInfo((accepted / num_steps).mean(-1), num_steps, (jump / num_steps).mean(-1))
         return state, info
 
-    move.target_acceptance = target_acceptance
-    move.initial_scale = RANDOM_WALK_INITIAL_SCALE
-    move.num_steps = num_steps
-    move.name = "local_rwmh"
-    move.uses_scale = True
-    return move
+    return make_kernel(
+        move,
+        target_acceptance=target_acceptance,
+        initial_scale=RANDOM_WALK_INITIAL_SCALE,
+        num_steps=num_steps,
+        name="local_rwmh",
+    )

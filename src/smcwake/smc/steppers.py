@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 
 from smcwake._ops import select
+from smcwake.smc.base import make_kernel
 from smcwake.smc.mh import (
     ADAPTATION_GAIN,
     Kernel,
@@ -237,10 +238,11 @@ def fixed_steps(stepper: Stepper, num_steps: int) -> Kernel:
         info = MoveInfo((accepted / num_steps).mean(-1), evals, (jump / num_steps).mean(-1))
         return state, info
 
-    move.target_acceptance = stepper.target_acceptance
-    move.initial_scale = stepper.initial_scale
-    move.num_steps = num_steps
-    move.name = stepper.name
-    move.uses_scale = True
-    move.adaptation_gain = stepper.adaptation_gain
-    return move
+    return make_kernel(
+        move,
+        target_acceptance=stepper.target_acceptance,
+        initial_scale=stepper.initial_scale,
+        num_steps=num_steps,
+        name=stepper.name,
+        adaptation_gain=stepper.adaptation_gain,
+    )
