@@ -331,8 +331,8 @@ def _fit_fields(args: argparse.Namespace) -> dict[str, Any]:
 def _cmd_fit_model(args: argparse.Namespace, command: str) -> int:
     import torch
 
-    from smcwake.train import fit
     from smcwake._cli_model import load_data, load_model
+    from smcwake.train import fit
 
     model, x = load_model(args.model)
     if args.data is not None:

@@ -69,8 +69,9 @@ def run_bench(
 
     Args:
         task_name: a built-in task (see :func:`smcwake.tasks.names`).
-        methods: method names (:data:`smcwake.objectives.METHOD_NAMES`); default: the task's
-            ``defaults["methods"]``, else :data:`~smcwake.bench.settings.ALL_METHODS`.
+        methods: method names (:data:`smcwake.objectives.METHOD_NAMES`, and ``oracle``, the
+            encoder trained on exact posterior draws: :mod:`smcwake.bench.oracle`); default:
+            the task's ``defaults["methods"]``, else :data:`~smcwake.bench.settings.ALL_METHODS`.
         seeds: a count (0..n-1) or explicit training seeds.
         steps: gradient steps per run.
         budget: likelihood evaluations per run (None: see above).

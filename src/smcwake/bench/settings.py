@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 from torch.distributions import constraints
 
+from smcwake.bench.oracle import ORACLE, oracle_unavailable_reason
 from smcwake.objectives import get_objective
 from smcwake.tasks import Task
 from smcwake.train import SMCOptions, TrainConfig
@@ -92,7 +93,11 @@ def unavailable_reason(
     'the prior has bounded support'
     >>> unavailable_reason(get("two-moons"), "elbo", "flow") is None
     True
+    >>> unavailable_reason(get("two-moons"), "oracle", "flow")[:39]
+    'the task has no exact posterior sampler'
     """
+    if method == ORACLE:
+        return oracle_unavailable_reason(task)
     get_objective(method)  # unknown names raise
     if method == "sleep" and not task.model.can_simulate:
         return "the model has no simulator (sleep trains on simulated pairs (z, x))"
@@ -163,8 +168,14 @@ def apply_overrides(base: dict[str, Any], overrides: dict[str, Any] | None) -> N
 
 
 def config_for(method: str, base: dict[str, Any], budget: int | None, n: int) -> TrainConfig:
-    """The TrainConfig of one method: shared settings, the evaluation cap, sleep's step cap."""
-    settings = {**base, "method": method, "max_evals": budget}
+    """The TrainConfig of one method: shared settings, the evaluation cap, sleep's step cap.
+
+    The ``oracle`` (:mod:`smcwake.bench.oracle`) is not an objective of fit: its config keeps
+    TrainConfig's default method, which the oracle does not read.
+    """
+    settings = {**base, "max_evals": budget}
+    if method != ORACLE:
+        settings["method"] = method
     if method == "sleep" and budget is not None:
         # sleep makes simulations, not likelihood evaluations: one simulation counts as one
         batch = min(settings.get("batch_size", TrainConfig.batch_size), n)

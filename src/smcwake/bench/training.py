@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from smcwake.bench.evaluate import EvalOptions, Reference, curve_metric, evaluate
+from smcwake.bench.oracle import ORACLE, oracle_trainer
 from smcwake.bench.results import RunRecord
 from smcwake.loop import initial_encoder
 from smcwake.posterior import Posterior
@@ -120,7 +121,8 @@ def train_and_evaluate(
     A run that stops with a FloatingPointError (``max_bad_steps`` non-finite gradients in a
     row, which leave the parameters untouched) is evaluated at its last finite state and
     marked ``diverged``. ``data.panel_obs`` observations get 500 q draws for the posterior
-    panels.
+    panels. The ``oracle`` method trains with :func:`~smcwake.bench.oracle.fit_oracle` instead
+    of fit.
     """
     task, z_true, x, options, reference, curve_points, panel_obs = data
     observed = task.defaults.get("observed")
@@ -144,8 +146,9 @@ def train_and_evaluate(
     if metric is not None or observed is not None:
         curve.record(0, encoder, {})
     diverged, bank = None, None
+    trainer = oracle_trainer(task) if method == ORACLE else fit
     try:
-        result = fit(
+        result = trainer(
             task.model,
             x,
             encoder=encoder,
