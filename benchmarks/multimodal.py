@@ -1,6 +1,6 @@
 """Move kernels on multimodal posteriors with exact answers, beside the plain random walk.
 
-Three models whose posteriors are known exactly:
+Models whose posteriors are known exactly:
 
 * ``squares-5d``: z ~ N(0, I_5), x_j | z ~ N(z_j^2, 0.1^2) for j < 2 and N(z_j, 0.1^2) otherwise.
   The likelihood sees z_0 and z_1 only through their squares: four mirror modes of mass 1/4 each,
@@ -10,19 +10,56 @@ Three models whose posteriors are known exactly:
 * ``far-mixture``: a prior 0.25 N(-12 e, I_3) + 0.75 N(12 e, I_3), e = (1, 1, 1) / sqrt(3), and
   x | z ~ N(z, 0.5^2 I_3). The posterior is a two-component Gaussian mixture with weights 0.7 and
   0.3 (the prior favours the other component), modes about 11 standard deviations apart.
-
 * ``gaussian-50d``: z ~ N(0, 2^2 I_50), x | z ~ N(z, 0.5^2 I_50), unimodal, as a check that
   the mixture moves cost nothing in accuracy where there is a single mode in many dimensions.
 
 Every kernel runs with K = 10,000 particles (2,000 for gaussian-50d) and 4 independent samplers
-per model, most with 10 likelihood evaluations per particle and stage; the current and the
-recommended default run with 5. Reported per kernel and model: the largest error of a mode's
-mass (mean over samplers), the share of distinct particles after the last move, C2ST accuracy of
-1,000 draws from the first sampler against 1,000 exact draws (0.5 = indistinguishable), the
-error of the log evidence where it is known, likelihood evaluations and wall time for the batch
-of samplers. Torch runs on one thread, so that timings depend less on the machine's other load.
+per model, most with 10 likelihood evaluations per particle and stage; the plain random walk and
+``mixture+rwmh`` run with 5 (its mixture moves take more steps where the cloud shows modes and
+they moved too few particles). The library's default kernel, ``"auto"``, is measured on these
+models by ``benchmarks/kernels_by_dimension.py --sections multimodal``. Reported per kernel
+and model: the largest error of a mode's mass (mean over samplers), the share of distinct
+particles after the last move, C2ST accuracy of 1,000 draws from the first sampler against
+1,000 exact draws (0.5 = indistinguishable), the error of the log evidence where it is known,
+likelihood evaluations per sampler and wall time for the batch of samplers.
 
-    python benchmarks/multimodal.py            # about 8 minutes; writes docs/KERNELS.md
+Curved modes, ten observations each (one sampler per observation, K = 5,000), with the default
+kernel ``"auto"``, the same with four fixed jumps per stage (the default before its jumps
+followed the step rule), ``mixture+rwmh`` with the step rule and with two fixed steps, and the
+plain random walk:
+
+* ``slcp-5d``: the SLCP model ("simple likelihood, complex posterior", Papamakarios, Sterratt &
+  Murray, 2019). z ~ U[-3, 3]^5; x is four iid 2-d points N((z_1, z_2), Sigma) with standard
+  deviations z_3^2, z_4^2 and correlation tanh(z_5). The likelihood sees z_3 and z_4 only
+  through their squares, so every posterior has four modes of mass exactly 1/4 (the signs of
+  z_3, z_4), each a curved, heavy-tailed ridge cut by the prior's box. Exact draws: given
+  (z_3, z_4, z_5) the mean is a bivariate normal cut to the box, whose mass is integrated by
+  48-point Gauss-Legendre in one coordinate and the normal CDF in the other; this leaves a 3-d
+  density in (log|z_3|, log|z_4|, z_5), sampled from a 128^3 grid placed by two coarse passes,
+  with uniform signs and the mean drawn by rejection from the cut normal.
+* ``slcp-4d-asym``: its lower-dimensional, asymmetric variant: no correlation (z_5 dropped) and
+  the prior's box is [-3, 3]^2 x [-2, 3] x [-2.5, 3], which cuts the negative modes, so the four
+  masses differ (0.13 to 0.37). Given x the posterior factorizes into (z_1, z_3) and (z_2, z_4),
+  the mean integrates out in closed form, and each sign's mass is a 1-d quadrature.
+* ``slcp-4d-corner``: the same with the box [-3, 3]^2 x [-1, 3] x [-1.5, 3], which leaves some
+  negative modes as small corners of the box (masses from 0 to 0.93, several under 0.03).
+
+Reported per kernel: the largest error of a mode's mass per observation (mean and maximum over
+the ten), its largest standardized error |mass - exact| / sqrt(m (1 - m) / ESS) (binomial, with
+the ESS of the final weights), the lowest share of distinct particles, C2ST per observation
+(1,000 draws against 1,000 exact draws; mean and maximum), the mean number of stages and of
+independence steps per stage, the observations that
+:func:`smcwake.smc.multimodal.check_mode_mixing` flags, likelihood evaluations per observation
+and wall time for the batch of ten.
+
+Torch runs on one thread, so that timings depend less on the machine's other load; they still
+vary with it by tens of percent, so compare times within one run.
+
+    python benchmarks/multimodal.py                 # about 20 minutes; updates docs/KERNELS.md
+    python benchmarks/multimodal.py --only curved   # the curved-modes table alone, about 10
+
+Each part rewrites only its own block of docs/KERNELS.md (between ``<!-- begin NAME -->`` and
+``<!-- end NAME -->``); the text around the blocks is kept.
 """
 
 from __future__ import annotations
@@ -36,13 +73,15 @@ from pathlib import Path
 from typing import NamedTuple
 
 import torch
-from torch.distributions import Categorical, Independent, MixtureSameFamily, Normal
+from torch.distributions import Categorical, Independent, MixtureSameFamily, Normal, Uniform
 
 from smcwake import Model, run_smc
 from smcwake.diagnostics import c2st
 from smcwake.smc.composite import adaptive_steps, compose
 from smcwake.smc.kernels import get_kernel, random_walk_metropolis
-from smcwake.smc.multimodal import local_random_walk, mixture_independence
+from smcwake.smc.mixing import until_decorrelated
+from smcwake.smc.multimodal import check_mode_mixing, local_random_walk, mixture_independence
+from smcwake.smc.steppers import mala_stepper
 
 DT = torch.float64
 
@@ -147,9 +186,9 @@ KERNELS: dict[str, tuple[int, Callable[[], object]]] = {
         ),
     ),
     "rwmh (plain random walk)": (5, lambda: random_walk_metropolis(5)),
-    "mixture+rwmh (default)": (5, lambda: get_kernel("mixture+rwmh")),
+    "mixture+rwmh (5 steps)": (5, lambda: get_kernel("mixture+rwmh")),
 }
-GAUSSIAN_KERNELS = ["rwmh", "mixture+rwmh", "rwmh (plain random walk)", "mixture+rwmh (default)"]
+GAUSSIAN_KERNELS = ["rwmh", "mixture+rwmh", "rwmh (plain random walk)", "mixture+rwmh (5 steps)"]
 
 
 # --------------------------------------------------------------------------------- measuring
@@ -250,194 +289,298 @@ def cases() -> list[Case]:
     return out
 
 
+# ----------------------------------------------------------------------------- curved modes
+
+BOX = 3.0
+SLCP_POINTS = 4
+ASYM_LOW = (-3.0, -3.0, -2.0, -2.5)
+CORNER_LOW = (-3.0, -3.0, -1.0, -1.5)
+
+
+def slcp_loglik(z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Four iid 2-d points N((z_1, z_2), Sigma(z_3^2, z_4^2, tanh z_5)).
+
+    Shapes: z [B, K, 5], x [B, 8] -> [B, K].
+    """
+    pts = x.view(x.shape[0], 1, SLCP_POINTS, 2)
+    s1, s2 = (z[..., j, None] ** 2 for j in (2, 3))
+    rho = torch.tanh(z[..., 4, None])
+    u = (pts[..., 0] - z[..., None, 0]) / s1
+    v = (pts[..., 1] - z[..., None, 1]) / s2
+    one_m = 1 - rho**2
+    quad = (u**2 - 2 * rho * u * v + v**2) / one_m
+    log_det = torch.log(s1) + torch.log(s2) + 0.5 * torch.log(one_m)
+    return (-math.log(2 * math.pi) - log_det - 0.5 * quad).sum(-1)
+
+
+def slcp_simulate(z: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    """x [N, 8] for z [N, 5] (d = 5) or, with the correlation dropped, z [N, 4]."""
+    n = z.shape[0]
+    rho = torch.tanh(z[:, 4:5]) if z.shape[1] > 4 else torch.zeros(n, 1, dtype=DT)
+    e1 = torch.randn(n, SLCP_POINTS, generator=g, dtype=DT)
+    e2 = torch.randn(n, SLCP_POINTS, generator=g, dtype=DT)
+    a = z[:, 0:1] + z[:, 2:3] ** 2 * e1
+    b = z[:, 1:2] + z[:, 3:4] ** 2 * (rho * e1 + torch.sqrt(1 - rho**2) * e2)
+    return torch.stack([a, b], -1).reshape(n, 2 * SLCP_POINTS)
+
+
+def asym_loglik(z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """The SLCP likelihood without correlation. [B, K, 4], [B, 8] -> [B, K]."""
+    pts = x.view(x.shape[0], 1, SLCP_POINTS, 2)
+    return Normal(z[..., None, :2], z[..., None, 2:] ** 2).log_prob(pts).sum((-1, -2))
+
+
+def box_prior(low: tuple[float, ...]) -> Independent:
+    low_t = torch.tensor(low, dtype=DT)
+    return Independent(Uniform(low_t, BOX * torch.ones_like(low_t)), 1)
+
+
+_STD = Normal(torch.zeros((), dtype=DT), torch.ones((), dtype=DT))
+
+
+def _log_box_mass(xbar: torch.Tensor, s1, s2, rho) -> torch.Tensor:
+    """log P(mu in [-3, 3]^2) for mu ~ N(xbar, Sigma / 4), by Gauss-Legendre in mu_1."""
+    import numpy as np
+
+    nodes, w = (torch.tensor(a, dtype=DT) for a in np.polynomial.legendre.leggauss(48))
+    sd1 = s1 / 2
+    lo = ((-BOX - xbar[0]) / sd1).clamp(-9, 9)
+    hi = ((BOX - xbar[0]) / sd1).clamp(-9, 9)
+    half = (hi - lo) / 2
+    t = lo[..., None] + half[..., None] * (nodes + 1)  # standardized mu_1
+    m2 = xbar[1] + (rho * s2 / s1)[..., None] * sd1[..., None] * t
+    c = (s2 * torch.sqrt(1 - rho**2) / 2)[..., None]
+    inner = _STD.cdf((BOX - m2) / c) - _STD.cdf((-BOX - m2) / c)
+    mass = (half[..., None] * w * torch.exp(_STD.log_prob(t)) * inner).sum(-1)
+    return torch.log(mass.clamp_min(1e-300))
+
+
+def _slcp_log_marginal(x: torch.Tensor, a3, a4, z5) -> torch.Tensor:
+    """log p(|z_3| = a3, |z_4| = a4, z_5 | x) up to a constant (the mean integrated out)."""
+    pts = x.view(SLCP_POINTS, 2)
+    xbar = pts.mean(0)
+    dev = pts - xbar
+    S = dev.T @ dev
+    s1, s2, rho = a3**2, a4**2, torch.tanh(z5)
+    one_m = 1 - rho**2
+    log_det = 2 * torch.log(s1) + 2 * torch.log(s2) + torch.log(one_m)
+    trace = (S[0, 0] / s1**2 - 2 * rho * S[0, 1] / (s1 * s2) + S[1, 1] / s2**2) / one_m
+    # the points' density with the mean integrated over the box: |Sigma|^(-n/2 + 1/2)
+    power = -(SLCP_POINTS - 1) / 2
+    return power * log_det - 0.5 * trace + _log_box_mass(xbar, s1, s2, rho)
+
+
+def _slcp_grid(x: torch.Tensor, lo: list[float], hi: list[float], n: int):
+    """Cell centres and widths per axis and the log density per cell [n, n, n], in the
+    coordinates (log|z_3|, log|z_4|, z_5) (Jacobian |z_3| |z_4| included)."""
+    cells = []
+    for a, b in zip(lo, hi, strict=True):
+        h = (b - a) / n
+        cells.append((a + (torch.arange(n, dtype=DT) + 0.5) * h, h))
+    (u3, _), (u4, _), (c5, _) = cells
+    a3, a4 = torch.meshgrid(u3.exp(), u4.exp(), indexing="ij")
+    log_p = torch.empty(n, n, n, dtype=DT)
+    for k in range(n):
+        log_p[:, :, k] = _slcp_log_marginal(x, a3, a4, c5[k].expand_as(a3)) + u3[:, None] + u4
+    return cells, log_p
+
+
+def slcp_exact(x: torch.Tensor, n: int, g: torch.Generator, fine: int = 128) -> torch.Tensor:
+    """Exact posterior draws [n, 5] for one observation x [8] of the SLCP model."""
+    lo = [math.log(1e-3), math.log(1e-3), -BOX]
+    hi = [math.log(BOX), math.log(BOX), BOX]
+    for _ in range(2):  # two coarse passes find the range holding all but 1e-8 of the mass
+        cells, log_p = _slcp_grid(x, lo, hi, 64)
+        p = torch.softmax(log_p.flatten(), 0).view_as(log_p)
+        for axis, (centres, h) in enumerate(cells):
+            others = tuple(i for i in range(3) if i != axis)
+            cdf = p.sum(others).cumsum(0)
+            first = int(torch.nonzero(cdf > 1e-8)[0])
+            last = (
+                int(torch.nonzero(cdf < 1 - 1e-8)[-1]) + 1 if bool((cdf < 1 - 1e-8).any()) else 0
+            )
+            lo[axis] = max(lo[axis], float(centres[first]) - h)
+            hi[axis] = min(hi[axis], float(centres[min(last, 63)]) + h)
+    cells, log_p = _slcp_grid(x, lo, hi, fine)
+    idx = torch.multinomial(torch.softmax(log_p.flatten(), 0), n, replacement=True, generator=g)
+    coords = []
+    for axis, (i, (centres, h)) in enumerate(
+        zip((idx // fine**2, idx // fine % fine, idx % fine), cells, strict=True)
+    ):
+        c = centres[i] + h * (torch.rand(n, generator=g, dtype=DT) - 0.5)
+        if axis < 2:
+            sign = torch.where(torch.rand(n, generator=g, dtype=DT) < 0.5, -1.0, 1.0)
+            c = sign.to(DT) * c.exp()
+        coords.append(c)
+    z3, z4, z5 = coords
+    xbar = x.view(SLCP_POINTS, 2).mean(0)
+    mu = torch.empty(n, 2, dtype=DT)
+    todo = torch.arange(n)
+    while todo.numel():  # the mean: N(xbar, Sigma / 4) cut to the box, by rejection
+        s1, s2, rho = z3[todo] ** 2, z4[todo] ** 2, torch.tanh(z5[todo])
+        e1 = torch.randn(todo.numel(), generator=g, dtype=DT)
+        e2 = torch.randn(todo.numel(), generator=g, dtype=DT)
+        m1 = xbar[0] + s1 / 2 * e1
+        m2 = xbar[1] + s2 / 2 * (rho * e1 + torch.sqrt(1 - rho**2) * e2)
+        ok = (m1.abs() < BOX) & (m2.abs() < BOX)
+        mu[todo[ok]] = torch.stack([m1[ok], m2[ok]], -1)
+        todo = todo[~ok]
+    return torch.stack([mu[:, 0], mu[:, 1], z3, z4, z5], -1)
+
+
+_A_GRID = torch.linspace(0.0, BOX, 600_001, dtype=DT)[1:]
+
+
+def _asym_log_marginal(y: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+    """log p(|z_3| = a | y) up to a constant, for one coordinate's points y [4]: the mean's
+    normal factor integrated over [-3, 3] leaves s^-(n-1) exp(-S / 2 s^2) times a CDF term."""
+    ybar = y.mean()
+    scatter = ((y - ybar) ** 2).sum()
+    s = a**2
+    inside = _STD.cdf((BOX - ybar) / (s / 2)) - _STD.cdf((-BOX - ybar) / (s / 2))
+    return -(SLCP_POINTS - 1) * torch.log(s) - scatter / (2 * s**2) + torch.log(inside)
+
+
+def asym_sign_mass(y: torch.Tensor, low: float) -> float:
+    """Posterior mass of z_j > 0 when its prior is U[low, 3] (low < 0), by quadrature."""
+    log_p = _asym_log_marginal(y, _A_GRID)
+    p = torch.exp(log_p - log_p.max())
+    positive, negative = float(p.sum()), float(p[-low >= _A_GRID].sum())
+    return positive / (positive + negative)
+
+
+def asym_truth(x: torch.Tensor, low: tuple[float, ...]) -> torch.Tensor:
+    """Exact masses [B, 4] of (z_3 > 0, z_4 > 0), (>, <), (<, >), (<, <) under the prior
+    box with lower corner ``low``."""
+    out = []
+    for xi in x:
+        pts = xi.view(SLCP_POINTS, 2)
+        p3, p4 = (asym_sign_mass(pts[:, j], low[2 + j]) for j in (0, 1))
+        out.append([p3 * p4, p3 * (1 - p4), (1 - p3) * p4, (1 - p3) * (1 - p4)])
+    return torch.tensor(out, dtype=DT)
+
+
+def asym_exact(
+    x: torch.Tensor, n: int, g: torch.Generator, low: tuple[float, ...]
+) -> torch.Tensor:
+    """Exact posterior draws [n, 4] for one observation x [8] of the asymmetric variant."""
+    pts = x.view(SLCP_POINTS, 2)
+    out = torch.empty(n, 4, dtype=DT)
+    step = float(_A_GRID[1] - _A_GRID[0])
+    for j in (0, 1):
+        y, bound = pts[:, j], -low[2 + j]
+        log_p = _asym_log_marginal(y, _A_GRID)
+        p = torch.exp(log_p - log_p.max())
+        both = torch.where(bound >= _A_GRID, 2 * p, p)  # |z| below the bound has two signs
+        cdf = torch.cumsum(both, 0)
+        idx = torch.searchsorted(cdf, torch.rand(n, generator=g, dtype=DT) * cdf[-1])
+        a = _A_GRID[idx.clamp(max=_A_GRID.numel() - 1)] - step * torch.rand(n, generator=g)
+        negative = (a <= bound) & (torch.rand(n, generator=g, dtype=DT) < 0.5)
+        out[:, 2 + j] = torch.where(negative, -a, a)
+        s, ybar = a**2, y.mean()  # the mean: N(ybar, s^2 / 4) cut to [-3, 3], by inverse CDF
+        lo, hi = _STD.cdf((-BOX - ybar) / (s / 2)), _STD.cdf((BOX - ybar) / (s / 2))
+        u = lo + (hi - lo) * torch.rand(n, generator=g, dtype=DT)
+        out[:, j] = (ybar + s / 2 * _STD.icdf(u.clamp(1e-300, 1 - 1e-16))).clamp(-BOX, BOX)
+    return out
+
+
+def quadrant_masses(z: torch.Tensor, log_weights: torch.Tensor) -> torch.Tensor:
+    """Weighted masses of the sign patterns of (z_3, z_4), in the order of :func:`asym_truth`.
+
+    Shapes: z [B, K, d], log_weights [B, K] -> [B, 4].
+    """
+    w = log_weights.exp()
+    p3, p4 = z[..., 2] > 0, z[..., 3] > 0
+    signs = [p3 & p4, p3 & ~p4, ~p3 & p4, ~p3 & ~p4]
+    return torch.stack([(w * s).sum(-1) for s in signs], -1)
+
+
+class CurvedCase(NamedTuple):
+    name: str
+    model: Model
+    x: torch.Tensor  # [B, p]
+    truth: torch.Tensor  # [B, 4] exact masses
+    exact: list[torch.Tensor]  # per observation, exact draws [1000, d]
+
+
+def curved_cases(num_obs: int = 10, seed: int = 0) -> list[CurvedCase]:
+    """The SLCP model and its asymmetric variants, observations simulated from the prior."""
+    out = []
+    for name, low in (
+        ("slcp-5d", (-BOX,) * 5),
+        ("slcp-4d-asym", ASYM_LOW),
+        ("slcp-4d-corner", CORNER_LOW),
+    ):
+        g = torch.Generator().manual_seed(seed)
+        lo = torch.tensor(low, dtype=DT)
+        z = lo + (BOX - lo) * torch.rand(num_obs, len(low), generator=g, dtype=DT)
+        x = slcp_simulate(z, g)
+        if len(low) == 5:
+            model = Model(box_prior(low), slcp_loglik, name=name)
+            truth = torch.full((num_obs, 4), 0.25, dtype=DT)
+        else:
+            model = Model(box_prior(low), asym_loglik, name=name)
+            truth = asym_truth(x, low)
+        draws = []
+        for i in range(num_obs):
+            gi = torch.Generator().manual_seed(seed + 100 + i)
+            draws.append(
+                slcp_exact(x[i], 1000, gi) if len(low) == 5 else asym_exact(x[i], 1000, gi, low)
+            )
+        out.append(CurvedCase(name, model, x, truth, draws))
+    return out
+
+
+CURVED_KERNELS: dict[str, Callable[[], object]] = {
+    "auto (default)": lambda: get_kernel("auto"),
+    # the default as it was before the step rule: four fixed jumps, MALA steps until decorrelated
+    # (what "auto" runs on these differentiable likelihoods)
+    "auto, fixed jumps": lambda: until_decorrelated(
+        mala_stepper(),
+        jumps=mixture_independence(4, min_moved=0.0, max_oversampling=1.0),
+        max_steps=50,
+    ),
+    "mixture+rwmh": lambda: get_kernel("mixture+rwmh"),
+    "mixture+rwmh, fixed steps": lambda: compose(
+        mixture_independence(2, min_moved=0.0, max_oversampling=1.0), random_walk_metropolis(3)
+    ),
+    "rwmh (plain random walk)": lambda: random_walk_metropolis(5),
+}
+
+
+def run_curved(case: CurvedCase, kernel, num_particles: int, seed: int) -> dict[str, float]:
+    g = torch.Generator().manual_seed(seed)
+    start = time.perf_counter()
+    result = run_smc(case.model, case.x, num_particles, kernel=kernel, generator=g)
+    seconds = time.perf_counter() - start
+    masses = quadrant_masses(result.particles, result.log_weights)
+    err = (masses - case.truth).abs()  # [B, 4]
+    se = torch.sqrt(case.truth * (1 - case.truth) / result.ess[:, None])
+    z = torch.where(se > 0, err / se.clamp_min(1e-300), torch.where(err > 0, math.inf, 0.0))
+    draws = result.sample(1000, generator=g)
+    scores = [c2st(exact.float(), draws[i].float(), seed=0) for i, exact in enumerate(case.exact)]
+    info = result.kernel_info
+    steps = info.get("independence/steps")
+    return {
+        "err_mean": float(err.amax(-1).mean()),
+        "err_max": float(err.max()),
+        "z_max": float(z.max()),
+        "distinct": float(result.distinct_fraction.min()),
+        "c2st_mean": statistics.mean(scores),
+        "c2st_max": max(scores),
+        "stages": float(result.num_stages.double().mean()),
+        "ind_steps": math.nan if steps is None else float(steps.mean()),
+        "flagged": float(check_mode_mixing(result, warn=False).sum()),
+        "evals": float(result.num_likelihood_evals.double().mean()),
+        "seconds": seconds,
+    }
+
+
 # ------------------------------------------------------------------------------------ report
-
-DOC_HEAD = """# Move kernels for multimodal posteriors
-
-Likelihood-tempered SMC starts from the prior, so in principle its particles cover every mode of
-the posterior; whether they still do at tau = 1 depends on the MCMC moves between stages. The
-random walk preconditioned by the covariance of the whole particle cloud (`rwmh`) fails on
-well-separated modes: the cloud covariance spans the gaps, nearly every proposal lands in a gap
-and is rejected, resampling then makes copies faster than the moves separate them, and each
-mode's share of the particles drifts with resampling noise. The kernels in
-`smcwake.smc.multimodal` and `smcwake.smc.composite` fix this while keeping every move an exact
-Metropolis-Hastings kernel for the tempered target pi_tau(z) ∝ p(z) p(x | z)^tau.
-
-## The kernels
-
-Each is built by a function and passed to `run_smc(model, x, K, kernel=...)`, by name or built.
-
-{kernel_table}
-
-Diagnostics: `SMCResult.distinct_fraction` (share of distinct particles after the last move) and
-`SMCResult.kernel_info`, averaged over stages: `"acceptance/<sub-kernel>"` and
-`"sq_jump/<sub-kernel>"` for composites, `"acceptance/from_encoder"` for the encoder kernel,
-`"calls"` and `"moved"` for `adaptive_steps`. For a composite, `SMCResult.acceptance_rate` is that
-of the first sub-kernel that reads the step scale (the random walk in `"mixture+rwmh"`), since
-it drives the scale's adaptation.
-
-## Why each move is exact
-
-* **Mixture independence.** The proposal g does not depend on the current point: q(z' | z) =
-  g(z'), and the acceptance probability min(1, pi(z') g(z) / (pi(z) g(z'))) makes
-  pi(z) g(z') a(z, z') = min(pi(z) g(z'), pi(z') g(z)) symmetric, which is detailed balance
-  (Tierney, 1994). g is fitted once per call, before any particle moves, and held fixed; it is a
-  positive density everywhere, so the chain is irreducible on the target's support.
-* **Crosswise fits.** A mixture fitted to all particles depends on the particle it moves, and on
-  a mode holding few particles that dependence is strong: the fit is tightest where the
-  particles sit. Measured at the exact target, a mode of mass 0.10 with 50 of 500 particles fell
-  to 0.065 after eight calls of three steps. Each half of the particles therefore uses the
-  mixture fitted to the other half, so no particle's proposal depends on its own position (as in
-  the complementary-ensemble moves of Goodman & Weare, 2010); the mass then stays at 0.10.
-* **Encoder independence.** g = a q(z | x) + (1 - a) m(z) with m the crosswise cloud mixture and
-  the density of the whole mixture in the ratio; q runs in eval mode under `torch.no_grad` and
-  does not change during the call, so g is a fixed density and the argument above applies.
-  Since g >= (1 - a) m, a poor encoder wastes at most a share a of the proposals and never traps
-  a particle (defensive mixtures, Hesterberg, 1995).
-* **Local random walk.** Choosing the step covariance from the current point's component and
-  accepting with pi(z') / pi(z) is *not* reversible (the tests show the bias it causes). The
-  kernel proposes from the mixture of random walks
-  q(z' | z) = sum_j r_j(z) N(z' - z; 0, h Sigma_j), r_j the mixture's responsibilities, and
-  accepts with the full Metropolis-Hastings ratio
-  pi(z') q(z | z') / (pi(z) q(z' | z)); since each Gaussian step density is symmetric, the
-  reverse density is the same Gaussian factors weighted by the responsibilities at z'.
-* **Composition.** A product of pi-invariant kernels is pi-invariant.
-* **Adaptive number of steps.** Every call is exact; the number of calls is chosen from the share
-  of moved particles, a cloud average in which each particle counts 1/K, the same footing as the
-  cloud covariance the random walk has always used (adaptive SMC, Beskos, Jasra, Kantas &
-  Thiery, 2016). Use a fixed number of steps where an exactly fixed kernel is required.
-
-The mixture is fitted by weighted EM, batched over observations (k-means++ seeding, 10
-iterations, at most one component per 20 d particles, covariances with a ridge relative to each
-component's own scale so narrow modes stay narrow, at most 4,096 points per fit drawn by
-systematic resampling), plus a defensive component N(mean, (1.5 L)(1.5 L)^T) of weight 0.05 from
-the cloud's mean and covariance, so that the proposal's tails are never lighter than the cloud's.
-
-## Measurements
-
-Produced by `python benchmarks/multimodal.py` (the models and metrics are described in its
-docstring). Each model is run by 4 independent samplers. Times are for the batch of 4 on one CPU
-thread, with a likelihood that costs almost nothing, so they measure the kernels' own
-arithmetic; they also depend on the machine's other load. "mass err" is the largest error of a
-mode's mass, "distinct" the share of distinct particles, "C2ST" the classifier two-sample
-accuracy against exact draws (0.5 is perfect), "evals" the likelihood evaluations per sampler.
-"""
-
-KERNEL_TABLE = [
-    ('`"rwmh"`', "`random_walk_metropolis(num_steps=5)`", "random walk, cloud covariance"),
-    ('`"mala"`, `"hmc"`', "`mala(...)`, `hmc(...)`", "gradients, cloud covariance as metric"),
-    (
-        '`"mixture"`',
-        "`mixture_independence(num_steps=3, num_components=16, em_iterations=10, "
-        "defensive_weight=0.05, defensive_scale=1.5)`",
-        "independence sampler from a Gaussian mixture fitted to the weighted cloud",
-    ),
-    (
-        '`"local_rwmh"`',
-        "`local_random_walk(num_steps=5, num_components=16, em_iterations=10)`",
-        "random walk with the covariance of the particle's mixture component",
-    ),
-    (
-        '`"mixture+rwmh"`',
-        "`mixture_then_rwmh(num_steps=5)`, i.e. "
-        "`compose(mixture_independence(2), random_walk_metropolis(3))`",
-        "**the default**: jumps between modes, then cheap local steps",
-    ),
-    (
-        '`"mixture+local_rwmh"`',
-        "`mixture_then_local(num_steps=5)`",
-        "jumps, then local steps shaped by each mode",
-    ),
-    (
-        "–",
-        "`encoder_independence(encoder, num_steps=3, encoder_weight=0.5)`",
-        "independence sampler from 0.5 q(z \\| x) + 0.5 cloud mixture",
-    ),
-    (
-        '`"encoder+rwmh"` (in `fit`)',
-        "`encoder_then_rwmh(encoder, num_steps=5)`, i.e. "
-        "`compose(encoder_independence(encoder, 2), random_walk_metropolis(3))`",
-        "during training: jumps proposed by the encoder being trained (defensively mixed with "
-        "the cloud mixture), then local steps",
-    ),
-    (
-        '`"encoder+mala"` (in `fit`)',
-        "`encoder_then_mala(encoder, num_steps=5)`",
-        "the same with MALA local steps",
-    ),
-    ("–", "`compose(k1, k2, ...)`", "the kernels one after the other in every call"),
-    (
-        "–",
-        "`adaptive_steps(kernel, min_moved=0.9, max_calls=10)`",
-        "repeats `kernel` until 90% of the particles have moved",
-    ),
-]
-
-KEPT_FROM = "## A fitted encoder on four modes"
-
-DOC_TAIL = """
-## Recommendation
-
-`kernel="mixture+rwmh"` (`mixture_then_rwmh()`: two mixture-independence steps, then three
-random-walk steps per stage) is the default of `run_smc` and of `fit` (`SMCOptions.kernel`).
-
-* It keeps every mode. On the squared-coordinate models (4 and 8 modes, K = 10,000) every mode's
-  mass stays within 0.01 of its exact value and C2ST against exact draws is at chance (about
-  0.5). The plain random walk with the same 5 likelihood evaluations per
-  particle and stage, misplaces 0.4 to 0.5 of the mass of some mode, keeps about 70% distinct
-  particles, and a classifier tells its samples from exact ones 89 to 94% of the time; doubling
-  its steps to 10 does not fix this.
-* It costs the same number of likelihood evaluations as the plain random walk. Its extra cost is
-  arithmetic: fitting two mixtures per observation and stage (EM on at most 4,096 points each)
-  and evaluating their densities. With the nearly free likelihoods of these models a run takes
-  three to four and a half times the wall time of the plain random walk's; with a likelihood
-  that costs more than a few mixture-density evaluations (the case SMC-Wake is built for) the
-  difference vanishes.
-* It also helps where modes are not the problem. On the far-apart mixture, where both kernels
-  keep the modes, its log-evidence error is a quarter of the random walk's (0.028 against
-  0.116). On the 50-dimensional Gaussian neither keeps up with the posterior's contraction in 5
-  steps per stage (C2ST near 1 for both; raise `num_mcmc_steps` in high dimensions), but the
-  mixture steps cut the log-evidence error by 45% (44 against 79), and at 10 steps by 60% (9
-  against 23), bringing C2ST from 0.99 to about 0.86.
-* `"mixture"` alone is as accurate on these models, but spends every step on global proposals,
-  whose acceptance falls as the dimension grows; the random-walk steps keep local mixing.
-  `"mixture+local_rwmh"` accepts more local moves per step but costs about twice the arithmetic
-  for no measurable gain here; prefer it when the modes are strongly anisotropic and differ in
-  shape, and the likelihood is expensive. `local_rwmh` alone does not cross between modes (mass
-  errors of 0.03 to 0.08). `adaptive_steps` spends evaluations where particles are slow to move
-  and saves them where they are not.
-
-* When to choose another kernel: the mixture fits cost wall time that matters only when the
-  likelihood is nearly free. One `run_smc` call for 32 observations on one thread took 0.07 s
-  (`"rwmh"`), 0.22 s (`"mala"`) and 0.98 s (`"mixture+rwmh"`) on two-moons with K = 1,000, and
-  1.8 s, 4.8 s and 5.1 s on the 50-dimensional linear-Gaussian task with K = 300. For a cheap,
-  unimodal, differentiable posterior in many dimensions prefer `"mala"` (the built-in
-  `linear-gaussian` benchmark does); keep the default whenever modes are possible.
-
-During SMC-Wake training, `fit(..., smc=SMCOptions(kernel="encoder+rwmh"))` (or
-`"encoder+mala"`) composes `encoder_independence(encoder, 2)` with local steps, so an encoder
-that already covers the posterior proposes directly, while the defensive cloud mixture keeps the
-moves safe while the encoder is still poor. The section below measures what this buys.
-
-## Limits
-
-* Independence proposals degrade with the dimension: a Gaussian mixture fitted from K particles
-  matches a posterior in d dimensions less closely as d grows, and its acceptance falls; the
-  random-walk steps of the composite then carry the local mixing.
-* A mode the particles have lost entirely is proposed only through the defensive component: the
-  kernels preserve and correct the masses of the modes the particles reach, they do not search.
-* The mixture is refitted at every stage; the fit's cost grows with K (up to 4,096 points per
-  half-cloud), with the number of components and with d^2.
-* Proposals fitted to the current particles (like the cloud covariance of the plain random
-  walk) make the evidence estimate consistent rather than exactly unbiased, and the richer the
-  fit, the larger the finite-K effect: on the far-apart mixture with K = 500, the mean of
-  Zhat / Z over 100 runs was 0.87 to 0.94 (s.e. 0.025) against 0.93 to 0.95 (s.e. 0.04) for the
-  random walk; at K = 1,000 it was 0.96 to 0.99 (s.e. 0.025), which the tests check.
-"""
 
 
 def fmt(value: float | None, spec: str) -> str:
-    return "–" if value is None else format(value, spec)
+    return "–" if value is None or math.isnan(value) else format(value, spec)
 
 
 def table(results: dict[tuple[str, str], dict], names: list[str], kernels: list[str]) -> str:
@@ -460,15 +603,37 @@ def table(results: dict[tuple[str, str], dict], names: list[str], kernels: list[
     return "\n".join(lines)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--samplers", type=int, default=4)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=Path(__file__).parents[1] / "docs/KERNELS.md")
-    args = parser.parse_args()
-    torch.set_num_threads(1)
-    started = time.perf_counter()
+def curved_table(results: dict[tuple[str, str], dict], names: list[str]) -> str:
+    lines = [
+        "| model | kernel | mass err mean / max | max std. err | lowest distinct | "
+        "C2ST mean / max | stages | indep. steps | flagged | evals | time (s) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name in names:
+        for k in CURVED_KERNELS:
+            r = results[(name, k)]
+            lines.append(
+                f"| {name} | {k} | {r['err_mean']:.3f} / {r['err_max']:.3f} | "
+                f"{r['z_max']:.1f} | {r['distinct']:.2f} | "
+                f"{r['c2st_mean']:.3f} / {r['c2st_max']:.3f} | {r['stages']:.1f} | "
+                f"{fmt(r['ind_steps'], '.1f')} | {int(r['flagged'])} / 10 | "
+                f"{r['evals'] / 1e6:.2f} M | {r['seconds']:.1f} |"
+            )
+    return "\n".join(lines)
 
+
+def replace_block(text: str, name: str, body: str) -> str:
+    """Replace the text between ``<!-- begin name -->`` and ``<!-- end name -->``."""
+    begin, end = f"<!-- begin {name} -->", f"<!-- end {name} -->"
+    if begin not in text or end not in text:
+        raise ValueError(f"docs: markers {begin} ... {end} not found")
+    block = f"{begin}\n{body.strip()}\n{end}"
+    return text[: text.index(begin)] + block + text[text.index(end) + len(end) :]
+
+
+def measure_kernels(args: argparse.Namespace) -> str:
+    """The tables of the separated-modes models and the 50-d Gaussian."""
+    started = time.perf_counter()
     results: dict[tuple[str, str], dict] = {}
     all_cases = cases()
     for case in all_cases:
@@ -483,11 +648,9 @@ def main() -> None:
                 f"{row['seconds']:.1f}s",
                 flush=True,
             )
-
     multimodal = [c.name for c in all_cases if c.masses is not None]
-    headline = ["rwmh (plain random walk)", "mixture+rwmh (default)"]
     summary = []
-    for k in headline:
+    for k in ["rwmh (plain random walk)", "mixture+rwmh (5 steps)"]:
         rows = [results[(n, k)] for n in multimodal]
         summary.append(
             f"| {k} | {max(r['mass_err'] for r in rows):.3f} | "
@@ -495,15 +658,9 @@ def main() -> None:
             f"{statistics.mean(r['evals'] for r in rows) / 1e6:.2f} M | "
             f"{statistics.mean(r['seconds'] for r in rows):.1f} |"
         )
-    kernel_table = "\n".join(
-        ["| name for `kernel=` | built by | what it does |", "|---|---|---|"]
-        + [f"| {a} | {b} | {c} |" for a, b, c in KERNEL_TABLE]
-    )
-    doc = "\n".join(
+    return "\n".join(
         [
-            DOC_HEAD.replace("{kernel_table}", kernel_table),
-            "### Default against default (5 steps per stage), worst case over the multimodal "
-            "models",
+            "### 5 steps per stage, worst case over the multimodal models",
             "",
             "| kernel | worst mass err | lowest distinct | worst C2ST | mean evals | "
             "mean time (s) |",
@@ -518,17 +675,61 @@ def main() -> None:
             "",
             table(results, [all_cases[-1].name], GAUSSIAN_KERNELS),
             "",
-            f"Benchmark run time: {(time.perf_counter() - started) / 60:.1f} minutes, "
-            f"torch {torch.__version__}, seed {args.seed}.",
-            DOC_TAIL,
+            f"_Generated by `python benchmarks/multimodal.py --only kernels` in "
+            f"{(time.perf_counter() - started) / 60:.1f} minutes, torch {torch.__version__}, "
+            f"seed {args.seed}._",
         ]
     )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    kept = ""  # sections other scripts write (benchmarks/fitted_encoder.py) are kept
-    if args.out.exists() and KEPT_FROM in args.out.read_text():
-        old = args.out.read_text()
-        kept = "\n" + old[old.index(KEPT_FROM) :]
-    args.out.write_text(doc.rstrip() + "\n" + kept)
+
+
+def measure_curved(args: argparse.Namespace) -> str:
+    """The table of the SLCP model and its asymmetric variant."""
+    started = time.perf_counter()
+    all_cases = curved_cases(seed=args.seed)
+    results: dict[tuple[str, str], dict] = {}
+    for case in all_cases:
+        for kname, build in CURVED_KERNELS.items():
+            row = run_curved(case, build(), args.curved_particles, args.seed)
+            results[(case.name, kname)] = row
+            print(
+                f"{case.name:13s} {kname:27s} "
+                + "  ".join(f"{key} {value:.3f}" for key, value in row.items()),
+                flush=True,
+            )
+    return "\n".join(
+        [
+            curved_table(results, [c.name for c in all_cases]),
+            "",
+            f"_Generated by `python benchmarks/multimodal.py --only curved` in "
+            f"{(time.perf_counter() - started) / 60:.1f} minutes (exact references included), "
+            f"K = {args.curved_particles:,}, torch {torch.__version__}, seed {args.seed}._",
+        ]
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--samplers", type=int, default=4)
+    parser.add_argument("--curved-particles", type=int, default=5000)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--only", choices=["all", "kernels", "curved"], default="all")
+    parser.add_argument("--out", type=Path, default=Path(__file__).parents[1] / "docs/KERNELS.md")
+    parser.add_argument("--no-write", action="store_true", help="print the tables only")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    blocks = {}
+    if args.only in ("all", "kernels"):
+        blocks["multimodal-kernels"] = measure_kernels(args)
+    if args.only in ("all", "curved"):
+        blocks["curved-modes"] = measure_curved(args)
+    for body in blocks.values():
+        print(f"\n{body}\n")
+    if args.no_write:
+        return
+    text = args.out.read_text()
+    for name, body in blocks.items():
+        text = replace_block(text, name, body)
+    args.out.write_text(text)
     print(f"wrote {args.out}")
 
 

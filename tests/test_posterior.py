@@ -238,7 +238,7 @@ def test_refine_with_a_good_encoder_is_exact_in_one_stage_and_cheaper_than_smc()
     check_against_exact(result, x, 1000)
     assert bool((result.num_stages == 1).all())
     assert bool((result.initial_ess > 0.5).all())
-    assert bool((result.acceptance_rate > 0.5).all())
+    assert bool((result.num_likelihood_evals == 1000).all())  # one importance-sampling step
     scratch = run_smc(model, x, 1000, seed=0)
     assert bool((result.num_likelihood_evals * 3 < scratch.num_likelihood_evals).all())
 

@@ -18,10 +18,13 @@ for). It is what :func:`smcwake.fit` hands back as ``result.posterior``:
 Why refine is exact whatever q is: its starting density, the defensive mixture g = a q + (1 - a)
 p, is at least (1 - a) p, so the importance ratios are bounded wherever the likelihood is, and
 the independence sampler is uniformly ergodic. Why it is cheap when q is good: the log-ratio h =
-log p(z) + log p(x | z) - log g(z) is then nearly constant, the first stage reaches tau = 1 and
-the moves accept almost every proposal, so the whole run costs a few likelihood evaluations per
-particle, against tens of thousands per observation for tempering from the prior. A poor q costs
-more stages and moves (reported), never a wrong answer.
+log p(z) + log p(x | z) - log g(z) is then nearly constant, the first stage reaches tau = 1 with
+a high ESS, and the run is one importance-sampling step: one likelihood evaluation per particle
+(a few more where moves are needed, which then accept almost every proposal), against tens of
+evaluations per particle for tempering from the prior. The cost that remains is drawing from q:
+an autoregressive flow's draw costs d network passes, so refine saves time when a likelihood
+evaluation is dearer than that (see docs/PERFORMANCE.md). A poor q costs more stages and moves
+(reported), never a wrong answer.
 
 Shapes: x [B, p]; ``sample(x, n) -> [B, n, d]``; ``log_prob(z [B, S, d], x) -> [B, S]``.
 """
@@ -267,7 +270,7 @@ class RefinedPosterior(NamedTuple):
     ess: Tensor  # [B] effective sample size of the final weights (particles)
     initial_ess: Tensor  # [B] ESS fraction of q's defensive mixture as an importance proposal
     num_stages: Tensor  # [B] int64 tempering steps
-    acceptance_rate: Tensor  # [B] mean acceptance of the independence moves
+    acceptance_rate: Tensor  # [B] mean acceptance of the independence moves (NaN: none made)
     num_likelihood_evals: Tensor  # [B] int64
 
     def sample(self, n: int, *, generator: torch.Generator | None = None) -> Tensor:
@@ -301,15 +304,15 @@ def refine(
     """SMC from the encoder to the posterior: weighted samples and log-evidence for given x.
 
     The reference is the defensive mixture g(z | x) = a q(z | x) + (1 - a) p(z), a =
-    ``encoder_weight``, and the tempering path runs from g to the posterior,
-    gamma_tau(z) = g(z) exp(tau h(z)) with h = log p(z) + log p(x | z) - log g(z), so that
-    gamma_0 = g (sampled exactly) and gamma_1 = p(z) p(x | z). Each stage picks the next tau
-    by the conditional ESS (``ess_target``, as :func:`~smcwake.smc.run_smc`), reweights,
-    resamples when the ESS falls under half, and then moves the particles with
-    independence Metropolis-Hastings proposing from g itself: accept z' with probability
-    min(1, exp(tau (h(z') - h(z)))), exact for gamma_tau; moves repeat until ``moved_target``
-    of the particles have moved at least once (at most ``max_moves``). The product of the
-    stages' mean incremental weights estimates p(x) without bias.
+    ``encoder_weight``, and the tempering path runs from g to the posterior, gamma_tau(z) = g(z)
+    exp(tau h(z)) with h = log p(z) + log p(x | z) - log g(z), so that gamma_0 = g (sampled
+    exactly) and gamma_1 = p(z) p(x | z). Each stage picks the next tau by the conditional ESS
+    (``ess_target``, as :func:`~smcwake.smc.run_smc`), reweights, resamples when the ESS falls
+    under half, and moves the particles (at every stage but a last one that did not resample) by
+    independence Metropolis-Hastings proposing from g itself: accept z' with probability min(1,
+    exp(tau (h(z') - h(z)))), exact for gamma_tau; moves repeat until ``moved_target`` of the
+    particles have moved at least once (at most ``max_moves``). The product of the stages' mean
+    incremental weights estimates p(x) without bias.
 
     Why it is exact whatever q is, and cheap when q is good: see the module docstring.
 
@@ -359,11 +362,11 @@ def refine(
                 z = torch.gather(z, 1, picked[..., None].expand_as(z))
                 h = torch.gather(h, 1, picked)
                 log_w = torch.where(resample[:, None], -math.log(K), log_w)
+            move_rows = resample | (active & (tau < 1.0))  # a last, unresampled stage stays
             z, h, moves = _independence_moves(
-                draw, z, h, tau, active, moved_target, max_moves, generator
+                draw, z, h, tau, move_rows, moved_target, max_moves, generator
             )
-            evals += K * moves.num_steps
-            accepted += moves.accepted
+            evals, accepted = evals + K * moves.num_steps, accepted + moves.accepted
     finally:
         encoder.train(was_training)
     converged = tau >= 1.0
@@ -381,7 +384,7 @@ def refine(
         ess=ess(log_w),
         initial_ess=initial_ess,
         num_stages=stages,
-        acceptance_rate=accepted / (evals - K).clamp_min(1).double(),  # K draws per move
+        acceptance_rate=accepted / (evals - K).double(),  # K draws per move; NaN: no move
         num_likelihood_evals=evals,
     )
 

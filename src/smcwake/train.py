@@ -20,6 +20,16 @@ so a resumed run reproduces the uninterrupted one.
 :func:`~smcwake.loop.train_step`) and :mod:`smcwake.checkpoint` (run folders and checkpoints).
 What a method needs (a bank, chain states, simulations) comes from its declaration,
 :class:`smcwake.objectives.Method`.
+
+Trained enough? SMC-Wake runs record, every ``monitor_every`` steps, ``bank_ess`` and
+``bank_forward_kl`` in the history (:func:`~smcwake.loop.bank_monitor`; no held-out data).
+Average each over its last five values. Below 0.5 ESS the encoder is not there yet: train
+longer (``resume=True`` with more ``steps``). At 0.65 or more, with ``bank_forward_kl``
+no longer falling, it is close to what the bank's SMC knows. In the training ablation of
+docs/RESULTS.md (three models), every checkpoint below 0.5 was at least 0.02 C2ST worse
+than the SMC's own particles; of those at 0.65 or more, 12 of 17 were within 0.02 and all
+within 0.055. The signal compares q with the bank, so it cannot see what the SMC missed,
+and its level depends on the model: read it as a trend, not as a certificate.
 """
 
 from __future__ import annotations
@@ -408,13 +418,10 @@ def fit(
         run_dir: folder for checkpoints and ``history.json`` (created if missing). A folder
             that already holds a run is refused unless ``resume`` or ``overwrite`` is set.
         resume: continue from ``run_dir``'s checkpoint if there is one (same data, settings
-            and model required, ``steps`` may grow; under the default cosine schedule a larger
-            ``steps`` stretches the schedule: the learning rate jumps back up at the resumed
-            step); needs ``run_dir``. The model is checked
-            by its fingerprint (:func:`smcwake.model.model_fingerprint`: the prior's class and
-            parameters, the likelihood at fixed prior draws; with a ``decoder``, in the state
-            the checkpoint stored); a checkpoint from before fingerprints is resumed with a
-            logged warning.
+            and model required; ``steps`` may grow, stretching a cosine schedule); needs
+            ``run_dir``. The model is checked by its fingerprint
+            (:func:`smcwake.model.model_fingerprint`); a checkpoint from before fingerprints
+            is resumed with a logged warning.
         callbacks: called every ``log_every`` steps as ``cb(step, encoder, row)``; returning
             True stops training (a checkpoint is written).
         sync: for data-parallel training (see :mod:`smcwake.distributed`): averages gradients
@@ -430,15 +437,7 @@ def fit(
     happens before the first SMC run. Fingerprinting the model for the checkpoint costs up to
     16 likelihood evaluations (at each checkpoint with a decoder), not counted in the history.
 
-    Trained enough? SMC-Wake runs record, every ``monitor_every`` steps, ``bank_ess`` and
-    ``bank_forward_kl`` in the history (:func:`~smcwake.loop.bank_monitor`; no held-out data).
-    Average each over its last five values. Below 0.5 ESS the encoder is not there yet: train
-    longer (``resume=True`` with more ``steps``). At 0.65 or more, with ``bank_forward_kl``
-    no longer falling, it is close to what the bank's SMC knows. In the training ablation of
-    docs/RESULTS.md (three models), every checkpoint below 0.5 was at least 0.02 C2ST worse
-    than the SMC's own particles; of those at 0.65 or more, 12 of 17 were within 0.02 and all
-    within 0.055. The signal compares q with the bank, so it cannot see what the SMC missed,
-    and its level depends on the model: read it as a trend, not as a certificate.
+    Trained enough? See the rule in :mod:`smcwake.train` (``bank_ess``, ``bank_forward_kl``).
 
     Shapes: x [n, p].
 

@@ -39,6 +39,7 @@ def test_the_scan_sees_an_import_of_the_sampler(tmp_path):
 
 def test_old_import_paths_give_the_same_objects():
     assert sampler.SMCState is base.SMCState is smcwake.smc.SMCState
+    assert sampler.SMCResult is base.SMCResult is smcwake.smc.SMCResult
     for name in ("Kernel", "MoveInfo", "Target"):
         assert getattr(mh, name) is getattr(kernels, name) is getattr(base, name)
         assert getattr(smcwake.smc, name) is getattr(base, name)

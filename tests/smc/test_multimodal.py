@@ -1,20 +1,39 @@
 """run_smc on multimodal posteriors with exact answers: every mode keeps its mass.
 
-Two models. (1) z ~ N(0, I_d), x_j | z ~ N(z_j^2, 0.1^2) for j < m and N(z_j, 0.1^2) otherwise:
+Four models. (1) z ~ N(0, I_d), x_j | z ~ N(z_j^2, 0.1^2) for j < m and N(z_j, 0.1^2) otherwise:
 the likelihood sees z_0, ..., z_{m-1} only through their squares, so the posterior has 2^m mirror
 modes of mass 2^-m, each about 160 standard deviations from its neighbours, and it factorizes
 over coordinates (exact draws from a fine grid per squared coordinate, Gaussians for the others).
 (2) a two-component Gaussian-mixture prior with a Gaussian likelihood, whose posterior weights
-and evidence have closed forms.
+and evidence have closed forms. (3) the SLCP model (Papamakarios, Sterratt & Murray, 2019): four
+curved, heavy-tailed modes of mass exactly 1/4, cut by a box prior. (4) its lower-dimensional,
+asymmetric variant, whose mode masses are known by 1-d quadrature. The kernels' own mechanics
+(the adaptive number of independence steps, the redraws outside the support) and the mode-mixing
+diagnostic are tested at the end.
 """
 
+import logging
 import math
 
 import pytest
 import torch
-from torch.distributions import Categorical, Independent, MixtureSameFamily, Normal
+from torch.distributions import (
+    Categorical,
+    Independent,
+    MixtureSameFamily,
+    MultivariateNormal,
+    Normal,
+    Uniform,
+)
 
 from smcwake import Model, run_smc
+from smcwake.smc import multimodal
+from smcwake.smc.composite import compose
+from smcwake.smc.gmm import GaussianMixture
+from smcwake.smc.kernels import random_walk_metropolis
+from smcwake.smc.mh import Target, weighted_cholesky
+from smcwake.smc.multimodal import check_mode_mixing, cross_fit, mixture_independence
+from smcwake.smc.sampler import SMCState
 
 DT = torch.float64
 SIGMA = 0.1
@@ -216,3 +235,449 @@ def test_far_apart_unequal_modes_weights_and_evidence():
     ratio_se = ratio.std(0) / math.sqrt(repeats)
     assert ((ratio.mean(0) - 1).abs() < 3 * ratio_se).all(), (ratio.mean(0), ratio_se)
     assert (ratio_se < 0.08).all()  # power: 3 s.e. resolve a 25% error in Z (0.22 in log Z)
+
+
+# ------------------------------------------------------------------------- curved modes: SLCP
+
+BOX = 3.0
+POINTS = 4  # iid 2-d points per observation
+SLCP_LOW = (-BOX,) * 5
+ASYM_LOW = (-BOX, -BOX, -2.0, -2.5)  # cuts the negative modes of z_3 and z_4
+
+
+def slcp_model(low: tuple[float, ...] = SLCP_LOW) -> Model:
+    """z ~ U[low, 3]; x: four iid 2-d points N((z_1, z_2), Sigma) with standard deviations
+    z_3^2, z_4^2 and correlation tanh(z_5) (5-d), or 0 (4-d: the lower-dimensional variant)."""
+    low_t = torch.tensor(low, dtype=DT)
+    prior = Independent(Uniform(low_t, BOX * torch.ones_like(low_t)), 1)
+    return Model(prior, lambda z, x: slcp_normal(z).log_prob(points(x)).sum(-1))
+
+
+def slcp_normal(z: torch.Tensor) -> MultivariateNormal:
+    """The points' distribution at z [*, d], batch shape [*, 1]."""
+    s1, s2 = z[..., 2] ** 2, z[..., 3] ** 2
+    rho = torch.tanh(z[..., 4]) if z.shape[-1] == 5 else torch.zeros_like(s1)
+    zero = torch.zeros_like(s1)
+    tril = torch.stack(
+        [torch.stack([s1, zero], -1), torch.stack([rho * s2, s2 * torch.sqrt(1 - rho**2)], -1)],
+        -2,
+    )
+    return MultivariateNormal(z[..., None, :2], scale_tril=tril[..., None, :, :])
+
+
+def points(x: torch.Tensor) -> torch.Tensor:
+    """x [B, 8] as points [B, 1, 4, 2] (broadcast over the particles)."""
+    return x.view(x.shape[0], 1, POINTS, 2)
+
+
+def slcp_observations(low: tuple[float, ...], n: int, seed: int) -> torch.Tensor:
+    """x [n, 8] simulated at z drawn from the prior."""
+    g = torch.Generator().manual_seed(seed)
+    low_t = torch.tensor(low, dtype=DT)
+    z = low_t + (BOX - low_t) * torch.rand(n, len(low), generator=g, dtype=DT)
+    noise = torch.randn(n, POINTS, 2, generator=g, dtype=DT)
+    normal = slcp_normal(z)
+    x = normal.loc + (normal.scale_tril @ noise[..., None])[..., 0]  # [n, 4, 2]
+    return x.reshape(n, 2 * POINTS)
+
+
+def sign_masses_34(z: torch.Tensor, log_weights: torch.Tensor) -> torch.Tensor:
+    """Masses [B, 4] of (z_3 > 0, z_4 > 0), (>, <), (<, >), (<, <)."""
+    w = log_weights.exp()
+    p3, p4 = z[..., 2] > 0, z[..., 3] > 0
+    return torch.stack([(w * s).sum(-1) for s in (p3 & p4, p3 & ~p4, ~p3 & p4, ~p3 & ~p4)], -1)
+
+
+def standardized_errors(result, truth: torch.Tensor) -> torch.Tensor:
+    """(mass - exact) / s.e. per observation and mode, s.e. = sqrt(m (1 - m) / ESS).
+
+    The s.e. is that of a proportion over n independent draws, with n the effective sample size
+    of the final weights (Kong's approximation of the variance of a self-normalized weighted
+    mean). Treating the particles as independent draws is justified by the moves, not assumed:
+    the mixture move stops only after 95% of the particles have accepted a fresh independence
+    proposal in the final stage, which replaces each mode's share by a new draw; a sampler that
+    leaves copies or unmixed mode allocations has an excess variance that the pooled check of
+    :func:`assert_masses_within_binomial_error` detects.
+    """
+    masses = sign_masses_34(result.particles, result.log_weights)
+    se = torch.sqrt(truth * (1 - truth) / result.ess[:, None])
+    return (masses - truth) / se
+
+
+def assert_masses_within_binomial_error(result, truth: torch.Tensor) -> None:
+    """Every mode within 4 s.e. of its exact mass, and the s.e. itself right on average.
+
+    With correct s.e. each squared standardized error has mean 1; over n observations and 4
+    modes (3 n free values, the masses sum to 1) their mean is about chi-square with 3 n
+    degrees of freedom over 3 n, above 2 with probability 0.007 for n = 6 and 0.001 for n = 10.
+    A mean above 2 means the particles carry less information than ESS independent draws:
+    unmixed modes.
+    """
+    assert result.converged.all()
+    z = standardized_errors(result, truth)
+    assert z.abs().max() < 4, z
+    assert float(z.square().mean()) < 2, z
+
+
+def asym_sign_mass(y: torch.Tensor, low: float) -> float:
+    """P(z_j > 0 | x) for the 4-d variant with prior z_j ~ U[low, 3], y [4] its points' coordinate.
+
+    Given x the posterior factorizes into (z_1, z_3) and (z_2, z_4). With s = z_j^2, the mean
+    integrates out over [-3, 3]: p(z_j | x) is proportional to s^-(n-1) exp(-S / (2 s^2))
+    [Phi((3 - ybar) / (s / 2)) - Phi((-3 - ybar) / (s / 2))], S the scatter of the n = 4 points
+    about their mean ybar; it depends on z_j through s only, so the sign masses are the
+    integrals over (0, 3] and (0, -low], by the trapezoid rule on 300,000 points.
+    """
+    a = torch.linspace(0.0, BOX, 300_001, dtype=DT)[1:]
+    s = a**2
+    ybar, scatter = y.mean(), (y - y.mean()).square().sum()
+    std = Normal(torch.zeros((), dtype=DT), torch.ones((), dtype=DT))
+    inside = std.cdf((BOX - ybar) / (s / 2)) - std.cdf((-BOX - ybar) / (s / 2))
+    log_p = -(POINTS - 1) * torch.log(s) - scatter / (2 * s**2) + torch.log(inside)
+    p = torch.exp(log_p - log_p.max())
+    positive = float(torch.trapezoid(p, a))
+    negative = float(torch.trapezoid(p[a <= -low], a[a <= -low]))
+    return positive / (positive + negative)
+
+
+def asym_truth(x: torch.Tensor, low: tuple[float, ...]) -> torch.Tensor:
+    """Exact masses [B, 4] of the sign patterns of (z_3, z_4), as :func:`sign_masses_34`."""
+    rows = []
+    for xi in x:
+        y = xi.view(POINTS, 2)
+        p3, p4 = asym_sign_mass(y[:, 0], low[2]), asym_sign_mass(y[:, 1], low[3])
+        rows.append([p3 * p4, p3 * (1 - p4), (1 - p3) * p4, (1 - p3) * (1 - p4)])
+    return torch.tensor(rows, dtype=DT)
+
+
+def fixed_mixture_steps() -> object:
+    """Two mixture steps per stage whatever they achieve, then three random-walk steps."""
+    return compose(
+        mixture_independence(2, min_moved=0.0, max_oversampling=1.0), random_walk_metropolis(3)
+    )
+
+
+def test_slcp_four_modes_keep_equal_mass():
+    # six observations with the default kernel: the fast version of the slow test below. The
+    # default's jumps take the adaptive number of steps here (the clouds show modes), not the
+    # four of a fixed kernel. K = 5000 as in the issue: at K = 2000 the 30-step cap stops the
+    # jumps at 91 to 95% moved and one observation in six came out 8.9 s.e. off (a limit
+    # stated in docs/KERNELS.md)
+    x = slcp_observations(SLCP_LOW, 6, seed=0)
+    g = torch.Generator().manual_seed(31)
+    result = run_smc(slcp_model(), x, 5000, generator=g)
+    assert_masses_within_binomial_error(result, torch.full((6, 4), 0.25, dtype=DT))
+    assert (result.kernel_info["independence/steps"] > 8).all()
+    assert (result.kernel_info["independence/gain"] > multimodal.MIN_GAIN).all()
+    assert not check_mode_mixing(result, warn=False).any()
+
+
+def test_slcp_fixed_mixture_steps_lose_the_balance_and_are_flagged(caplog):
+    # the premise of the adaptive rule and the power of the test above: two independence steps
+    # per stage, whatever they achieve, leave masses many standard errors off on these curved
+    # modes, and the diagnostic flags the observations
+    x = slcp_observations(SLCP_LOW, 6, seed=0)
+    g = torch.Generator().manual_seed(31)
+    result = run_smc(slcp_model(), x, 2000, kernel=fixed_mixture_steps(), generator=g)
+    z = standardized_errors(result, torch.full((6, 4), 0.25, dtype=DT))
+    assert z.abs().max() > 6
+    with caplog.at_level(logging.WARNING, logger="smcwake.smc.multimodal"):
+        assert check_mode_mixing(result).all()
+    assert "6 of 6 observations: mode masses may not have equilibrated" in caplog.text
+
+
+def test_asymmetric_variant_matches_quadrature():
+    x = slcp_observations(ASYM_LOW, 6, seed=1)
+    truth = asym_truth(x, ASYM_LOW)
+    # premises: the quadrature gives 1/2 per sign for a symmetric box, and the cut box makes
+    # some of these masses far from 1/4
+    assert abs(asym_sign_mass(x[0].view(POINTS, 2)[:, 0], -BOX) - 0.5) < 1e-9
+    assert (truth - 0.25).abs().max() > 0.1, truth
+    g = torch.Generator().manual_seed(32)
+    result = run_smc(slcp_model(ASYM_LOW), x, 2000, generator=g)
+    assert_masses_within_binomial_error(result, truth)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kernel", ["auto", "mixture+rwmh"])
+def test_slcp_ten_observations_keep_equal_mass(kernel):
+    # the full check of the issue: K = 5000, ten observations simulated from the prior, with the
+    # default kernel and with the fixed-step composite that uses the same step rule
+    x = slcp_observations(SLCP_LOW, 10, seed=0)
+    g = torch.Generator().manual_seed(33)
+    result = run_smc(slcp_model(), x, 5000, kernel=kernel, generator=g)
+    assert_masses_within_binomial_error(result, torch.full((10, 4), 0.25, dtype=DT))
+    assert (result.distinct_fraction > 0.9).all()
+
+
+@pytest.mark.slow
+def test_asymmetric_variant_ten_observations_match_quadrature():
+    # with the default kernel, K = 5000
+    x = slcp_observations(ASYM_LOW, 10, seed=1)
+    truth = asym_truth(x, ASYM_LOW)
+    g = torch.Generator().manual_seed(34)
+    result = run_smc(slcp_model(ASYM_LOW), x, 5000, generator=g)
+    assert_masses_within_binomial_error(result, truth)
+
+
+# ------------------------------------------------------- the independence moves' own mechanics
+
+
+def standard_normal_model(d: int = 2) -> Model:
+    """N(0, I_d) as a prior without likelihood: the tempered target is N(0, I_d) itself."""
+    prior = Independent(Normal(torch.zeros(d, dtype=DT), torch.ones(d, dtype=DT)), 1)
+    return Model(prior, lambda z, x: torch.zeros(z.shape[:2], dtype=z.dtype))
+
+
+def state_at(z: torch.Tensor, target: Target) -> SMCState:
+    B, K, _ = z.shape
+    log_prior, loglik = target.evaluate(z)
+    return SMCState(
+        z,
+        torch.full((B, K), -math.log(K), dtype=DT),
+        log_prior,
+        loglik,
+        torch.ones(B, dtype=DT),
+        torch.zeros(B, dtype=DT),
+        torch.ones(B, dtype=DT),
+    )
+
+
+def test_independence_steps_adapt_per_observation_and_are_counted():
+    # observation 0 starts at exact draws of N(0, I): the fitted proposal matches the target,
+    # nearly every proposal is accepted and two steps move 95% of the particles. Observation 1
+    # starts 6 times too wide: the fit is too wide, acceptance is low and it needs more steps.
+    g = torch.Generator().manual_seed(40)
+    B, K = 2, 2000
+    calls = torch.zeros(B, dtype=torch.int64)
+    base = standard_normal_model()
+
+    def loglik(z, x):
+        for row in range(B):  # count the points evaluated per observation (x is its index)
+            calls[row] += int((x[:, 0] == row).sum()) * z.shape[1]
+        return torch.zeros(z.shape[:2], dtype=z.dtype)
+
+    target = Target(Model(base.prior, loglik), torch.arange(B, dtype=DT)[:, None])
+    z = (
+        torch.randn(B, K, 2, generator=g, dtype=DT)
+        * torch.tensor([1.0, 6.0], dtype=DT)[:, None, None]
+    )
+    state = state_at(z, target)
+    calls.zero_()
+    chol = weighted_cholesky(state.z, state.log_weights)
+    # by default both clouds are one Gaussian lump, with no modes to balance: two steps
+    _, lump = mixture_independence(2)(state, target, g, chol)
+    assert lump.evals_per_particle.tolist() == [2, 2]
+    assert (lump.extra["independence/gain"] < multimodal.MIN_GAIN).all()
+    calls.zero_()
+    kernel = mixture_independence(2, min_gain=None)  # the step rule wherever the cloud is
+    state, info = kernel(state, target, g, chol)
+    steps = info.extra["independence/steps"]
+    assert steps[0] == 2, steps
+    assert steps[1] > 4, steps
+    assert (info.extra["independence/moved"] >= 0.9).all(), info.extra
+    # every evaluation is counted, per observation
+    assert info.evals_per_particle.tolist() == steps.long().tolist()
+    assert calls.tolist() == (K * info.evals_per_particle).tolist()
+    # a fixed number of steps when min_moved=0 (an int, as for every fixed kernel)
+    _, fixed = mixture_independence(2, min_moved=0.0)(
+        state, target, g, weighted_cholesky(state.z, state.log_weights)
+    )
+    assert fixed.evals_per_particle == 2
+    assert (fixed.extra["independence/steps"] == 2).all()
+
+
+def truncated_corner_model() -> Model:
+    """z ~ U[0, 4]^2, x | z ~ N(z, 0.5^2 I): the posterior is a normal cut by the box's corner."""
+    prior = Independent(Uniform(torch.zeros(2, dtype=DT), 4.0 * torch.ones(2, dtype=DT)), 1)
+    return Model(prior, lambda z, x: Normal(z, 0.5).log_prob(x[:, None, :]).sum(-1))
+
+
+def truncated_draws(n: int, g: torch.Generator) -> torch.Tensor:
+    """Exact posterior draws of :func:`truncated_corner_model` at x = (-0.3, -0.3), by
+    rejection (the posterior is N(x, 0.5^2 I) cut to the box)."""
+    out = []
+    while sum(len(o) for o in out) < n:
+        z = -0.3 + 0.5 * torch.randn(16 * n, 2, generator=g, dtype=DT)
+        out.append(z[((z >= 0) & (z < 4)).all(-1)])
+    return torch.cat(out)[:n]
+
+
+def test_redraws_outside_the_support_keep_the_target_and_raise_acceptance():
+    # the posterior is a normal centred outside the box [0, 4]^2, cut by its corner: a single
+    # Gaussian fitted to it (num_components=1) puts many of its draws outside. Redrawing them
+    # must leave the target invariant (means and second moments within 4 s.e. after six calls
+    # from an exact start, with and without redraws) and raise the acceptance by about the
+    # share of draws that fell outside
+    g = torch.Generator().manual_seed(41)
+    B, K = 2, 3000
+    target = Target(truncated_corner_model(), torch.full((B, 2), -0.3, dtype=DT))
+    exact = truncated_draws(400_000, g)
+    truth = torch.cat([exact, exact**2], -1).mean(0)
+    start = state_at(torch.stack([truncated_draws(K, g) for _ in range(B)]), target)
+    fit = cross_fit(
+        start.z,
+        start.log_weights,
+        num_components=1,
+        em_iterations=10,
+        defensive_weight=0.05,
+        defensive_scale=1.5,
+        generator=g,
+    )
+    outside = float((target.model.log_prior(fit.sample(K, g)) == -math.inf).to(DT).mean())
+    assert outside > 0.12, outside  # premise: the redraws have something to do
+    rates = []
+    for max_oversampling in (1.0, 4.0):
+        kernel = mixture_independence(
+            3, num_components=1, min_moved=0.0, max_oversampling=max_oversampling
+        )
+        state, acceptance = start, []
+        for _ in range(6):
+            state, info = kernel(state, target, g, weighted_cholesky(state.z, state.log_weights))
+            acceptance.append(info.acceptance_rate)
+        f = torch.cat([state.z, state.z**2], -1)  # [B, K, 4]
+        se = f.std(1) / math.sqrt(K)  # the draws after six calls are close to independent
+        assert ((f.mean(1) - truth).abs() < 4 * se).all(), (max_oversampling, f.mean(1), truth)
+        rates.append(float(torch.stack(acceptance).mean()))
+    # without redraws a share `outside` of the proposals is rejected for sure (s.e. of each
+    # rate about 0.004 over 2 x 3000 x 18 decisions)
+    assert rates[0] < (1 - 0.6 * outside) * rates[1], (rates, outside)
+
+
+def test_held_out_gain_tells_one_lump_from_separated_modes():
+    # the gate of the step rule: one Gaussian cloud (d = 5, a 16-component fit) against the
+    # same cloud split into two modes 8 sd apart. Out of sample, the mixture's extra components
+    # buy nothing on the lump (a few hundredths of a nat, either sign). On the modes they buy
+    # the entropy difference between one Gaussian of variance 1 + 4^2 in the split coordinate
+    # and two unit ones, 0.5 log 17 - log 2 = 0.72, less the few hundredths the lump loses. A
+    # one-component fit is the comparison itself (0)
+    g = torch.Generator().manual_seed(46)
+    B, K, d = 2, 4000, 5
+    lump = torch.randn(B, K, d, generator=g, dtype=DT)
+    shift = torch.zeros(d, dtype=DT)
+    shift[0] = 4.0
+    sign = torch.where(torch.rand(B, K, 1, generator=g, dtype=DT) < 0.5, -1.0, 1.0)
+    modes = lump + sign * shift
+    log_w = torch.full((B, K), -math.log(K), dtype=DT)
+    options = dict(em_iterations=10, defensive_weight=0.05, defensive_scale=1.5, generator=g)
+    gains = {}
+    for name, z in (("lump", lump), ("modes", modes)):
+        for m in (1, 16):
+            fit = cross_fit(z, log_w, num_components=m, **options)
+            gains[name, m] = multimodal.held_out_gain(z, log_w, fit).mean(-1)
+    assert (gains["lump", 1].abs() < 1e-6).all()
+    assert (gains["modes", 1].abs() < 1e-6).all()
+    assert (gains["lump", 16].abs() < 0.1).all(), gains
+    expected = 0.5 * math.log(17) - math.log(2) + gains["lump", 16]
+    assert ((gains["modes", 16] - expected).abs() < 0.05).all(), (gains, expected)
+    assert (gains["modes", 16] > multimodal.MIN_GAIN).all()
+
+
+def test_the_adaptive_rule_keeps_unequal_masses_from_a_wrong_start():
+    # exactness of the adaptive number of steps: from a start with the wrong masses (1/2, 1/2
+    # instead of 0.7, 0.3) the kernel, whose step count depends on the other particles'
+    # acceptances, must end at the right masses, within 4 binomial s.e.
+    g = torch.Generator().manual_seed(42)
+    B, K = 4, 2000
+    x = observation_with_weight(0.7).expand(B, D)
+    target = Target(mixture_prior_model(), x)
+    weight, _ = mixture_truth(x[:1])
+    post_var = 1 / (1 + 1 / NOISE**2)
+    means = post_var * (LOCS + x[0] / NOISE**2)
+    comp = torch.randint(0, 2, (B, K), generator=g)
+    z = means[comp] + math.sqrt(post_var) * torch.randn(B, K, D, generator=g, dtype=DT)
+    state = state_at(z, target)._replace(tau=torch.ones(B, dtype=DT))
+    kernel = mixture_independence(1, min_moved=0.95, max_steps=30)
+    for _ in range(4):
+        state, _ = kernel(state, target, g, weighted_cholesky(state.z, state.log_weights))
+    first = ((state.z @ E) < 0).to(DT).mean(-1)
+    se = math.sqrt(float(weight[0] * (1 - weight[0])) / K)
+    assert ((first - weight[0]).abs() < 4 * se).all(), (first, weight)
+
+
+def test_adaptive_step_counts_are_exact_with_a_handful_of_particles(monkeypatch):
+    # K = 8 particles per observation and a deliberately poor, fixed proposal N(0, 0.5^2) for
+    # the target N(0, 1): particles in the tails rarely accept. A particle's number of steps
+    # is decided by the other particles of its side; if its own acceptance counted (as in
+    # "step until enough have moved", itself included), tail particles would step until they
+    # accept and the tails would empty: E z^2 measured 0.78 (40 s.e. low) for that rule. The
+    # exact rule keeps E z^2 = 1 within 4 s.e. (rows are independent; s.e. over row means)
+    def narrow(z, log_weights, num_components, **kwargs):
+        b = z.shape[0]
+        return GaussianMixture(
+            torch.zeros(b, 1, dtype=DT),
+            torch.zeros(b, 1, 1, dtype=DT),
+            0.5 * torch.ones(b, 1, 1, 1, dtype=DT),
+        )
+
+    monkeypatch.setattr(multimodal, "fit_mixture", narrow)
+    g = torch.Generator().manual_seed(45)
+    B, K = 4000, 8
+    target = Target(standard_normal_model(1), torch.zeros(B, 1, dtype=DT))
+    state = state_at(torch.randn(B, K, 1, generator=g, dtype=DT), target)
+    kernel = mixture_independence(1, defensive_weight=0.0)
+    for _ in range(3):
+        state, info = kernel(state, target, g, weighted_cholesky(state.z, state.log_weights))
+    assert info.extra["independence/steps"].mean() > 5  # premise: the step count adapts
+    row_means = state.z[..., 0].square().mean(1)
+    se = row_means.std() / math.sqrt(B)
+    assert abs(float(row_means.mean()) - 1) < 4 * se, (row_means.mean(), se)
+
+
+@pytest.mark.parametrize(
+    ("factory", "message"),
+    [
+        (lambda: mixture_independence(min_moved=1.5), "min_moved"),
+        (lambda: mixture_independence(max_steps=0), "max_steps"),
+        (lambda: mixture_independence(max_oversampling=0.5), "max_oversampling"),
+        (lambda: mixture_independence(min_gain=math.nan), "min_gain"),
+    ],
+)
+def test_bad_step_options_are_rejected(factory, message):
+    with pytest.raises(ValueError, match=message):
+        factory()
+
+
+# ---------------------------------------------------------------- the mode-mixing diagnostic
+
+
+def with_diagnostics(result, moved, acceptance, distinct, gain=None):
+    info = dict(result.kernel_info)
+    if moved is not None:
+        info["independence/moved"] = torch.tensor(moved, dtype=DT)
+        info["independence/acceptance"] = torch.tensor(acceptance, dtype=DT)
+    if gain is not None:
+        info["independence/gain"] = torch.tensor(gain, dtype=DT)
+    return result._replace(kernel_info=info, distinct_fraction=torch.tensor(distinct, dtype=DT))
+
+
+def test_check_mode_mixing_applies_its_thresholds_and_warns(caplog):
+    g = torch.Generator().manual_seed(43)
+    x = torch.zeros(4, 1, dtype=DT)
+    result = run_smc(standard_normal_model(1), x, 200, kernel="rwmh", generator=g)
+    assert "independence/moved" not in result.kernel_info  # premise: a local kernel
+    # the four ways through the rule: fine, too few moved, too low acceptance, too few distinct
+    flagged = with_diagnostics(
+        result, [0.95, 0.80, 0.95, 0.95], [0.30, 0.30, 0.01, 0.30], [1.0, 1.0, 1.0, 0.4]
+    )
+    with caplog.at_level(logging.WARNING, logger="smcwake.smc.multimodal"):
+        suspect = check_mode_mixing(flagged)
+    assert suspect.tolist() == [False, True, True, True]
+    assert "3 of 4 observations" in caplog.text
+    # thresholds are parameters; warn=False stays silent
+    caplog.clear()
+    assert not check_mode_mixing(
+        flagged, min_moved=0.5, min_acceptance=0.0, min_distinct=0.3, warn=False
+    ).any()
+    assert caplog.text == ""
+    # where the clouds showed no modes (held-out gain under min_gain) the moved share and the
+    # acceptance are not read: a unimodal posterior in many dimensions rarely accepts a jump
+    lumps = with_diagnostics(
+        result, [0.95, 0.80, 0.95, 0.95], [0.30, 0.30, 0.01, 0.30], [1.0] * 4, [2.0, 0.0, 0.0, 2.0]
+    )
+    assert check_mode_mixing(lumps, warn=False).tolist() == [False, False, False, False]
+    # without independence moves only the distinct share is read
+    local = with_diagnostics(result, None, None, [1.0, 0.3, 1.0, 1.0])
+    assert check_mode_mixing(local, warn=False).tolist() == [False, True, False, False]
+    with pytest.raises(ValueError, match="min_moved"):
+        check_mode_mixing(result, min_moved=2.0)

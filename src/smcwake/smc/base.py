@@ -2,7 +2,9 @@
 
 :func:`~smcwake.smc.sampler.run_smc` carries an :class:`SMCState` from stage to stage and hands
 it to a :class:`Kernel` together with a :class:`Target` (the likelihood of the observations still
-running); the kernel returns a new state and a :class:`MoveInfo`. Kernels import this module, not
+running); the kernel returns a new state and a :class:`MoveInfo`. The run returns an
+:class:`SMCResult`, which diagnostics such as
+:func:`~smcwake.smc.multimodal.check_mode_mixing` read. Kernels import this module, not
 the sampler. Between stages the sampler adapts each kernel's step scale,
 ``scale * exp(gain * (acceptance - target_acceptance))`` clamped to ``[MIN_SCALE, MAX_SCALE]``.
 """
@@ -17,10 +19,12 @@ import torch
 from torch import Tensor
 
 from smcwake.model import Model
+from smcwake.smc.resampling import multinomial
 from smcwake.smc.tempering import tempered
 
 __all__ = [
     "SMCState",
+    "SMCResult",
     "Target",
     "MoveInfo",
     "Kernel",
@@ -68,6 +72,46 @@ class SMCState(NamedTuple):
     tau: Tensor  # [B] float64, current temperature
     log_evidence: Tensor  # [B] float64, running log Zhat
     scale: Tensor  # [B] the kernel's step scale (adapted between stages)
+
+
+class SMCResult(NamedTuple):
+    """The output of :func:`run_smc`, per observation.
+
+    ``particles`` with ``log_weights`` are a weighted sample from p(z | x_b) when ``converged[b]``
+    and ``mixed[b]``. Rows that stopped at ``max_stages`` (tau < 1) or whose likelihood was zero
+    at every particle (``zero_likelihood``) are *not* posterior samples and are flagged
+    ``converged = False``. Rows in which the moves of some stage left the particles correlated
+    with their starting points (start/end correlation above ``max_correlation``, see
+    ``correlation_history``) reached tau = 1 but may not have reached the posterior: they are
+    flagged ``mixed = False`` (``converged`` keeps its meaning and does not include this).
+    """
+
+    particles: Tensor  # [B, K, d]
+    log_weights: Tensor  # [B, K] normalized (logsumexp over K is 0)
+    log_evidence: Tensor  # [B] float64 log Zhat; -inf where zero_likelihood
+    converged: Tensor  # [B] bool: tau reached 1
+    zero_likelihood: Tensor  # [B] bool
+    num_stages: Tensor  # [B] int64
+    temperatures: Tensor  # [B, S + 1] float64 schedule from 0, NaN after an observation stopped
+    acceptance_rate: Tensor  # [B] mean acceptance over stages
+    acceptance_history: Tensor  # [B, S] NaN after an observation stopped
+    ess: Tensor  # [B] ESS of the final weights
+    num_likelihood_evals: Tensor  # [B] int64 likelihood evaluations (points z) per observation
+    loglik: Tensor  # [B, K] log-likelihood of the final particles
+    distinct_fraction: Tensor  # [B] share of distinct particles after the last move
+    kernel_info: dict[str, Tensor]  # [B] each: kernel diagnostics averaged over stages
+    mixed: Tensor  # [B] bool: no stage above max_correlation (by two standard errors)
+    correlation_history: Tensor  # [B, S] start/end correlation of each stage, NaN after stop
+
+    def sample(self, n: int, *, generator: torch.Generator | None = None) -> Tensor:
+        """Draw n equally weighted particles per observation (multinomial on the weights).
+
+        Shapes: -> [B, n, d].
+        """
+        idx = multinomial(self.log_weights, n, generator=generator)
+        return torch.gather(
+            self.particles, 1, idx[..., None].expand(-1, -1, self.particles.shape[-1])
+        )
 
 
 class Target(NamedTuple):

@@ -37,7 +37,15 @@ from tqdm.auto import tqdm
 
 from smcwake.model import Model
 from smcwake.smc.auto import probe_gradients
-from smcwake.smc.base import ADAPTATION_GAIN, MAX_SCALE, MIN_SCALE, Kernel, SMCState, Target
+from smcwake.smc.base import (
+    ADAPTATION_GAIN,
+    MAX_SCALE,
+    MIN_SCALE,
+    Kernel,
+    SMCResult,
+    SMCState,
+    Target,
+)
 from smcwake.smc.kernels import get_kernel
 from smcwake.smc.mixing import NOISE_ALLOWANCE, correlation_noise, start_end_correlation
 from smcwake.smc.options import OPTION_NAMES, SMCOptions
@@ -81,48 +89,6 @@ class StageInfo(NamedTuple):
     correlation: Tensor  # [B] start/end correlation of the move (1: nothing moved)
     correlation_noise: Tensor  # [B] its standard error under independence
     planned: Tensor  # [B] float64 next temperature, chosen before the move (NaN at tau = 1)
-
-
-class SMCResult(NamedTuple):
-    """The output of :func:`run_smc`, per observation.
-
-    ``particles`` with ``log_weights`` are a weighted sample from p(z | x_b) when ``converged[b]``
-    and ``mixed[b]``. Rows that stopped at ``max_stages`` (tau < 1) or whose likelihood was zero
-    at every particle (``zero_likelihood``) are *not* posterior samples and are flagged
-    ``converged = False``. Rows in which the moves of some stage left the particles correlated
-    with their starting points (start/end correlation above ``max_correlation``, see
-    ``correlation_history``) reached tau = 1 but may not have reached the posterior: they are
-    flagged ``mixed = False`` (``converged`` keeps its meaning and does not include this).
-    """
-
-    particles: Tensor  # [B, K, d]
-    log_weights: Tensor  # [B, K] normalized (logsumexp over K is 0)
-    log_evidence: Tensor  # [B] float64 log Zhat; -inf where zero_likelihood
-    converged: Tensor  # [B] bool: tau reached 1
-    zero_likelihood: Tensor  # [B] bool
-    num_stages: Tensor  # [B] int64
-    temperatures: Tensor  # [B, S + 1] float64 schedule from 0, NaN after an observation stopped
-    acceptance_rate: Tensor  # [B] mean acceptance over stages
-    acceptance_history: Tensor  # [B, S] NaN after an observation stopped
-    ess: Tensor  # [B] ESS of the final weights
-    num_likelihood_evals: Tensor  # [B] int64 likelihood evaluations (points z) per observation
-    loglik: Tensor  # [B, K] log-likelihood of the final particles
-    distinct_fraction: Tensor  # [B] share of distinct particles after the last move
-    kernel_info: dict[str, Tensor]  # [B] each: kernel diagnostics averaged over stages
-    mixed: Tensor  # [B] bool: no stage above max_correlation (by two standard errors)
-    correlation_history: Tensor  # [B, S] start/end correlation of each stage, NaN after stop
-
-    def sample(self, n: int, *, generator: torch.Generator | None = None) -> Tensor:
-        """Draw n equally weighted particles per observation (multinomial on the weights).
-
-        Shapes: -> [B, n, d].
-        """
-        from smcwake.smc.resampling import multinomial
-
-        idx = multinomial(self.log_weights, n, generator=generator)
-        return torch.gather(
-            self.particles, 1, idx[..., None].expand(-1, -1, self.particles.shape[-1])
-        )
 
 
 def distinct_fraction(z: Tensor) -> Tensor:
