@@ -48,3 +48,13 @@ def test_calling_the_record_calls_its_move():
     b = run_smc(model, x, 20, kernel=get_kernel("rwmh", 2), generator=g0())
     assert len(calls) == int(a.num_stages.max())
     assert torch.equal(a.particles, b.particles)
+
+
+def test_a_scale_free_move_needs_no_scale_settings():
+    def move(*args):
+        return None
+
+    free = make_kernel(move, num_steps=2, name="free", uses_scale=False)
+    assert (free.target_acceptance, free.initial_scale) == (0.5, 1.0)  # placeholders
+    with pytest.raises(TypeError, match="needs target_acceptance and initial_scale"):
+        make_kernel(move, num_steps=2, name="scaled")

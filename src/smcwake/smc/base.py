@@ -212,10 +212,10 @@ class MoveKernel:
 def make_kernel(
     move: Move,
     *,
-    target_acceptance: float,
-    initial_scale: float,
     num_steps: int,
     name: str,
+    target_acceptance: float | None = None,
+    initial_scale: float | None = None,
     uses_scale: bool = True,
     adaptation_gain: float = ADAPTATION_GAIN,
     resamples: bool = False,
@@ -224,19 +224,25 @@ def make_kernel(
     """A :class:`MoveKernel` from a move function ``move(state, target, generator, chol)``.
 
     ``target_acceptance`` and ``initial_scale`` drive the sampler's adaptation of
-    ``state.scale`` (with ``adaptation_gain``); a move with ``uses_scale=False`` does not read
-    the scale. ``num_steps`` is the number of proposals per particle and call, ``name`` a short
-    label for diagnostics.
+    ``state.scale`` (with ``adaptation_gain``) and are required when the move reads the scale.
+    A move with ``uses_scale=False`` leaves them out: the sampler still adapts ``state.scale``,
+    from placeholders (0.5 and 1), but nothing reads it. ``num_steps`` is the number of
+    proposals per particle and call, ``name`` a short label for diagnostics.
 
     >>> kernel = make_kernel(lambda *args: None, target_acceptance=0.234, initial_scale=2.38,
     ...                      num_steps=1, name="noop")
     >>> kernel.name, kernel.uses_scale, kernel.adaptation_gain
     ('noop', True, 2.0)
     """
+    if uses_scale and (target_acceptance is None or initial_scale is None):
+        raise TypeError(
+            f"make_kernel: a move that reads state.scale needs target_acceptance and "
+            f"initial_scale, received {target_acceptance!r} and {initial_scale!r}"
+        )
     return MoveKernel(
         move,
-        target_acceptance,
-        initial_scale,
+        0.5 if target_acceptance is None else target_acceptance,
+        1.0 if initial_scale is None else initial_scale,
         num_steps,
         name,
         uses_scale,

@@ -728,14 +728,7 @@ def mixture_independence(
             lambda z, rows: fit.select(rows).apply(mixture_log_prob, z),
         )
 
-    return make_kernel(  # target_acceptance, initial_scale: not used (no step scale)
-        move,
-        target_acceptance=0.5,
-        initial_scale=1.0,
-        num_steps=num_steps,
-        name="mixture",
-        uses_scale=False,
-    )
+    return make_kernel(move, num_steps=num_steps, name="mixture", uses_scale=False)
 
 
 def _float_dtype(module: object, default: torch.dtype) -> torch.dtype:
@@ -861,14 +854,7 @@ def encoder_independence(
             if isinstance(encoder, torch.nn.Module):
                 encoder.train(was_training)
 
-    return make_kernel(  # target_acceptance, initial_scale: not used (no step scale)
-        move,
-        target_acceptance=0.5,
-        initial_scale=1.0,
-        num_steps=num_steps,
-        name="encoder",
-        uses_scale=False,
-    )
+    return make_kernel(move, num_steps=num_steps, name="encoder", uses_scale=False)
 
 
 def local_random_walk(
