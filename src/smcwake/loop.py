@@ -18,7 +18,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
@@ -339,19 +339,10 @@ def record_history(
 
 
 def _smc(model: Model, x: Tensor, rows: Tensor, config: TrainConfig, generator, encoder: Encoder):
-    opts = config.smc
-    return run_smc(
-        model,
-        x,
-        config.num_particles,
-        ess_target=opts.ess_target,
-        resample_threshold=opts.resample_threshold,
-        resampling=opts.resampling,
-        kernel=get_kernel(opts.kernel, opts.num_mcmc_steps, encoder=encoder),
-        max_stages=opts.max_stages,
-        generator=generator,
-        rows=rows,
-    )
+    opts = config.smc  # an encoder kernel is built with the encoder being trained
+    kernel = get_kernel(opts.kernel, opts.num_mcmc_steps, encoder=encoder)
+    options = replace(opts, kernel=kernel)
+    return run_smc(model, x, config.num_particles, options=options, generator=generator, rows=rows)
 
 
 def _decoder_loss(

@@ -348,7 +348,7 @@ def refine(
                 break
             h64 = h.double()
             new_tau = torch.where(
-                active, next_temperature(h64, log_w, tau, target_ess=ess_target), tau
+                active, next_temperature(h64, log_w, tau, ess_target=ess_target), tau
             )
             increment = tempered(h64, new_tau - tau)  # 0 x (-inf) read as 0
             log_w, log_norm = normalize_with_log_norm(log_w + increment)

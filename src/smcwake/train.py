@@ -76,8 +76,7 @@ from smcwake.loop import (
 from smcwake.model import Model
 from smcwake.objectives import get_method, get_objective
 from smcwake.posterior import Posterior
-from smcwake.smc.kernels import check_kernel_name
-from smcwake.smc.resampling import get_resampler
+from smcwake.smc.options import SMCOptions
 
 __all__ = [
     "SMCOptions",
@@ -101,46 +100,6 @@ logger = logging.getLogger(__name__)
 
 SUPPORTED_DTYPES = (torch.float32, torch.float64)
 """Floating-point types fit trains in (x's dtype); encoders and SMC need float32 or float64."""
-
-
-@dataclass(frozen=True)
-class SMCOptions:
-    """Settings of the SMC runs made during training (see :func:`smcwake.run_smc`).
-
-    ``kernel`` is a name :func:`smcwake.run_smc` accepts, or ``"encoder+rwmh"`` /
-    ``"encoder+mala"``, which also propose from the encoder being trained (defensively mixed
-    with a mixture fitted to the particles; see docs/KERNELS.md).
-    """
-
-    ess_target: float = 0.5
-    resample_threshold: float = 0.5
-    resampling: str = "systematic"
-    kernel: str = "auto"
-    num_mcmc_steps: int | None = None
-    max_stages: int = 500
-
-    def __post_init__(self) -> None:
-        _check_fraction("smc.ess_target", self.ess_target, open_interval=True)
-        _check_fraction("smc.resample_threshold", self.resample_threshold, open_interval=False)
-        if (
-            isinstance(self.max_stages, bool)
-            or not isinstance(self.max_stages, int)
-            or (self.max_stages < 1)
-        ):
-            raise ValueError(
-                f"smc.max_stages: expected an integer >= 1, received {self.max_stages!r}"
-            )
-        get_resampler(self.resampling)
-        check_kernel_name(self.kernel, self.num_mcmc_steps)
-
-
-def _check_fraction(name: str, value: object, *, open_interval: bool) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(f"{name}: expected a number, received {value!r}")
-    ok = 0 < value < 1 if open_interval else 0 <= value <= 1
-    if not ok:
-        interval = "(0, 1)" if open_interval else "[0, 1]"
-        raise ValueError(f"{name}: expected a fraction in {interval}, received {value!r}")
 
 
 LR_SCHEDULES = ("constant", "cosine", "step")

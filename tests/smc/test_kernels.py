@@ -15,6 +15,7 @@ from torch.distributions import Categorical, Independent, MixtureSameFamily, Nor
 from smcwake import Model, run_smc
 from smcwake.encoders import GaussianEncoder
 from smcwake.smc import multimodal
+from smcwake.smc.base import ADAPTATION_GAIN, MAX_SCALE, MIN_SCALE
 from smcwake.smc.composite import adaptive_steps, compose
 from smcwake.smc.gmm import (
     GaussianMixture,
@@ -147,8 +148,8 @@ def run_kernel(kernel, state, target, calls: int, g: torch.Generator):
         chol = weighted_cholesky(state.z, state.log_weights)
         state, info = kernel(state, target, g, chol)
         acceptance.append(info.acceptance_rate)
-        scale = state.scale * torch.exp(2.0 * (info.acceptance_rate - kernel.target_acceptance))
-        state = state._replace(scale=scale.clamp(1e-3, 20.0))
+        gain = ADAPTATION_GAIN * (info.acceptance_rate - kernel.target_acceptance)
+        state = state._replace(scale=(state.scale * torch.exp(gain)).clamp(MIN_SCALE, MAX_SCALE))
     return state, torch.stack(acceptance).mean(0)
 
 

@@ -2,6 +2,7 @@
 
 import math
 
+import pytest
 import torch
 
 from smcwake.smc.tempering import conditional_ess, next_temperature, tempered
@@ -13,12 +14,12 @@ def test_tempered_reads_zero_times_minus_inf_as_zero():
     assert tempered(ll, torch.tensor([0.5])).tolist() == [[-math.inf, -0.5]]
 
 
-def test_next_temperature_hits_target_ess():
+def test_next_temperature_hits_ess_target():
     g = torch.Generator().manual_seed(0)
     ll = -50 * torch.rand(8, 500, generator=g, dtype=torch.float64) ** 2
     lw = torch.full((8, 500), -math.log(500), dtype=torch.float64)
     tau = torch.linspace(0, 0.5, 8, dtype=torch.float64)
-    new = next_temperature(ll, lw, tau, target_ess=0.5)
+    new = next_temperature(ll, lw, tau, ess_target=0.5)
     assert torch.all(new > tau)
     assert torch.all(new < 1)
     cess = conditional_ess(ll, lw, new - tau)
@@ -40,3 +41,14 @@ def test_minimum_increment_when_most_particles_have_zero_likelihood():
     lw = torch.full((1, 10), -math.log(10), dtype=torch.float64)
     new = next_temperature(ll, lw, torch.zeros(1, dtype=torch.float64), min_increment=1e-6)
     torch.testing.assert_close(new, torch.tensor([1e-6], dtype=torch.float64))
+
+
+def test_target_ess_is_a_deprecated_spelling_of_ess_target():
+    g = torch.Generator().manual_seed(1)
+    ll = -20 * torch.rand(3, 200, generator=g, dtype=torch.float64) ** 2
+    lw = torch.full((3, 200), -math.log(200), dtype=torch.float64)
+    tau = torch.zeros(3, dtype=torch.float64)
+    with pytest.warns(FutureWarning, match="ess_target"):
+        old = next_temperature(ll, lw, tau, target_ess=0.3)
+    assert torch.equal(old, next_temperature(ll, lw, tau, ess_target=0.3))
+    assert not torch.equal(old, next_temperature(ll, lw, tau))  # the alias is not ignored

@@ -45,18 +45,7 @@ def heldout_log_likelihood(
     smc = smc or SMCOptions(kernel="mala", num_mcmc_steps=5)
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        result = run_smc(
-            model,
-            x,
-            num_particles,
-            ess_target=smc.ess_target,
-            resample_threshold=smc.resample_threshold,
-            resampling=smc.resampling,
-            kernel=smc.kernel,
-            num_mcmc_steps=smc.num_mcmc_steps,
-            max_stages=smc.max_stages,
-            generator=g,
-        )
+        result = run_smc(model, x, num_particles, options=smc, generator=g)
     return torch.where(result.converged, result.log_evidence, math.nan)
 
 

@@ -1,6 +1,7 @@
 """Batched likelihood-tempered sequential Monte Carlo."""
 
 from smcwake.smc.auto import auto_kernel, probe_gradients
+from smcwake.smc.base import Kernel, MoveInfo, MoveKernel, SMCState, Target, make_kernel
 from smcwake.smc.crosswise import crosswise
 from smcwake.smc.kernels import (
     DEFAULT_KERNEL,
@@ -20,8 +21,8 @@ from smcwake.smc.kernels import (
     random_walk_metropolis,
     weighted_cholesky,
 )
-from smcwake.smc.mh import Kernel, MoveInfo, Target
 from smcwake.smc.mixing import start_end_correlation, until_decorrelated
+from smcwake.smc.options import SMCOptions
 from smcwake.smc.precondition import shrunk_cholesky, shrunk_covariance
 from smcwake.smc.resampling import (
     RESAMPLERS,
@@ -32,7 +33,7 @@ from smcwake.smc.resampling import (
     stratified,
     systematic,
 )
-from smcwake.smc.sampler import SMCResult, SMCState, run_smc, smc_stage
+from smcwake.smc.sampler import SMCResult, run_smc, smc_stage
 from smcwake.smc.steppers import (
     Stepper,
     fixed_steps,
@@ -49,6 +50,8 @@ __all__ = [
     "KERNEL_NAMES",
     "Kernel",
     "MoveInfo",
+    "MoveKernel",
+    "make_kernel",
     "Target",
     "adaptive_steps",
     "auto_kernel",
@@ -72,6 +75,7 @@ __all__ = [
     "mixture_independence",
     "mixture_then_rwmh",
     "RESAMPLERS",
+    "SMCOptions",
     "SMCResult",
     "SMCState",
     "conditional_ess",

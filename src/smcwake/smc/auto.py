@@ -35,13 +35,14 @@ from typing import TYPE_CHECKING, NamedTuple
 import torch
 from torch import Tensor
 
+from smcwake.smc.base import make_kernel
 from smcwake.smc.mh import Kernel, MoveInfo, Target
 from smcwake.smc.mixing import until_decorrelated
 from smcwake.smc.multimodal import mixture_independence
 from smcwake.smc.steppers import mala_stepper, random_walk_stepper
 
 if TYPE_CHECKING:
-    from smcwake.smc.sampler import SMCState
+    from smcwake.smc.base import SMCState
 
 __all__ = ["GradientProbe", "probe_gradients", "auto_kernel"]
 
@@ -180,11 +181,12 @@ def auto_kernel(
         probe = probe_gradients(target, state.z)
         return choose(probe.usable)(state, target, generator, chol)
 
-    move.choose = choose
-    move.target_acceptance = built[True].target_acceptance
-    move.initial_scale = built[True].initial_scale
-    move.num_steps = built[True].num_steps
-    move.name = "auto"
-    move.uses_scale = True
-    move.adaptation_gain = built[True].adaptation_gain
-    return move
+    return make_kernel(
+        move,
+        target_acceptance=built[True].target_acceptance,
+        initial_scale=built[True].initial_scale,
+        num_steps=built[True].num_steps,
+        name="auto",
+        adaptation_gain=built[True].adaptation_gain,
+        choose=choose,
+    )

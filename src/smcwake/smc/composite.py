@@ -13,10 +13,11 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
-from smcwake.smc.mh import Kernel, MoveInfo, Target
+from smcwake.smc.base import make_kernel
+from smcwake.smc.mh import ADAPTATION_GAIN, Kernel, MoveInfo, Target
 
 if TYPE_CHECKING:
-    from smcwake.smc.sampler import SMCState
+    from smcwake.smc.base import SMCState
 
 __all__ = ["compose", "adaptive_steps"]
 
@@ -92,13 +93,15 @@ def compose(*kernels: Kernel) -> Kernel:
         total_steps = sum(k.num_steps for k in kernels)
         return state, MoveInfo(lead_rate, evals, jump / total_steps, extra)
 
-    move.target_acceptance = kernels[lead].target_acceptance
-    move.initial_scale = kernels[lead].initial_scale
-    move.num_steps = sum(k.num_steps for k in kernels)
-    move.name = "+".join(names)
-    move.uses_scale = bool(scaled)
-    move.adaptation_gain = getattr(kernels[lead], "adaptation_gain", 2.0)
-    return move
+    return make_kernel(
+        move,
+        target_acceptance=kernels[lead].target_acceptance,
+        initial_scale=kernels[lead].initial_scale,
+        num_steps=sum(k.num_steps for k in kernels),
+        name="+".join(names),
+        uses_scale=bool(scaled),
+        adaptation_gain=getattr(kernels[lead], "adaptation_gain", ADAPTATION_GAIN),
+    )
 
 
 def _rows(state: SMCState, idx: Tensor) -> SMCState:
@@ -177,10 +180,12 @@ def adaptive_steps(kernel: Kernel, *, min_moved: float = 0.9, max_calls: int = 1
         extra.update(calls=calls, moved=moved)
         return state, MoveInfo(acc_sum / calls, evals, jump_sum / calls, extra)
 
-    move.target_acceptance = kernel.target_acceptance
-    move.initial_scale = kernel.initial_scale
-    move.num_steps = kernel.num_steps
-    move.name = f"adaptive({getattr(kernel, 'name', 'kernel')})"
-    move.uses_scale = _uses_scale(kernel)
-    move.adaptation_gain = getattr(kernel, "adaptation_gain", 2.0)
-    return move
+    return make_kernel(
+        move,
+        target_acceptance=kernel.target_acceptance,
+        initial_scale=kernel.initial_scale,
+        num_steps=kernel.num_steps,
+        name=f"adaptive({getattr(kernel, 'name', 'kernel')})",
+        uses_scale=_uses_scale(kernel),
+        adaptation_gain=getattr(kernel, "adaptation_gain", ADAPTATION_GAIN),
+    )

@@ -25,11 +25,12 @@ from typing import TYPE_CHECKING, NamedTuple
 import torch
 from torch import Tensor
 
-from smcwake.smc.mh import Kernel, MoveInfo, Target
+from smcwake.smc.base import make_kernel
+from smcwake.smc.mh import ADAPTATION_GAIN, Kernel, MoveInfo, Target
 from smcwake.smc.precondition import shrunk_cholesky
 
 if TYPE_CHECKING:
-    from smcwake.smc.sampler import SMCState
+    from smcwake.smc.base import SMCState
 
 __all__ = [
     "Folds",
@@ -178,8 +179,12 @@ def crosswise(kernel: Kernel, num_folds: int = NUM_FOLDS) -> Kernel:
         )
         return join_folds(folds, moved, state), out
 
-    for attr in ("target_acceptance", "initial_scale", "num_steps", "name"):
-        setattr(move, attr, getattr(kernel, attr))
-    move.uses_scale = getattr(kernel, "uses_scale", True)
-    move.adaptation_gain = getattr(kernel, "adaptation_gain", 2.0)
-    return move
+    return make_kernel(
+        move,
+        target_acceptance=kernel.target_acceptance,
+        initial_scale=kernel.initial_scale,
+        num_steps=kernel.num_steps,
+        name=kernel.name,
+        uses_scale=getattr(kernel, "uses_scale", True),
+        adaptation_gain=getattr(kernel, "adaptation_gain", ADAPTATION_GAIN),
+    )

@@ -1,17 +1,19 @@
 """MCMC move kernels, each invariant for the tempered target pi_tau(z) ∝ p(z) p(x | z)^tau.
 
-A kernel is built by a function and is itself a function::
+A kernel is built by a function and is called like a function (a
+:class:`~smcwake.smc.base.MoveKernel`: the move and its settings, made by
+:func:`~smcwake.smc.base.make_kernel`)::
 
     move = random_walk_metropolis(num_steps=5)
     state, info = move(state, target, generator, chol)
 
-``state`` is an :class:`~smcwake.smc.sampler.SMCState` whose ``tau`` is the temperature to target
+``state`` is an :class:`~smcwake.smc.base.SMCState` whose ``tau`` is the temperature to target
 and whose ``scale`` [B] is the kernel's step scale for each observation (held fixed during one
 call, so each call is an exact Metropolis-Hastings kernel; the sampler adapts it between stages
 from the returned acceptance rate). Log-densities of the current particles are cached in the state
 and never recomputed. Proposals are never clamped to the prior support: outside it the log prior
-is ``-inf`` and the move is rejected. The contract and the shared building blocks live in
-:mod:`smcwake.smc.mh`.
+is ``-inf`` and the move is rejected. The contract lives in
+:mod:`smcwake.smc.base`, the shared building blocks in :mod:`smcwake.smc.mh`.
 
 All kernels precondition with the Cholesky factor of the weighted particle covariance, its
 correlations shrunk when the cloud holds few distinct points for its dimension, which the sampler
@@ -58,7 +60,6 @@ __all__ = [
     "encoder_then_mala",
     "KERNEL_NAMES",
     "ENCODER_KERNEL_NAMES",
-    "check_kernel_name",
     "get_kernel",
 ]
 
@@ -182,21 +183,6 @@ KERNEL_NAMES = tuple(_KERNELS)
 _ENCODER_KERNELS = {"encoder+rwmh": encoder_then_rwmh, "encoder+mala": encoder_then_mala}
 ENCODER_KERNEL_NAMES = tuple(_ENCODER_KERNELS)
 """Kernels that also need the encoder (``get_kernel(name, encoder=...)``; ``fit`` passes it)."""
-
-
-def check_kernel_name(kernel: str | Kernel, num_mcmc_steps: int | None = None) -> None:
-    """Raise ``ValueError`` for an unknown kernel name or a step count it cannot use.
-
-    Encoder kernels are checked without an encoder, so settings can be validated before one
-    exists.
-    """
-    if callable(kernel):
-        return
-    if kernel in _ENCODER_KERNELS:
-        if num_mcmc_steps is not None:
-            _split(num_mcmc_steps, _ENCODER_SHARE)
-        return
-    get_kernel(kernel, num_mcmc_steps)
 
 
 def get_kernel(

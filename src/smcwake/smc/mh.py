@@ -1,11 +1,13 @@
 """Metropolis-Hastings building blocks shared by every move kernel.
 
-A kernel is built by a function and is itself a function::
+A kernel is built by a function and is called like a function (a
+:class:`~smcwake.smc.base.MoveKernel`: the move and its settings, made by
+:func:`~smcwake.smc.base.make_kernel`)::
 
     move = random_walk_metropolis(num_steps=5)
     state, info = move(state, target, generator, chol)
 
-``state`` is an :class:`~smcwake.smc.sampler.SMCState` whose ``tau`` is the temperature to target
+``state`` is an :class:`~smcwake.smc.base.SMCState` whose ``tau`` is the temperature to target
 and whose ``scale`` [B] is the kernel's step scale for each observation (held fixed during one
 call; the sampler adapts it between stages from the returned acceptance rate). ``target``
 evaluates the model at new points; ``chol`` [B, d, d] is the Cholesky factor of the weighted
@@ -22,17 +24,21 @@ is ``-inf`` as well, whatever the user's function returns; see ``Model.log_likel
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 import torch
 from torch import Tensor
 
 from smcwake._ops import select
-from smcwake.model import Model
+from smcwake.smc.base import (  # the contract, importable from here as before
+    ADAPTATION_GAIN,
+    MAX_SCALE,
+    MIN_SCALE,
+    Kernel,
+    MoveInfo,
+    SMCState,
+    Target,
+)
 from smcwake.smc.tempering import tempered
-
-if TYPE_CHECKING:
-    from smcwake.smc.sampler import SMCState
 
 __all__ = [
     "Target",
@@ -46,71 +52,10 @@ __all__ = [
     "whitened_sq_norm",
     "log_target_ratio",
     "update_where",
+    "ADAPTATION_GAIN",
+    "MIN_SCALE",
+    "MAX_SCALE",
 ]
-
-
-class Target(NamedTuple):
-    """The likelihood of B observations, with their dataset indices for error messages."""
-
-    model: Model
-    x: Tensor  # [B, p]
-    rows: Tensor | None = None  # [B]
-
-    def evaluate(self, z: Tensor) -> tuple[Tensor, Tensor]:
-        """Log prior and log-likelihood, the latter ``-inf`` outside the prior's support.
-
-        Shapes: z [B, K, d] -> ([B, K], [B, K]).
-        """
-        log_prior = self.model.log_prior(z)
-        return log_prior, self.model.log_likelihood(z, self.x, self.rows, log_prior=log_prior)
-
-    def evaluate_with_grad(self, z: Tensor, tau: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Log prior, log-likelihood and the gradient of the tempered log target.
-
-        Gradients at points of zero target density are set to 0 (such points are never kept).
-
-        Shapes: z [B, K, d], tau [B] -> ([B, K], [B, K], [B, K, d]).
-        """
-        with torch.enable_grad():
-            zg = z.detach().requires_grad_(True)
-            lp, ll = self.evaluate(zg)
-            log_target = lp + tempered(ll, tau)
-            finite = torch.isfinite(log_target)
-            (grad,) = torch.autograd.grad(torch.where(finite, log_target, 0.0).sum(), zg)
-        grad = torch.where(torch.isfinite(grad) & finite[..., None], grad, 0.0)
-        return lp.detach(), ll.detach(), grad
-
-    def select(self, idx: Tensor) -> Target:
-        """The same target restricted to the observations ``idx``. Shapes: idx [B'] int64."""
-        return Target(self.model, self.x[idx], None if self.rows is None else self.rows[idx])
-
-
-class MoveInfo(NamedTuple):
-    """What one kernel call did, per observation."""
-
-    acceptance_rate: Tensor  # [B] mean over steps and particles
-    evals_per_particle: int | Tensor  # evaluations per particle in this call (or [B], may be
-    # fractional: a mean over particles that were not all evaluated equally often)
-    sq_jump: Tensor  # [B] mean squared jump distance in whitened units, per step
-    extra: dict[str, Tensor] | None = None  # [B] each, e.g. acceptance of each sub-kernel
-
-
-class Kernel(Protocol):
-    """``move(state, target, generator, chol) -> (state, MoveInfo)``.
-
-    Attributes: ``target_acceptance`` and ``initial_scale`` (for the sampler's adaptation of
-    ``state.scale``; optionally ``adaptation_gain``, 2 by default), ``num_steps`` (proposals
-    per particle and call), ``name`` (a short label used in diagnostics) and ``uses_scale``
-    (whether the move reads ``state.scale``).
-    """
-
-    target_acceptance: float
-    initial_scale: float
-    num_steps: int
-
-    def __call__(
-        self, state: SMCState, target: Target, generator: torch.Generator | None, chol: Tensor
-    ) -> tuple[SMCState, MoveInfo]: ...
 
 
 def weighted_mean(z: Tensor, log_weights: Tensor) -> Tensor:

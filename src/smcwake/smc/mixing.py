@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
+from smcwake.smc.base import make_kernel
 from smcwake.smc.composite import _put_rows, _rows
 from smcwake.smc.crosswise import (
     NUM_FOLDS,
@@ -35,7 +36,7 @@ from smcwake.smc.precondition import merged_weights
 from smcwake.smc.steppers import Stepper, carry_rows
 
 if TYPE_CHECKING:
-    from smcwake.smc.sampler import SMCState
+    from smcwake.smc.base import SMCState
 
 __all__ = ["NOISE_ALLOWANCE", "correlation_noise", "start_end_correlation", "until_decorrelated"]
 
@@ -260,10 +261,11 @@ def until_decorrelated(
         extra.update(steps=steps.to(dtype), correlation=correlation.to(dtype))
         return state, MoveInfo(acceptance.to(dtype), evals, sq_jump.to(dtype), extra)
 
-    move.target_acceptance = stepper.target_acceptance
-    move.initial_scale = stepper.initial_scale
-    move.num_steps = max_steps
-    move.name = f"{jumps_name}+{stepper.name}*" if jumps is not None else f"{stepper.name}*"
-    move.uses_scale = True
-    move.adaptation_gain = stepper.adaptation_gain
-    return move
+    return make_kernel(
+        move,
+        target_acceptance=stepper.target_acceptance,
+        initial_scale=stepper.initial_scale,
+        num_steps=max_steps,
+        name=f"{jumps_name}+{stepper.name}*" if jumps is not None else f"{stepper.name}*",
+        adaptation_gain=stepper.adaptation_gain,
+    )

@@ -48,6 +48,7 @@ from typing import TYPE_CHECKING, NamedTuple, Protocol
 import torch
 from torch import Tensor
 
+from smcwake.smc.base import make_kernel
 from smcwake.smc.composite import _put_rows, _rows
 from smcwake.smc.gmm import (
     GaussianMixture,
@@ -72,9 +73,10 @@ from smcwake.smc.mh import (
     weighted_mean,
     whitened_sq_norm,
 )
+from smcwake.smc.steppers import RANDOM_WALK_INITIAL_SCALE
 
 if TYPE_CHECKING:
-    from smcwake.smc.sampler import SMCResult, SMCState
+    from smcwake.smc.base import SMCResult, SMCState
 
 logger = logging.getLogger(__name__)
 
@@ -726,12 +728,7 @@ def mixture_independence(
             lambda z, rows: fit.select(rows).apply(mixture_log_prob, z),
         )
 
-    move.target_acceptance = 0.5  # not used: the move has no step scale
-    move.initial_scale = 1.0
-    move.num_steps = num_steps
-    move.name = "mixture"
-    move.uses_scale = False
-    return move
+    return make_kernel(move, num_steps=num_steps, name="mixture", uses_scale=False)
 
 
 def _float_dtype(module: object, default: torch.dtype) -> torch.dtype:
@@ -857,12 +854,7 @@ def encoder_independence(
             if isinstance(encoder, torch.nn.Module):
                 encoder.train(was_training)
 
-    move.target_acceptance = 0.5  # not used: the move has no step scale
-    move.initial_scale = 1.0
-    move.num_steps = num_steps
-    move.name = "encoder"
-    move.uses_scale = False
-    return move
+    return make_kernel(move, num_steps=num_steps, name="encoder", uses_scale=False)
 
 
 def local_random_walk(
@@ -950,12 +942,13 @@ def local_random_walk(
         info = MoveInfo((accepted / num_steps).mean(-1), num_steps, (jump / num_steps).mean(-1))
         return state, info
 
-    move.target_acceptance = target_acceptance
-    move.initial_scale = 2.38
-    move.num_steps = num_steps
-    move.name = "local_rwmh"
-    move.uses_scale = True
-    return move
+    return make_kernel(
+        move,
+        target_acceptance=target_acceptance,
+        initial_scale=RANDOM_WALK_INITIAL_SCALE,
+        num_steps=num_steps,
+        name="local_rwmh",
+    )
 
 
 def check_mode_mixing(

@@ -37,8 +37,18 @@ from tqdm.auto import tqdm
 
 from smcwake.model import Model
 from smcwake.smc.auto import probe_gradients
-from smcwake.smc.kernels import DEFAULT_KERNEL, Kernel, Target, get_kernel
+from smcwake.smc.base import (
+    ADAPTATION_GAIN,
+    MAX_SCALE,
+    MIN_SCALE,
+    Kernel,
+    SMCResult,
+    SMCState,
+    Target,
+)
+from smcwake.smc.kernels import get_kernel
 from smcwake.smc.mixing import NOISE_ALLOWANCE, correlation_noise, start_end_correlation
+from smcwake.smc.options import OPTION_NAMES, SMCOptions
 from smcwake.smc.precondition import shrunk_cholesky
 from smcwake.smc.resampling import Resampler, ess, get_resampler, normalize_with_log_norm
 from smcwake.smc.tempering import conditional_ess, next_temperature, tempered
@@ -47,17 +57,23 @@ __all__ = ["SMCState", "SMCResult", "distinct_fraction", "run_smc", "smc_stage"]
 
 logger = logging.getLogger(__name__)
 
+DEGENERATE_FRACTION = 0.1
+"""A converged cloud with fewer distinct particles than this share is reported (a warning).
 
-class SMCState(NamedTuple):
-    """B independent samplers at one stage; every stage returns a new state."""
+Resampling copies particles and rejected moves keep the copies, so a cloud whose moves mix poorly
+ends with few distinct points: its weighted sample then stands for far fewer than K draws.
+"""
 
-    z: Tensor  # [B, K, d]
-    log_weights: Tensor  # [B, K] normalized: logsumexp over K is 0
-    log_prior: Tensor  # [B, K] cached; -inf outside the support
-    loglik: Tensor  # [B, K] cached; -inf is a valid zero likelihood
-    tau: Tensor  # [B] float64, current temperature
-    log_evidence: Tensor  # [B] float64, running log Zhat
-    scale: Tensor  # [B] the kernel's step scale (adapted between stages)
+PLANNED_ESS_SHARE = 0.5
+"""A planned temperature is kept while its conditional ESS is at least this share of the target.
+
+Each stage plans the next temperature from its particles before they move (so the move makes the
+particles independent of that choice). After the move the conditional ESS of the planned step is
+checked on the new particles; a plan that falls below ``PLANNED_ESS_SHARE * ess_target`` there is
+replaced by a temperature chosen from the current particles.
+"""
+
+_DEFAULT_OPTIONS = SMCOptions()  # the settings run_smc uses when neither options nor keywords
 
 
 class StageInfo(NamedTuple):
@@ -73,48 +89,6 @@ class StageInfo(NamedTuple):
     correlation: Tensor  # [B] start/end correlation of the move (1: nothing moved)
     correlation_noise: Tensor  # [B] its standard error under independence
     planned: Tensor  # [B] float64 next temperature, chosen before the move (NaN at tau = 1)
-
-
-class SMCResult(NamedTuple):
-    """The output of :func:`run_smc`, per observation.
-
-    ``particles`` with ``log_weights`` are a weighted sample from p(z | x_b) when ``converged[b]``
-    and ``mixed[b]``. Rows that stopped at ``max_stages`` (tau < 1) or whose likelihood was zero
-    at every particle (``zero_likelihood``) are *not* posterior samples and are flagged
-    ``converged = False``. Rows in which the moves of some stage left the particles correlated
-    with their starting points (start/end correlation above ``max_correlation``, see
-    ``correlation_history``) reached tau = 1 but may not have reached the posterior: they are
-    flagged ``mixed = False`` (``converged`` keeps its meaning and does not include this).
-    """
-
-    particles: Tensor  # [B, K, d]
-    log_weights: Tensor  # [B, K] normalized (logsumexp over K is 0)
-    log_evidence: Tensor  # [B] float64 log Zhat; -inf where zero_likelihood
-    converged: Tensor  # [B] bool: tau reached 1
-    zero_likelihood: Tensor  # [B] bool
-    num_stages: Tensor  # [B] int64
-    temperatures: Tensor  # [B, S + 1] float64 schedule from 0, NaN after an observation stopped
-    acceptance_rate: Tensor  # [B] mean acceptance over stages
-    acceptance_history: Tensor  # [B, S] NaN after an observation stopped
-    ess: Tensor  # [B] ESS of the final weights
-    num_likelihood_evals: Tensor  # [B] int64 likelihood evaluations (points z) per observation
-    loglik: Tensor  # [B, K] log-likelihood of the final particles
-    distinct_fraction: Tensor  # [B] share of distinct particles after the last move
-    kernel_info: dict[str, Tensor]  # [B] each: kernel diagnostics averaged over stages
-    mixed: Tensor  # [B] bool: no stage above max_correlation (by two standard errors)
-    correlation_history: Tensor  # [B, S] start/end correlation of each stage, NaN after stop
-
-    def sample(self, n: int, *, generator: torch.Generator | None = None) -> Tensor:
-        """Draw n equally weighted particles per observation (multinomial on the weights).
-
-        Shapes: -> [B, n, d].
-        """
-        from smcwake.smc.resampling import multinomial
-
-        idx = multinomial(self.log_weights, n, generator=generator)
-        return torch.gather(
-            self.particles, 1, idx[..., None].expand(-1, -1, self.particles.shape[-1])
-        )
 
 
 def distinct_fraction(z: Tensor) -> Tensor:
@@ -192,7 +166,8 @@ def smc_stage(
     ``planned`` [B] is the next temperature of each row, chosen by the previous stage from its
     particles before they moved (``StageInfo.planned``; NaN or None: choose it from the current
     particles). A planned temperature whose conditional ESS on the current particles is below
-    half of ``ess_target`` is replaced by one chosen from the current particles.
+    ``PLANNED_ESS_SHARE`` (half) of ``ess_target`` is replaced by one chosen from the current
+    particles.
 
     Shapes: state with B rows, target.x [B, p] -> (new state, StageInfo with [B] fields).
     """
@@ -200,14 +175,14 @@ def smc_stage(
 
     def choose(s: SMCState) -> Tensor:
         return next_temperature(
-            s.loglik, s.log_weights, s.tau, target_ess=ess_target, min_increment=min_increment
+            s.loglik, s.log_weights, s.tau, ess_target=ess_target, min_increment=min_increment
         )
 
     if planned is None:
         tau_next = choose(state)
     else:
         ok = conditional_ess(state.loglik, state.log_weights, planned - state.tau)
-        ok = ~torch.isnan(planned) & (ok >= 0.5 * ess_target)
+        ok = ~torch.isnan(planned) & (ok >= PLANNED_ESS_SHARE * ess_target)
         tau_next = planned if bool(ok.all()) else torch.where(ok, planned, choose(state))
     increment = tempered(state.loglik, tau_next - state.tau)
     unnormalized = state.log_weights + increment
@@ -239,9 +214,9 @@ def smc_stage(
     else:
         correlation, noise = reported, move.extra["correlation_noise"]
     # Robbins-Monro style adaptation of the scale for the next stage (exactness within a stage)
-    gain = getattr(kernel, "adaptation_gain", 2.0)
+    gain = getattr(kernel, "adaptation_gain", ADAPTATION_GAIN)
     scale = state.scale * torch.exp(gain * (move.acceptance_rate - kernel.target_acceptance))
-    state = state._replace(scale=scale.clamp(1e-3, 20.0))
+    state = state._replace(scale=scale.clamp(MIN_SCALE, MAX_SCALE))
     extra = {"sq_jump": move.sq_jump, **(move.extra or {})}
     info = StageInfo(
         state.tau,
@@ -313,6 +288,26 @@ def _check_options(
         raise ValueError(f"min_increment: expected a number in (0, 1), received {min_increment!r}")
 
 
+def _settings(options: SMCOptions | None, **given: object) -> dict[str, object]:
+    """The SMCOptions fields of a run: from ``options`` or the keywords (None: not given)."""
+    if options is None:
+        defaults = _DEFAULT_OPTIONS
+    elif not isinstance(options, SMCOptions):
+        raise TypeError(f"options: expected SMCOptions or None, received {type(options).__name__}")
+    else:
+        both = [name for name, value in given.items() if value is not None]
+        if both:
+            raise ValueError(
+                f"{both[0]}: given both as a keyword and in options=; pass "
+                f"options=dataclasses.replace(options, {both[0]}=...) or leave it out of one"
+            )
+        defaults = options
+    return {
+        name: getattr(defaults, name) if given[name] is None else given[name]
+        for name in OPTION_NAMES
+    }
+
+
 def _check_max_correlation(max_correlation: float) -> None:
     if isinstance(max_correlation, bool) or not isinstance(max_correlation, int | float):
         raise TypeError(f"max_correlation: expected a number, received {max_correlation!r}")
@@ -328,12 +323,13 @@ def run_smc(
     x: Tensor,
     num_particles: int = 1000,
     *,
-    ess_target: float = 0.5,
-    resample_threshold: float = 0.5,
-    resampling: str | Resampler = "systematic",
-    kernel: str | Kernel = DEFAULT_KERNEL,
+    options: SMCOptions | None = None,
+    ess_target: float | None = None,
+    resample_threshold: float | None = None,
+    resampling: str | Resampler | None = None,
+    kernel: str | Kernel | None = None,
     num_mcmc_steps: int | None = None,
-    max_stages: int = 500,
+    max_stages: int | None = None,
     max_correlation: float = 0.5,
     min_increment: float = 1e-9,
     generator: torch.Generator | None = None,
@@ -349,8 +345,13 @@ def run_smc(
         model: prior and batched likelihood.
         x: observations [B, p]; each gets its own sampler and temperature schedule.
         num_particles: K particles per observation, drawn from the prior.
-        ess_target: the conditional ESS fraction each tempering step aims for.
-        resample_threshold: resample an observation when ESS < resample_threshold * K.
+        options: the six settings below as one :class:`~smcwake.smc.options.SMCOptions` (as
+            ``fit`` stores them in ``TrainConfig.smc``). Give each setting either here or as a
+            keyword, not both (a ``ValueError`` naming it); a setting given in neither place
+            takes its default, the same as SMCOptions'.
+        ess_target: the conditional ESS fraction each tempering step aims for (default 0.5).
+        resample_threshold: resample an observation when ESS < resample_threshold * K
+            (default 0.5).
         resampling: "systematic" (default), "stratified", "multinomial", "residual".
         kernel: "auto" (default: jumps between modes from a Gaussian mixture fitted to the
             cloud, then Langevin steps if the likelihood is differentiable, random-walk steps
@@ -361,8 +362,8 @@ def run_smc(
             built kernel from :mod:`smcwake.smc.kernels` (e.g. ``encoder_then_rwmh(encoder)``).
         num_mcmc_steps: MCMC steps per stage for a kernel given by name (kernel default if None;
             for "auto", the most local steps per stage).
-        max_stages: cap on the number of stages; observations that hit it are flagged
-            ``converged = False`` and a warning is logged.
+        max_stages: cap on the number of stages (default 500); observations that hit it are
+            flagged ``converged = False`` and a warning is logged.
         max_correlation: observations in which some stage's start/end correlation exceeds this
             by more than two of its standard errors (which are large only for clouds of a few
             particles, see :func:`~smcwake.smc.mixing.correlation_noise`) are flagged
@@ -396,6 +397,18 @@ def run_smc(
     >>> bool(result.converged.all() & result.mixed.all()), round(float(result.log_evidence[0]), 0)
     (True, -4.0)
     """
+    settings = _settings(
+        options,
+        ess_target=ess_target,
+        resample_threshold=resample_threshold,
+        resampling=resampling,
+        kernel=kernel,
+        num_mcmc_steps=num_mcmc_steps,
+        max_stages=max_stages,
+    )
+    ess_target, resample_threshold = settings["ess_target"], settings["resample_threshold"]
+    resampling, kernel = settings["resampling"], settings["kernel"]
+    num_mcmc_steps, max_stages = settings["num_mcmc_steps"], settings["max_stages"]
     _check_options(
         num_particles,
         ess_target,
@@ -538,13 +551,14 @@ def run_smc(
             max_correlation,
         )
     distinct = distinct_fraction(state.z)
-    degenerate = converged & (distinct < 0.1)
+    degenerate = converged & (distinct < DEGENERATE_FRACTION)
     if bool(degenerate.any()):
         logger.warning(
-            "%d of %d final particle clouds have under 10%% distinct particles (see "
+            "%d of %d final particle clouds have under %g%% distinct particles (see "
             "SMCResult.distinct_fraction); use more MCMC steps or a kernel that mixes better",
             int(degenerate.sum()),
             B,
+            100 * DEGENERATE_FRACTION,
         )
     acc_hist = torch.stack(accs, 1) if accs else torch.empty(B, 0, dtype=z.dtype, device=device)
     return SMCResult(

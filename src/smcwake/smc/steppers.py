@@ -24,7 +24,9 @@ import torch
 from torch import Tensor
 
 from smcwake._ops import select
+from smcwake.smc.base import make_kernel
 from smcwake.smc.mh import (
+    ADAPTATION_GAIN,
     Kernel,
     MoveInfo,
     Target,
@@ -36,7 +38,7 @@ from smcwake.smc.mh import (
 from smcwake.smc.tempering import tempered
 
 if TYPE_CHECKING:
-    from smcwake.smc.sampler import SMCState
+    from smcwake.smc.base import SMCState
 
 __all__ = [
     "Stepper",
@@ -45,7 +47,23 @@ __all__ = [
     "random_walk_stepper",
     "mala_stepper",
     "hmc_stepper",
+    "RANDOM_WALK_INITIAL_SCALE",
+    "GRADIENT_ADAPTATION_GAIN",
 ]
+
+RANDOM_WALK_INITIAL_SCALE = 2.38
+"""First step scale of random-walk moves, whose proposal covariance is (scale^2 / d) Sigma.
+
+2.38^2 / d is the asymptotically optimal random-walk scaling for a Gaussian-like target with
+covariance Sigma (Roberts, Gelman & Gilks, 1997); the sampler adapts it from the first stage on.
+"""
+
+GRADIENT_ADAPTATION_GAIN = 1.0
+"""Gain of the step-scale adaptation for MALA and HMC (half the default :data:`ADAPTATION_GAIN`).
+
+At d = 50 MALA's acceptance falls from 0.9 to 0.3 when the scale grows by 40%, and with gain 2
+it alternated between the two from stage to stage.
+"""
 
 Carry = tuple[Tensor, ...]
 StepResult = tuple["SMCState", Carry, Tensor, Tensor]
@@ -69,7 +87,7 @@ class Stepper(NamedTuple):
     step_evals: int
     target_acceptance: float
     initial_scale: float
-    adaptation_gain: float = 2.0
+    adaptation_gain: float = ADAPTATION_GAIN
 
 
 def carry_rows(carry: Carry, idx: Tensor) -> Carry:
@@ -107,7 +125,7 @@ def random_walk_stepper(target_acceptance: float = 0.234) -> Stepper:
         jump = acc.to(current.dtype) * noise.square().sum(1) * step_scale[:, None] ** 2
         return state, (step_chol, step_scale, current), acc, jump
 
-    return Stepper("rwmh", start, step, 0, 1, target_acceptance, 2.38)
+    return Stepper("rwmh", start, step, 0, 1, target_acceptance, RANDOM_WALK_INITIAL_SCALE)
 
 
 def mala_stepper(target_acceptance: float = 0.574) -> Stepper:
@@ -150,9 +168,8 @@ def mala_stepper(target_acceptance: float = 0.574) -> Stepper:
         grad = torch.where(acc[..., None], grad_new, grad)
         return state, (h, sigma, grad), acc, jump
 
-    # gain 1: at d = 50 MALA's acceptance falls from 0.9 to 0.3 when the scale grows by 40%,
-    # and gain 2 made it alternate between the two from stage to stage
-    return Stepper("mala", start, step, 1, 1, target_acceptance, 1.0, adaptation_gain=1.0)
+    gain = GRADIENT_ADAPTATION_GAIN
+    return Stepper("mala", start, step, 1, 1, target_acceptance, 1.0, adaptation_gain=gain)
 
 
 def hmc_stepper(num_leapfrog: int = 5, target_acceptance: float = 0.65) -> Stepper:
@@ -194,9 +211,8 @@ def hmc_stepper(num_leapfrog: int = 5, target_acceptance: float = 0.65) -> Stepp
         grad = torch.where(acc[..., None], g_new, grad)
         return state, (eps, grad), acc, jump
 
-    return Stepper(
-        "hmc", start, step, 1, num_leapfrog, target_acceptance, 0.5, adaptation_gain=1.0
-    )
+    gain = GRADIENT_ADAPTATION_GAIN
+    return Stepper("hmc", start, step, 1, num_leapfrog, target_acceptance, 0.5, gain)
 
 
 def fixed_steps(stepper: Stepper, num_steps: int) -> Kernel:
@@ -222,10 +238,11 @@ def fixed_steps(stepper: Stepper, num_steps: int) -> Kernel:
         info = MoveInfo((accepted / num_steps).mean(-1), evals, (jump / num_steps).mean(-1))
         return state, info
 
-    move.target_acceptance = stepper.target_acceptance
-    move.initial_scale = stepper.initial_scale
-    move.num_steps = num_steps
-    move.name = stepper.name
-    move.uses_scale = True
-    move.adaptation_gain = stepper.adaptation_gain
-    return move
+    return make_kernel(
+        move,
+        target_acceptance=stepper.target_acceptance,
+        initial_scale=stepper.initial_scale,
+        num_steps=num_steps,
+        name=stepper.name,
+        adaptation_gain=stepper.adaptation_gain,
+    )

@@ -6,13 +6,13 @@ tau + delta whose *conditional* effective sample size (Zhou, Johansen & Aston, 2
 
     CESS(delta) = (sum_k W_k g_k)^2 / sum_k W_k g_k^2        (a fraction of K, in (0, 1])
 
-equals ``target_ess``. With uniform carried weights W this is the usual ESS / K; with non-uniform W
+equals ``ess_target``. With uniform carried weights W this is the usual ESS / K; with non-uniform W
 (when the previous stage did not resample) it measures only the degeneracy the new increment adds.
 When CESS at delta = 1 - tau already meets the target the schedule jumps straight to 1.
 
 CESS decreases in delta: d log CESS / d delta = 2 (m(delta) - m(2 delta)), where m(t) is the mean
 log-likelihood under the weights W g^t, which increases with t. :func:`next_temperature` solves
-``log(-log CESS) = log(-log target_ess)`` in s = log delta. For small delta,
+``log(-log CESS) = log(-log ess_target)`` in s = log delta. For small delta,
 log CESS = -delta^2 Var_W(loglik) + O(delta^3), so the left side is close to linear in s: the
 expansion gives the first guess and Newton steps (with the exact derivative) converge in a few
 iterations. Each iterate is checked against a bracket [lo, hi] with CESS(e^lo) >= target >
@@ -22,6 +22,7 @@ CESS(e^hi); a step that leaves the bracket is replaced by bisection, so the sear
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 from torch import Tensor
@@ -123,22 +124,26 @@ def next_temperature(
     log_weights: Tensor,
     tau: Tensor,
     *,
-    target_ess: float = 0.5,
+    ess_target: float = 0.5,
     min_increment: float = 1e-9,
     max_iterations: int = 30,
     rtol: float = 1e-6,
+    target_ess: float | None = None,
 ) -> Tensor:
-    """Next temperature per observation: CESS(tau_next - tau) = target_ess, capped at 1.
+    """Next temperature per observation: CESS(tau_next - tau) = ess_target, capped at 1.
 
     A safeguarded Newton search on all rows at once, in float64 and in s = log(delta) (useful
     increments span many decades; see the module docstring). The answer is always the lower end
     of the bracket, so the achieved CESS is at least the target (within ``rtol`` relative to
     it once converged), and the step is never below ``min_increment``, which guarantees progress
-    when a share of the particles has zero likelihood: if fewer than ``target_ess`` of the carried
+    when a share of the particles has zero likelihood: if fewer than ``ess_target`` of the carried
     weight sits on particles with a positive likelihood, no increment meets the target and the
     step is ``min_increment``. The search stops when every row has converged (one host-device
     synchronization per iteration) or after ``max_iterations`` Newton or bisection steps; a row
     stopped by the cap keeps a valid, smaller step.
+
+    ``target_ess`` is a deprecated spelling of ``ess_target`` (the name :func:`smcwake.run_smc`
+    uses); it warns and will be removed in smcwake 0.2.0.
 
     Shapes: loglik [B, K], log_weights [B, K] (normalized), tau [B] (float64) -> [B] (float64).
 
@@ -146,8 +151,16 @@ def next_temperature(
     >>> next_temperature(ll, torch.full((1, 4), -1.386), torch.zeros(1, dtype=torch.float64))
     tensor([1.], dtype=torch.float64)
     """
+    if target_ess is not None:
+        warnings.warn(
+            "next_temperature(target_ess=...) is deprecated since smcwake 0.1.0 and will be "
+            "removed in 0.2.0: pass ess_target=... (the name run_smc uses)",
+            FutureWarning,
+            stacklevel=2,
+        )
+        ess_target = target_ess
     log_cess = _LogCESS(loglik.to(torch.float64), log_weights.to(torch.float64))
-    log_target = math.log(target_ess)
+    log_target = math.log(ess_target)
     # Newton aims a little inside the feasible side, so iterates land on it and the bracket's
     # lower end converges whichever side they approach from
     goal = math.log(-log_target) - 0.5 * rtol
@@ -156,7 +169,7 @@ def next_temperature(
     lo = torch.minimum(torch.full_like(hi, math.log(min_increment)), hi)
     value, _ = log_cess(hi)
     done = value >= log_target  # NaN (no mass left) reads as below the target
-    resolved = done | (log_cess.alive < target_ess)
+    resolved = done | (log_cess.alive < ess_target)
     s = log_cess.first_guess(log_target)
     s = torch.where((s > lo) & (s < hi), s, 0.5 * (lo + hi))  # NaN fails both tests
     last_step = hi - lo

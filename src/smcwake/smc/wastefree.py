@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from smcwake.smc.auto import probe_gradients
+from smcwake.smc.base import make_kernel
 from smcwake.smc.crosswise import fold_count, fold_mean, join_folds, split_folds
 from smcwake.smc.mh import Kernel, MoveInfo, Target
 from smcwake.smc.mixing import correlation_noise, start_end_correlation
@@ -28,7 +29,7 @@ from smcwake.smc.resampling import systematic
 from smcwake.smc.steppers import Stepper, mala_stepper, random_walk_stepper
 
 if TYPE_CHECKING:
-    from smcwake.smc.sampler import SMCState
+    from smcwake.smc.base import SMCState
 
 __all__ = ["waste_free"]
 
@@ -93,14 +94,15 @@ def _chains(stepper: Stepper, chain_length: int) -> Kernel:
         )
         return state, info
 
-    move.target_acceptance = stepper.target_acceptance
-    move.initial_scale = stepper.initial_scale
-    move.num_steps = chain_length
-    move.name = f"waste-free({stepper.name})"
-    move.uses_scale = True
-    move.resamples = True
-    move.adaptation_gain = stepper.adaptation_gain
-    return move
+    return make_kernel(
+        move,
+        target_acceptance=stepper.target_acceptance,
+        initial_scale=stepper.initial_scale,
+        num_steps=chain_length,
+        name=f"waste-free({stepper.name})",
+        adaptation_gain=stepper.adaptation_gain,
+        resamples=True,
+    )
 
 
 def waste_free(chain_length: int = 10, *, local: str | Stepper = "auto") -> Kernel:
@@ -143,15 +145,15 @@ def waste_free(chain_length: int = 10, *, local: str | Stepper = "auto") -> Kern
     def move(state, target, generator, chol):
         return built[probe_gradients(target, state.z).usable](state, target, generator, chol)
 
-    move.choose = lambda differentiable: built[bool(differentiable)]
-    for attr in (
-        "target_acceptance",
-        "initial_scale",
-        "num_steps",
-        "uses_scale",
-        "resamples",
-        "adaptation_gain",
-    ):
-        setattr(move, attr, getattr(built[True], attr))
-    move.name = "waste-free"
-    return move
+    lead = built[True]
+    return make_kernel(
+        move,
+        target_acceptance=lead.target_acceptance,
+        initial_scale=lead.initial_scale,
+        num_steps=lead.num_steps,
+        name="waste-free",
+        uses_scale=lead.uses_scale,
+        adaptation_gain=lead.adaptation_gain,
+        resamples=lead.resamples,
+        choose=lambda usable: built[bool(usable)],
+    )
