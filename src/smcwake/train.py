@@ -110,15 +110,15 @@ LR_SCHEDULES = ("constant", "cosine", "step")
 class TrainConfig:
     """Every setting of a training run. The defaults were chosen by a training ablation
     (docs/RESULTS.md): 4,000 steps with a cosine-decayed learning rate bring the encoder within
-    0.02 C2ST of its own SMC's particles on a spike-and-slab model (from 0.06 at the old 2,000
-    constant-rate steps), in 8.5 CPU minutes on one core for 100 observations in 2-D.
+    0.02 C2ST of its own SMC's particles on two-moons and a spike-and-slab model (from 0.03 and
+    0.06 at the old 2,000 constant-rate steps), in 9 to 14 CPU minutes on one core for 100
+    observations in 2-D.
 
     Args:
         method: one of :data:`smcwake.objectives.METHOD_NAMES`, or a name registered with
             :func:`smcwake.objectives.register_method`.
         steps: optimizer steps (4,000: at 2,000 the encoder was 0.03-0.06 C2ST short of its
-            SMC's particles in the ablation; 4,000 with the cosine schedule came within 0.02 on
-            the spike-and-slab model).
+            SMC's particles in the ablation; 4,000 with the cosine schedule came within 0.02).
         batch_size: observations per minibatch.
         num_particles: K, particles per SMC run.
         num_proposals: proposals per observation for the importance-sampling baselines (wake,
