@@ -278,3 +278,24 @@ def test_refine_keeps_particles_inside_a_bounded_prior():
 def test_public_names():
     assert smcwake.load is load
     assert smcwake.Posterior is Posterior
+
+
+def test_refine_flags_an_observation_of_zero_likelihood_and_finishes_the_others(caplog):
+    # the second observation is impossible under the model: every particle has zero likelihood
+    def log_likelihood(z, x):
+        out = Normal(z, NOISE_SD).log_prob(x[:, None, :]).sum(-1)
+        return torch.where(x[:, None, 0] > 50, -math.inf, out)
+
+    model = Model(Independent(Normal(torch.zeros(2), PRIOR_SD), 1), log_likelihood)
+    x = torch.tensor([[0.3, 0.1], [100.0, 0.0]])
+    encoder = build_encoder("gaussian", 2, 2, hidden=(8,))
+    with caplog.at_level("WARNING"):
+        result = refine(model, encoder, x, 500, seed=0)
+    assert result.converged.tolist() == [True, False]
+    assert result.zero_likelihood.tolist() == [False, True]
+    assert result.log_evidence[1] == -math.inf
+    assert not bool(torch.isnan(result.log_weights).any())
+    assert "zero likelihood" in caplog.text
+    # the other observation is unaffected: exact log p(x) within 5 of its standard errors
+    err = float(result.log_evidence[0] - exact_log_evidence(x[:1])[0])
+    assert abs(err) < 5 * math.sqrt(int(result.num_stages[0]) / 500)

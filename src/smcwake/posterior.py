@@ -266,7 +266,8 @@ class RefinedPosterior(NamedTuple):
     particles: Tensor  # [B, K, d]
     log_weights: Tensor  # [B, K] normalized (logsumexp over K is 0)
     log_evidence: Tensor  # [B] float64
-    converged: Tensor  # [B] bool: the temperature reached 1
+    converged: Tensor  # [B] bool: the temperature reached 1 with particles of positive weight
+    zero_likelihood: Tensor  # [B] bool: every particle had zero likelihood; log_evidence -inf
     ess: Tensor  # [B] effective sample size of the final weights (particles)
     initial_ess: Tensor  # [B] ESS fraction of q's defensive mixture as an importance proposal
     num_stages: Tensor  # [B] int64 tempering steps
@@ -339,7 +340,8 @@ def refine(
         z, h = draw()
         evals += K
         log_w = torch.full((B, K), -math.log(K), dtype=torch.float64, device=device)
-        initial_ess = ess(h.double()) / K
+        initial_ess = torch.nan_to_num(ess(h.double()) / K, nan=0.0)
+        zero = torch.zeros(B, dtype=torch.bool, device=device)  # no particle of positive weight
         tau, log_z, accepted = (torch.zeros(B, dtype=torch.float64, device=device) for _ in "123")
         stages = torch.zeros(B, dtype=torch.int64, device=device)
         for _ in range(max_stages):
@@ -352,8 +354,11 @@ def refine(
             )
             increment = tempered(h64, new_tau - tau)  # 0 x (-inf) read as 0
             log_w, log_norm = normalize_with_log_norm(log_w + increment)
-            log_z = log_z + torch.where(active, log_norm, 0.0)
-            tau = new_tau
+            log_z = log_z + torch.where(active, log_norm, 0.0)  # -inf where every weight is 0
+            dead = active & ~torch.isfinite(log_norm)
+            zero, active = zero | dead, active & ~dead
+            log_w = torch.where(dead[:, None], -math.log(K), log_w)
+            tau = torch.where(dead, 1.0, new_tau)
             stages += active.long()
             resample = active & (ess(log_w) < 0.5 * K)
             if bool(resample.any()):
@@ -369,18 +374,14 @@ def refine(
             evals, accepted = evals + K * moves.num_steps, accepted + moves.accepted
     finally:
         encoder.train(was_training)
-    converged = tau >= 1.0
-    if not bool(converged.all()):
-        logger.warning(
-            "refine: %d of %d observations stopped at max_stages=%d before temperature 1; "
-            "their particles are not posterior samples (converged=False)",
-            *(int((~converged).sum()), B, max_stages),
-        )
+    converged = (tau >= 1.0) & ~zero
+    _warn_unfinished(converged, zero, max_stages)
     return RefinedPosterior(
         particles=z,
         log_weights=log_w.to(dtype),
         log_evidence=log_z,
         converged=converged,
+        zero_likelihood=zero,
         ess=ess(log_w),
         initial_ess=initial_ess,
         num_stages=stages,
@@ -422,6 +423,23 @@ def _defensive_mixture(
         return z, h
 
     return draw
+
+
+def _warn_unfinished(converged: Tensor, zero: Tensor, max_stages: int) -> None:
+    """Log the observations whose particles are not posterior samples. Shapes: [B], [B]."""
+    if bool(zero.any()):
+        logger.warning(
+            "refine: %d of %d observations have zero likelihood at every particle (proposed "
+            "from the encoder and the prior); their log_evidence is -inf (converged=False)",
+            *(int(zero.sum()), zero.numel()),
+        )
+    stopped = ~converged & ~zero
+    if bool(stopped.any()):
+        logger.warning(
+            "refine: %d of %d observations stopped at max_stages=%d before temperature 1; "
+            "their particles are not posterior samples (converged=False)",
+            *(int(stopped.sum()), zero.numel(), max_stages),
+        )
 
 
 class _Moves(NamedTuple):
