@@ -46,6 +46,7 @@ from torch.distributions import constraints
 
 from smcwake.encoders import ENCODER_KINDS, Encoder, build_encoder
 from smcwake.model import Model
+from smcwake.smc.base import SMCResult
 from smcwake.smc.resampling import ess, normalize_with_log_norm, systematic
 from smcwake.smc.tempering import next_temperature, tempered
 
@@ -274,17 +275,7 @@ class RefinedPosterior(NamedTuple):
     acceptance_rate: Tensor  # [B] mean acceptance of the independence moves (NaN: none made)
     num_likelihood_evals: Tensor  # [B] int64
 
-    def sample(self, n: int, *, generator: torch.Generator | None = None) -> Tensor:
-        """n equally weighted draws per observation (multinomial on the weights).
-
-        Shapes: -> [B, n, d].
-        """
-        from smcwake.smc.resampling import multinomial
-
-        idx = multinomial(self.log_weights, n, generator=generator)
-        return torch.gather(
-            self.particles, 1, idx[..., None].expand(-1, -1, self.particles.shape[-1])
-        )
+    sample = SMCResult.sample  # n equally weighted draws per observation -> [B, n, d]
 
 
 @torch.no_grad()
