@@ -239,6 +239,7 @@ def test_refine_with_a_good_encoder_is_exact_in_one_stage_and_cheaper_than_smc()
     assert bool((result.num_stages == 1).all())
     assert bool((result.initial_ess > 0.5).all())
     assert bool((result.num_likelihood_evals == 1000).all())  # one importance-sampling step
+    assert bool(result.mixed.all())
     scratch = run_smc(model, x, 1000, seed=0)
     assert bool((result.num_likelihood_evals * 3 < scratch.num_likelihood_evals).all())
 
@@ -299,3 +300,14 @@ def test_refine_flags_an_observation_of_zero_likelihood_and_finishes_the_others(
     # the other observation is unaffected: exact log p(x) within 5 of its standard errors
     err = float(result.log_evidence[0] - exact_log_evidence(x[:1])[0])
     assert abs(err) < 5 * math.sqrt(int(result.num_stages[0]) / 500)
+
+
+def test_refine_flags_a_poor_encoder_in_high_dimension_instead_of_passing_it(caplog):
+    # d = 40 with an untrained encoder: almost no independence proposal is accepted, the
+    # particles stay duplicates and the answer is off by tens of nats, so it must be flagged
+    model, x = conjugate(d=40, n=2)
+    encoder = build_encoder("gaussian-diag", 40, 40, hidden=(8,))
+    with caplog.at_level("WARNING"):
+        result = refine(model, encoder, x, 300, seed=0)
+    assert not bool(result.mixed.any())
+    assert "mixed=False" in caplog.text

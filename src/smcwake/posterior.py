@@ -15,16 +15,19 @@ for). It is what :func:`smcwake.fit` hands back as ``result.posterior``:
   observation, at a fraction of a from-scratch :func:`~smcwake.smc.run_smc`'s cost when q is
   good, and still exact (only slower) when it is not.
 
-Why refine is exact whatever q is: its starting density, the defensive mixture g = a q + (1 - a)
-p, is at least (1 - a) p, so the importance ratios are bounded wherever the likelihood is, and
-the independence sampler is uniformly ergodic. Why it is cheap when q is good: the log-ratio h =
-log p(z) + log p(x | z) - log g(z) is then nearly constant, the first stage reaches tau = 1 with
-a high ESS, and the run is one importance-sampling step: one likelihood evaluation per particle
-(a few more where moves are needed, which then accept almost every proposal), against tens of
-evaluations per particle for tempering from the prior. The cost that remains is drawing from q:
-an autoregressive flow's draw costs d network passes, so refine saves time when a likelihood
-evaluation is dearer than that (see docs/PERFORMANCE.md). A poor q costs more stages and moves
-(reported), never a wrong answer.
+Why refine is exact whatever q is (in the limit of many moves): its starting density, the
+defensive mixture g = a q + (1 - a) p, is at least (1 - a) p, so the importance ratios are
+bounded wherever the likelihood is, and the independence sampler is uniformly ergodic. Why it is
+cheap when q is good: the log-ratio h = log p(z) + log p(x | z) - log g(z) is then nearly
+constant, the first stage reaches tau = 1 with a high ESS, and the run is one importance-
+sampling step: one likelihood evaluation per particle (a few more where moves are needed, which
+then accept almost every proposal), against tens of evaluations per particle for tempering from
+the prior. The cost that remains is drawing from q: an autoregressive flow's draw costs d
+network passes, so refine saves time when a likelihood evaluation is dearer than that (see
+docs/PERFORMANCE.md). A poor q costs more stages and moves (reported); where even ``max_moves``
+independence steps renew fewer than half of the particles (a q far from the posterior in high
+dimension), the observation is flagged ``mixed = False`` with a warning rather than returned as
+a posterior sample.
 
 Shapes: x [B, p]; ``sample(x, n) -> [B, n, d]``; ``log_prob(z [B, S, d], x) -> [B, S]``.
 """
@@ -59,6 +62,12 @@ FILE_FORMAT = "smcwake.posterior"
 
 FORMAT_VERSION = 1
 """Version of the saved-file layout; :func:`load` reads files up to this version."""
+
+MIN_MOVED_SHARE = 0.5
+"""A stage of :func:`refine` whose moves renewed fewer of the particles than this (after
+``max_moves`` independence steps) leaves a cloud of duplicates that may miss the posterior: the
+observation is flagged ``mixed = False``. (An encoder far from the posterior in high dimension
+gets almost no proposal accepted; exactness then holds only in the limit of many moves.)"""
 
 
 class Posterior:
@@ -269,6 +278,7 @@ class RefinedPosterior(NamedTuple):
     log_evidence: Tensor  # [B] float64
     converged: Tensor  # [B] bool: the temperature reached 1 with particles of positive weight
     zero_likelihood: Tensor  # [B] bool: every particle had zero likelihood; log_evidence -inf
+    mixed: Tensor  # [B] bool: every stage's moves renewed at least MIN_MOVED_SHARE of particles
     ess: Tensor  # [B] effective sample size of the final weights (particles)
     initial_ess: Tensor  # [B] ESS fraction of q's defensive mixture as an importance proposal
     num_stages: Tensor  # [B] int64 tempering steps
@@ -306,15 +316,13 @@ def refine(
     particles have moved at least once (at most ``max_moves``). The product of the stages' mean
     incremental weights estimates p(x) without bias.
 
-    Why it is exact whatever q is, and cheap when q is good: see the module docstring.
-
     Args:
-        model, encoder: the prior and likelihood, and a trained encoder (used in eval mode).
-        x, num_particles: the observations, and K particles for each.
+        model, encoder, x, num_particles: prior and likelihood, encoder, observations, K.
         encoder_weight: a, the share of g drawn from q (the rest from the prior).
         ess_target: conditional ESS fraction aimed at by each tempering step.
         moved_target: share of particles that must have moved before the next stage.
         max_moves, max_stages: caps; rows stopped by ``max_stages`` are not converged (warned).
+            Why refine is exact, when it is cheap and when it flags: the module docstring.
         generator, seed: randomness (pass at most one).
 
     Shapes: x [B, p] -> particles [B, K, d], log_weights [B, K], log_evidence [B].
@@ -332,7 +340,7 @@ def refine(
         evals += K
         log_w = torch.full((B, K), -math.log(K), dtype=torch.float64, device=device)
         initial_ess = torch.nan_to_num(ess(h.double()) / K, nan=0.0)
-        zero = torch.zeros(B, dtype=torch.bool, device=device)  # no particle of positive weight
+        zero, stuck = (torch.zeros(B, dtype=torch.bool, device=device) for _ in "12")  # flags
         tau, log_z, accepted = (torch.zeros(B, dtype=torch.float64, device=device) for _ in "123")
         stages = torch.zeros(B, dtype=torch.int64, device=device)
         for _ in range(max_stages):
@@ -363,16 +371,18 @@ def refine(
                 draw, z, h, tau, move_rows, moved_target, max_moves, generator
             )
             evals, accepted = evals + K * moves.num_steps, accepted + moves.accepted
+            stuck = stuck | (move_rows & (moves.moved < MIN_MOVED_SHARE))
     finally:
         encoder.train(was_training)
     converged = (tau >= 1.0) & ~zero
-    _warn_unfinished(converged, zero, max_stages)
+    _warn_unfinished(converged, zero, stuck, max_stages)
     return RefinedPosterior(
         particles=z,
         log_weights=log_w.to(dtype),
         log_evidence=log_z,
         converged=converged,
         zero_likelihood=zero,
+        mixed=~stuck,
         ess=ess(log_w),
         initial_ess=initial_ess,
         num_stages=stages,
@@ -416,8 +426,8 @@ def _defensive_mixture(
     return draw
 
 
-def _warn_unfinished(converged: Tensor, zero: Tensor, max_stages: int) -> None:
-    """Log the observations whose particles are not posterior samples. Shapes: [B], [B]."""
+def _warn_unfinished(converged: Tensor, zero: Tensor, stuck: Tensor, max_stages: int) -> None:
+    """Log the observations whose particles may not be posterior samples. Shapes: [B] each."""
     if bool(zero.any()):
         logger.warning(
             "refine: %d of %d observations have zero likelihood at every particle (proposed "
@@ -431,11 +441,19 @@ def _warn_unfinished(converged: Tensor, zero: Tensor, max_stages: int) -> None:
             "their particles are not posterior samples (converged=False)",
             *(int(stopped.sum()), zero.numel(), max_stages),
         )
+    if bool(stuck.any()):
+        logger.warning(
+            "refine: in %d of %d observations the moves renewed fewer than %d%% of the particles "
+            "in some stage (the encoder is far from the posterior): they may not represent it "
+            "(mixed=False); train the encoder longer or use run_smc for them",
+            *(int(stuck.sum()), stuck.numel(), round(100 * MIN_MOVED_SHARE)),
+        )
 
 
 class _Moves(NamedTuple):
     num_steps: Tensor  # [B] int64 independence steps made by each observation
     accepted: Tensor  # [B] float64 accepted proposals
+    moved: Tensor  # [B] float64 share of the particles that moved at least once
 
 
 def _independence_moves(
@@ -476,7 +494,7 @@ def _independence_moves(
         moving = moving & (moved.double().mean(-1) < moved_target)
         if not bool(moving.any()):
             break
-    return z, h, _Moves(steps, accepted)
+    return z, h, _Moves(steps, accepted, moved.double().mean(-1))
 
 
 def _check_refine(
