@@ -201,6 +201,17 @@ def _generator(
     return torch.Generator(device=device).manual_seed(seed)
 
 
+def _posterior_generator(
+    g: torch.Generator, given: torch.Generator | None, device: torch.device
+) -> torch.Generator:
+    """The posterior's source of draws: ``g``, unless ``g`` was made here on the CPU for a
+    posterior on another device; then a generator on that device, seeded from ``g``."""
+    if given is None and device.type != "cpu":
+        seed = int(torch.randint(0, 2**62, (1,), generator=g))
+        return torch.Generator(device=device).manual_seed(seed)
+    return g
+
+
 def _placement(posterior: object) -> tuple[torch.dtype | None, torch.device]:
     """dtype and device of the posterior's first floating parameter (an ``nn.Module``), if any."""
     parameters = getattr(posterior, "parameters", None)
@@ -333,6 +344,31 @@ def check_calibration(
     >>> result.passed, [check.name for check in result.checks]
     (True, ['sbc', 'tarp'])
     """
+    has_log_prob = _check_arguments(
+        posterior, model, num_simulations, num_samples, significance, batch_size
+    )
+    dtype, device = _placement(posterior)
+    g = _generator(generator, seed, torch.device("cpu"))
+    g_post = _posterior_generator(g, generator, device)
+    z_true, x, references, scale = _simulate(model, num_simulations, references, g)
+    x = x.to(device=device, dtype=dtype if dtype is not None else x.dtype)
+    levels = _levels_at_truth(
+        posterior, x, z_true, references, scale, num_samples, batch_size, g_post, has_log_prob
+    )
+    result = _assemble(levels, num_samples, float(significance))
+    logger.info("%s", result.summary())
+    return result
+
+
+def _check_arguments(
+    posterior: object,
+    model: object,
+    num_simulations: object,
+    num_samples: object,
+    significance: object,
+    batch_size: object,
+) -> bool:
+    """Reject what :func:`check_calibration` cannot use; return whether q has ``log_prob``."""
     if not isinstance(model, Model):
         raise TypeError(f"model: expected an smcwake.Model, received {type(model).__name__}")
     if not model.can_simulate:
@@ -357,33 +393,60 @@ def check_calibration(
         raise TypeError(f"significance: expected a number in (0, 1), received {significance!r}")
     if not 0.0 < significance < 1.0:
         raise ValueError(f"significance: expected a number in (0, 1), received {significance!r}")
-    has_log_prob = callable(getattr(posterior, "log_prob", None))
-    N, S, d = num_simulations, num_samples, model.dim
-    dtype, device = _placement(posterior)
-    g = _generator(generator, seed, torch.device("cpu"))
-    if generator is None and device.type != "cpu":  # draws on the posterior's device
-        g_post = torch.Generator(device=device).manual_seed(
-            int(torch.randint(0, 2**62, (1,), generator=g))
-        )
-    else:
-        g_post = g
+    return callable(getattr(posterior, "log_prob", None))
 
-    z_true = model.sample_prior((N,), generator=g)  # [N, d]
+
+def _simulate(
+    model: Model, num: int, references: Tensor | None, g: torch.Generator
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Truths z ~ p(z), data x ~ p(x | z), TARP's reference points and their spread.
+
+    Shapes: -> (z_true [N, d], x [N, p], references [N, d], scale [d] float64, positive).
+    """
+    z_true = model.sample_prior((num,), generator=g)  # [N, d]
     x = model.simulate(z_true, generator=g)  # [N, p]
     if references is None:
-        references = model.sample_prior((N,), generator=g)
-    elif not isinstance(references, Tensor) or references.shape != (N, d):
+        references = model.sample_prior((num,), generator=g)
+    elif not isinstance(references, Tensor) or references.shape != (num, model.dim):
         got = list(references.shape) if isinstance(references, Tensor) else type(references)
-        raise ValueError(f"references: expected shape [N, d] = [{N}, {d}], received {got}")
+        raise ValueError(
+            f"references: expected shape [N, d] = [{num}, {model.dim}], received {got}"
+        )
     scale = references.double().std(0)
     scale = torch.where(scale > 0, scale, torch.ones_like(scale))
-    x_in = x.to(device=device, dtype=dtype if dtype is not None else x.dtype)
+    return z_true, x, references, scale
 
+
+class _Levels(NamedTuple):
+    """Where each truth falls among the posterior's draws, per test."""
+
+    ranks: Tensor  # [N, d] int64: SBC ranks among the S draws
+    tarp: Tensor  # [N] float64: level of the TARP ball that reaches the truth
+    hpd: Tensor | None  # [N] float64: level of q's HPD region that reaches it (with log_prob)
+
+
+def _levels_at_truth(
+    posterior: SamplesPosterior,
+    x: Tensor,
+    z_true: Tensor,
+    references: Tensor,
+    scale: Tensor,
+    num_samples: int,
+    batch_size: int,
+    g: torch.Generator,
+    has_log_prob: bool,
+) -> _Levels:
+    """S posterior draws per simulation, ``batch_size`` simulations at a time, reduced at once
+    to the statistics of the three tests (the draws are not kept).
+
+    Shapes: x [N, p] on the posterior's device, z_true [N, d], references [N, d], scale [d].
+    """
+    N, d = z_true.shape
     ranks, hpd, tarp = [], [], []
     with torch.no_grad():
         for start in range(0, N, batch_size):
             rows = slice(start, min(start + batch_size, N))
-            samples = _draw(posterior, x_in[rows], S, d, g_post)  # [b, S, d]
+            samples = _draw(posterior, x[rows], num_samples, d, g)  # [b, S, d]
             truth = z_true[rows].to(device=samples.device)
             ranks.append(diagnostics.sbc_ranks(samples, truth.to(samples.dtype)).cpu())
             tarp.append(
@@ -395,44 +458,61 @@ def check_calibration(
                 ).cpu()
             )
             if has_log_prob:
-                log_q = posterior.log_prob(samples, x_in[rows])  # [b, S]
-                log_q_true = diagnostics.log_q_true(posterior, truth.to(samples.dtype), x_in[rows])
+                log_q = posterior.log_prob(samples, x[rows])  # [b, S]
+                log_q_true = diagnostics.log_q_true(posterior, truth.to(samples.dtype), x[rows])
                 hpd.append(diagnostics.hpd_levels(log_q.double(), log_q_true.double()).cpu())
-    ranks_all = torch.cat(ranks)
-    levels = torch.arange(S + 1, dtype=torch.float64) / S
-    _, expected = diagnostics.expected_coverage(levels, levels)  # uniform levels k / S
-    _, tarp_curve = diagnostics.expected_coverage(torch.cat(tarp), levels)
-    coverage = diagnostics.expected_coverage(torch.cat(hpd), levels)[1] if has_log_prob else None
+    return _Levels(torch.cat(ranks), torch.cat(tarp), torch.cat(hpd) if has_log_prob else None)
 
-    num_tests = 3 if has_log_prob else 2
-    per_test = significance / num_tests
+
+def _assemble(
+    levels_at_truth: _Levels, num_samples: int, significance: float
+) -> CalibrationResult:
+    """The curves, each test's statistic against its threshold, and the result that holds them.
+
+    Each of the m tests runs at ``significance / m`` (Bonferroni).
+    """
+    N, d = levels_at_truth.ranks.shape
+    levels = torch.arange(num_samples + 1, dtype=torch.float64) / num_samples
+    _, expected = diagnostics.expected_coverage(levels, levels)  # uniform levels k / S
+    _, tarp = diagnostics.expected_coverage(levels_at_truth.tarp, levels)
+    coverage = None
+    if levels_at_truth.hpd is not None:
+        coverage = diagnostics.expected_coverage(levels_at_truth.hpd, levels)[1]
+    per_test = significance / (2 if coverage is None else 3)
     band = diagnostics.ecdf_band(N, per_test)
-    sbc_p_values = diagnostics.sbc_uniformity(ranks_all, S)
-    sbc_p = min(1.0, float(sbc_p_values.min()) * d)
-    sbc_detail = f"rank uniformity p = {sbc_p:.3g} (chi-square"
-    sbc_detail += f", smallest of {d} coordinates x {d})" if d > 1 else ")"
-    sbc_detail += f", needs >= {per_test:.3g}"
-    checks = [Check("sbc", sbc_p, per_test, sbc_p >= per_test, sbc_detail)]
+    sbc_p_values = diagnostics.sbc_uniformity(levels_at_truth.ranks, num_samples)
+    checks = [_sbc_check(sbc_p_values, per_test)]
     if coverage is not None:
         checks.append(
             _coverage_check("coverage", coverage, expected, band, "coverage", directional=True)
         )
-    tarp_check = _coverage_check("tarp", tarp_curve, expected, band, "ECP", directional=False)
-    tarp_atc = float((tarp_curve - expected).mean())
+    tarp_check = _coverage_check("tarp", tarp, expected, band, "ECP", directional=False)
+    tarp_atc = float((tarp - expected).mean())
     checks.append(tarp_check._replace(detail=f"{tarp_check.detail}; ATC = {tarp_atc:+.3f}"))
-    result = CalibrationResult(
+    return CalibrationResult(
         num_simulations=N,
-        num_samples=S,
-        significance=float(significance),
-        ranks=ranks_all,
+        num_samples=num_samples,
+        significance=significance,
+        ranks=levels_at_truth.ranks,
         sbc_p_values=sbc_p_values,
         levels=levels,
         expected=expected,
         coverage=coverage,
-        tarp=tarp_curve,
+        tarp=tarp,
         tarp_atc=tarp_atc,
         band=band,
         checks=tuple(checks),
     )
-    logger.info("%s", result.summary())
-    return result
+
+
+def _sbc_check(p_values: Tensor, threshold: float) -> Check:
+    """SBC's verdict: the smallest per-coordinate p-value times d (Bonferroni) >= threshold.
+
+    Shapes: p_values [d].
+    """
+    d = p_values.shape[0]
+    p = min(1.0, float(p_values.min()) * d)
+    detail = f"rank uniformity p = {p:.3g} (chi-square"
+    detail += f", smallest of {d} coordinates x {d})" if d > 1 else ")"
+    detail += f", needs >= {threshold:.3g}"
+    return Check("sbc", p, threshold, p >= threshold, detail)
