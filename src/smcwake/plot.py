@@ -162,6 +162,72 @@ def _draw_pair(ax: Axes, x, y, xlim, ylim, *, kind: str, color: str, bins: int) 
         ax.contour(cx, cy, hist, levels=[lv for lv in levels if lv > 0], colors=color)
 
 
+_DrawSet = tuple[np.ndarray, str, str]  # draws [n, d], color, legend label
+
+
+def _marginal_panel(
+    ax: Axes, sets: Sequence[_DrawSet], i: int, edges: np.ndarray, truth: float | None
+) -> None:
+    """A diagonal panel of :func:`pairplot`: coordinate i's histograms (as densities).
+
+    The first set is filled when there is more than one (the reference, drawn underneath).
+    """
+    for number, (draws, color, name) in enumerate(sets):
+        filled = number == 0 and len(sets) > 1
+        ax.hist(
+            draws[:, i],
+            bins=edges,
+            density=True,
+            histtype="stepfilled" if filled else "step",
+            color=color,
+            alpha=0.35 if filled else 1.0,
+            lw=1.5,
+            label=name,
+        )
+    if truth is not None:
+        ax.axvline(truth, color=_TRUTH_COLOR, lw=1.2, label="truth")
+    ax.set_yticks([])
+
+
+def _pair_panel(
+    ax: Axes,
+    sets: Sequence[_DrawSet],
+    xy: tuple[int, int],
+    limits: tuple[tuple[float, float], tuple[float, float]],
+    truth: tuple[float, float] | None,
+    *,
+    kind: str,
+    bins: int,
+) -> None:
+    """A panel below the diagonal of :func:`pairplot`: coordinate ``xy[1]`` against ``xy[0]``."""
+    j, i = xy
+    for draws, color, _ in sets:
+        _draw_pair(ax, draws[:, j], draws[:, i], *limits, kind=kind, color=color, bins=bins)
+    if truth is not None:
+        ax.axvline(truth[0], color=_TRUTH_COLOR, lw=0.8, alpha=0.6)
+        ax.axhline(truth[1], color=_TRUTH_COLOR, lw=0.8, alpha=0.6)
+        ax.plot(*truth, "o", color=_TRUTH_COLOR, ms=4)
+    ax.set_ylim(limits[1])
+
+
+def _pairplot_legend(axes: np.ndarray) -> None:
+    """The legend of :func:`pairplot`, in its empty top-right panel (or the only panel).
+
+    Shapes: axes [k, k] of matplotlib Axes.
+    """
+    k = axes.shape[0]
+    handles, legend_labels = axes[0, 0].get_legend_handles_labels()
+    if len(handles) <= 1:
+        return
+    if k > 1:
+        corner = axes[0, k - 1]
+        corner.set_visible(True)
+        corner.axis("off")
+        corner.legend(handles, legend_labels, loc="upper right", frameon=False)
+    else:
+        axes[0, 0].legend(frameon=False, fontsize="small")
+
+
 def pairplot(
     samples: Any,
     reference: Any = None,
@@ -240,38 +306,11 @@ def pairplot(
                 continue
             if col == row:
                 edges = np.linspace(*limits[row], bins + 1)
-                for draws, color, name in sets:
-                    filled = draws is ref
-                    ax.hist(
-                        draws[:, i],
-                        bins=edges,
-                        density=True,
-                        histtype="stepfilled" if filled else "step",
-                        color=color,
-                        alpha=0.35 if filled else 1.0,
-                        lw=1.5,
-                        label=name,
-                    )
-                if true is not None:
-                    ax.axvline(true[i], color=_TRUTH_COLOR, lw=1.2, label="truth")
-                ax.set_yticks([])
+                _marginal_panel(ax, sets, i, edges, None if true is None else true[i])
             else:
-                for draws, color, _ in sets:
-                    _draw_pair(
-                        ax,
-                        draws[:, j],
-                        draws[:, i],
-                        limits[col],
-                        limits[row],
-                        kind=kind,
-                        color=color,
-                        bins=bins,
-                    )
-                if true is not None:
-                    ax.axvline(true[j], color=_TRUTH_COLOR, lw=0.8, alpha=0.6)
-                    ax.axhline(true[i], color=_TRUTH_COLOR, lw=0.8, alpha=0.6)
-                    ax.plot(true[j], true[i], "o", color=_TRUTH_COLOR, ms=4)
-                ax.set_ylim(limits[row])
+                xy = (j, i)
+                point = None if true is None else (true[j], true[i])
+                _pair_panel(ax, sets, xy, (limits[col], limits[row]), point, kind=kind, bins=bins)
                 if col == 0:
                     ax.set_ylabel(names[i])
                 else:
@@ -281,15 +320,7 @@ def pairplot(
                 ax.set_xlabel(names[j])
             else:
                 ax.tick_params(labelbottom=False)
-    handles, legend_labels = axes[0, 0].get_legend_handles_labels()
-    if len(handles) > 1:
-        if k > 1:  # in the empty top-right panel
-            corner = axes[0, k - 1]
-            corner.set_visible(True)
-            corner.axis("off")
-            corner.legend(handles, legend_labels, loc="upper right", frameon=False)
-        else:
-            axes[0, 0].legend(frameon=False, fontsize="small")
+    _pairplot_legend(axes)
     return _root(fig)
 
 
