@@ -1,4 +1,4 @@
-"""smcwake.calibration.check_calibration and the primitives it adds to smcwake.diagnostics.
+"""smcwake.calibration.check_calibration: verdicts on exact and miscalibrated posteriors.
 
 The posteriors under test are exact: a conjugate Gaussian model whose posterior is known in
 closed form, sampled as is (calibrated), with its standard deviation halved (over-confident) or
@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch.distributions import Independent, Normal
 
-from smcwake import Model, build_encoder, check_calibration, diagnostics
+from smcwake import Model, build_encoder, check_calibration
 from smcwake.calibration import CalibrationResult
 
 matplotlib.use("Agg")
@@ -248,65 +248,3 @@ def test_clear_errors():
 
     with pytest.raises(ValueError, match="returned NaN or inf in 1 of"):
         check_calibration(NaNs(), gaussian_model(), 100, seed=0)
-
-
-# ------------------------------------------------------------------ diagnostics primitives
-def test_sbc_histogram_bins_as_the_uniformity_test_does():
-    g = torch.Generator().manual_seed(0)
-    ranks = torch.randint(0, 51, (300, 3), generator=g)
-    counts, expected = diagnostics.sbc_histogram(ranks, 50, num_bins=7)
-    assert counts.shape == (3, 7)
-    assert counts.sum(1).tolist() == [300.0] * 3
-    assert float(expected.sum()) == pytest.approx(300.0)
-    bins = ranks * 7 // 51
-    for j in range(3):
-        assert counts[j].tolist() == torch.bincount(bins[:, j], minlength=7).double().tolist()
-    # 51 rank values in 7 bins: bins hold 7 or 8 values, and the expected counts follow
-    sizes = torch.bincount(torch.arange(51) * 7 // 51, minlength=7).double()
-    assert torch.allclose(expected, 300 * sizes / 51)
-    with pytest.raises(ValueError, match=r"ranks: expected values in \[0, num_samples = 50\]"):
-        diagnostics.sbc_histogram(ranks + 1, 50)
-
-
-def test_tarp_levels_are_uniform_for_exchangeable_draws():
-    # truth and samples drawn from the same distribution: the count of samples closer to the
-    # reference than the truth is uniform on {0..S}; chi-square on 20 bins at 4000 draws
-    g = torch.Generator().manual_seed(3)
-    B, S, d = 4000, 19, 3
-    samples = torch.randn(B, S, d, generator=g, dtype=torch.float64)
-    truth = torch.randn(B, d, generator=g, dtype=torch.float64)
-    refs = 2 * torch.randn(B, d, generator=g, dtype=torch.float64)
-    levels = diagnostics.tarp_levels(samples, truth, refs)
-    counts = (levels * S).round().to(torch.int64)
-    assert torch.allclose(levels * S, counts.double())
-    p = diagnostics.sbc_uniformity(counts[:, None], S, num_bins=20)
-    assert float(p[0]) > 0.001
-    # a truth farther out than the samples (over-confident q) makes levels pile up near 1
-    wide = diagnostics.tarp_levels(samples, 3 * truth, torch.zeros(B, d, dtype=torch.float64))
-    assert float(wide.mean()) > 0.75
-
-
-def test_tarp_levels_scale_makes_units_irrelevant():
-    g = torch.Generator().manual_seed(4)
-    samples = torch.randn(50, 30, 2, generator=g)
-    truth, refs = torch.randn(50, 2, generator=g), torch.randn(50, 2, generator=g)
-    units = torch.tensor([1.0, 1000.0])
-    plain = diagnostics.tarp_levels(samples, truth, refs)
-    scaled = diagnostics.tarp_levels(samples * units, truth * units, refs * units, scale=units)
-    assert torch.equal(plain, scaled)
-    with pytest.raises(ValueError, match=r"scale: expected positive values of shape \[2\]"):
-        diagnostics.tarp_levels(samples, truth, refs, scale=torch.tensor([1.0, 0.0]))
-
-
-def test_ecdf_band_bounds_the_uniform_ecdf():
-    # DKW: the sup-distance of a uniform ECDF of n draws exceeds the band with probability at
-    # most alpha = 0.05; over 2000 replicates at most 100 expected, 130 is 3 sd above
-    g = torch.Generator().manual_seed(5)
-    n, reps = 50, 2000
-    u = torch.rand(reps, n, generator=g, dtype=torch.float64).sort(-1).values
-    k = torch.arange(1, n + 1, dtype=torch.float64)
-    sup = torch.maximum(k / n - u, u - (k - 1) / n).max(-1).values
-    eps = diagnostics.ecdf_band(n, 0.05)
-    assert eps == pytest.approx(math.sqrt(math.log(40) / 100))
-    assert int((sup > eps).sum()) <= 130
-    assert int((sup > eps).sum()) >= 20  # and the band is not absurdly wide either

@@ -15,16 +15,12 @@ from torch.distributions import MultivariateNormal, kl_divergence
 from smcwake.diagnostics import (
     C2ST_CLASSIFIER,
     c2st,
-    expected_coverage,
     forward_kl_gaussian,
     gaussian_kl,
-    hpd_levels,
     log_q_true,
     mean_l1,
     mmd,
     reverse_kl_gaussian,
-    sbc_ranks,
-    sbc_uniformity,
     summarize,
     weighted_moments,
 )
@@ -34,15 +30,6 @@ def random_spd(shape: tuple[int, ...], d: int, generator: torch.Generator) -> to
     """Well-conditioned random covariance matrices [*shape, d, d] in float64."""
     a = torch.randn(*shape, d, d, generator=generator, dtype=torch.float64)
     return a @ a.mT / d + 0.5 * torch.eye(d, dtype=torch.float64)
-
-
-def gaussian_draws(
-    mean: torch.Tensor, cov: torch.Tensor, num: int, generator: torch.Generator
-) -> torch.Tensor:
-    """Draws from N(mean, cov) with a generator. Shapes: mean [B, d], cov [d, d] -> [B, num, d]."""
-    chol = torch.linalg.cholesky(cov)
-    eps = torch.randn(mean.shape[0], num, mean.shape[1], generator=generator, dtype=mean.dtype)
-    return mean[:, None, :] + eps @ chol.mT
 
 
 # ------------------------------------------------------------------------------ gaussian_kl
@@ -87,7 +74,8 @@ def test_gaussian_kl_matches_monte_carlo_in_three_dimensions():
     mean_q = torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64)
     cov_p, cov_q = random_spd((), 3, g), random_spd((), 3, g)
     p, q = MultivariateNormal(mean_p, cov_p), MultivariateNormal(mean_q, cov_q)
-    z = gaussian_draws(mean_p[None], cov_p, 20_000, g)[0]  # [N, 3] from p
+    eps = torch.randn(20_000, 3, generator=g, dtype=torch.float64)
+    z = mean_p + eps @ torch.linalg.cholesky(cov_p).mT  # [N, 3] from p
     log_ratio = p.log_prob(z) - q.log_prob(z)  # KL(p || q) = E_p[log p - log q]
     estimate, se = log_ratio.mean(), log_ratio.std() / math.sqrt(z.shape[0])
     exact = gaussian_kl(mean_p, cov_p, mean_q, cov_q)
@@ -239,120 +227,6 @@ def test_mmd_rejects_bad_inputs():
         mmd(torch.zeros(5, 2), torch.ones(5, 2), bandwidth=0.0)
 
 
-# -------------------------------------------------------------------------------- coverage
-def coverage_experiment(q_scale: float) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """Truth from N(mu_b, Sigma); q_b = N(mu_b, q_scale^2 Sigma). Returns grid, coverage, B."""
-    g = torch.Generator().manual_seed(9)
-    num_obs, num_samples, d = 2_000, 500, 2
-    cov = torch.tensor([[1.0, 0.6], [0.6, 2.0]], dtype=torch.float64)
-    mean = 2.0 * torch.randn(num_obs, d, generator=g, dtype=torch.float64)
-    z_true = gaussian_draws(mean, cov, 1, g)[:, 0]  # [B, d]
-    q_cov = q_scale**2 * cov
-    samples = gaussian_draws(mean, q_cov, num_samples, g)  # [B, S, d]
-    q = MultivariateNormal(mean[:, None, :], q_cov)
-    levels = hpd_levels(q.log_prob(samples), q.log_prob(z_true[:, None, :])[:, 0])
-    grid, coverage = expected_coverage(levels, torch.linspace(0.05, 0.95, 19, dtype=torch.float64))
-    return grid, coverage, num_obs
-
-
-def test_coverage_of_exact_posterior_is_diagonal():
-    grid, coverage, num_obs = coverage_experiment(q_scale=1.0)
-    # Binomial s.e. per level, plus 1/S for the discreteness of the Monte Carlo level.
-    tolerance = 4 * torch.sqrt(grid * (1 - grid) / num_obs) + 1 / 500
-    assert bool(((coverage - grid).abs() < tolerance).all()), (coverage - grid).tolist()
-
-
-def test_coverage_of_overconfident_posterior_is_below_diagonal():
-    grid, coverage, num_obs = coverage_experiment(q_scale=0.5)
-    se = torch.sqrt(grid * (1 - grid) / num_obs)
-    assert bool((coverage < grid - 4 * se).all())
-    # Closed form: the truth's squared q-Mahalanobis distance is 4 chi2_2, and the level-a HPD
-    # region of q is chi2_2 <= -2 log(1 - a), so coverage = 1 - (1 - a)^(1/4).
-    exact = 1 - (1 - grid) ** 0.25
-    assert bool(
-        ((coverage - exact).abs() < 4 * torch.sqrt(exact * (1 - exact) / num_obs) + 1 / 500).all()
-    )
-
-
-def test_hpd_levels_and_expected_coverage_defaults():
-    levels = hpd_levels(
-        torch.tensor([[0.0, 1.0, 2.0, 3.0], [5.0, 5.0, 5.0, 5.0]]), torch.tensor([1.5, 5.0])
-    )
-    torch.testing.assert_close(levels, torch.tensor([0.5, 0.0]))  # ties do not exceed
-    grid, coverage = expected_coverage(torch.tensor([0.0, 0.25, 1.0]))
-    assert grid.shape == coverage.shape == (101,)
-    assert float(coverage[0]) == pytest.approx(1 / 3)
-    assert float(coverage[-1]) == 1.0
-    assert bool((coverage.diff() >= 0).all())
-
-
-def test_coverage_rejects_bad_inputs():
-    with pytest.raises(ValueError, match=r"log_q_true: expected shape \[2\]"):
-        hpd_levels(torch.zeros(2, 5), torch.zeros(3))
-    with pytest.raises(ValueError, match=r"levels_at_truth: expected shape \[B\]"):
-        expected_coverage(torch.zeros(2, 2))
-
-
-# ------------------------------------------------------------------------------------- SBC
-def sbc_experiment(shift: float) -> tuple[torch.Tensor, int]:
-    """Truth from N(mu_b, Sigma); samples from the same Gaussian with mean + shift * e_1."""
-    g = torch.Generator().manual_seed(10)
-    num_obs, num_samples, d = 1_000, 99, 2
-    cov = torch.tensor([[1.0, 0.3], [0.3, 0.5]], dtype=torch.float64)
-    mean = torch.randn(num_obs, d, generator=g, dtype=torch.float64)
-    z_true = gaussian_draws(mean, cov, 1, g)[:, 0]
-    offset = torch.tensor([shift, 0.0], dtype=torch.float64)
-    samples = gaussian_draws(mean + offset, cov, num_samples, g)
-    return sbc_ranks(samples, z_true, generator=g), num_samples
-
-
-def test_sbc_ranks_of_exact_posterior_are_uniform():
-    ranks, num_samples = sbc_experiment(shift=0.0)
-    assert ranks.shape == (1_000, 2)
-    assert ranks.dtype == torch.int64
-    assert int(ranks.min()) >= 0
-    assert int(ranks.max()) <= num_samples
-    p_values = sbc_uniformity(ranks, num_samples)
-    assert p_values.shape == (2,)
-    assert bool((p_values > 0.001).all()), p_values.tolist()
-
-
-def test_sbc_ranks_of_shifted_posterior_fail_only_in_the_shifted_dimension():
-    ranks, num_samples = sbc_experiment(shift=0.5)  # half a marginal standard deviation
-    p_values = sbc_uniformity(ranks, num_samples)
-    assert float(p_values[0]) < 1e-6
-    assert float(p_values[1]) > 0.001  # a mean shift in z_1 leaves the z_2 marginal exact
-
-
-def test_sbc_ranks_break_ties_uniformly_and_reproducibly():
-    samples = torch.zeros(2_000, 9, 1)  # every sample ties with the truth
-    z_true = torch.zeros(2_000, 1)
-    ranks = sbc_ranks(samples, z_true, generator=torch.Generator().manual_seed(11))
-    assert float(sbc_uniformity(ranks, 9)[0]) > 0.001
-    torch.testing.assert_close(
-        ranks, sbc_ranks(samples, z_true, generator=torch.Generator().manual_seed(11))
-    )
-    torch.testing.assert_close(sbc_ranks(samples, z_true), sbc_ranks(samples, z_true))
-
-
-def test_sbc_uniformity_with_unequal_bins_is_exact():
-    # S = 10 gives 11 rank values; 4 bins hold 3, 3, 3, 2 of them. Exactly uniform ranks fit
-    # the expected counts exactly, so the statistic is 0 and the p-value 1.
-    ranks = torch.arange(11).repeat(20)[:, None]
-    torch.testing.assert_close(
-        sbc_uniformity(ranks, 10, num_bins=4), torch.ones(1, dtype=torch.float64)
-    )
-
-
-def test_sbc_rejects_bad_inputs():
-    with pytest.raises(ValueError, match=r"z_true: expected shape \[4, 2\]"):
-        sbc_ranks(torch.zeros(4, 10, 2), torch.zeros(4, 3))
-    with pytest.raises(ValueError, match=r"ranks: expected values in \[0, num_samples = 5\]"):
-        sbc_uniformity(torch.tensor([[6]]), 5)
-    with pytest.raises(ValueError, match="ranks: expected an integer tensor"):
-        sbc_uniformity(torch.zeros(10, 1), 5)
-
-
 # --------------------------------------------------------------------------------- helpers
 def test_weighted_moments_match_numpy(dtype):
     g = torch.Generator().manual_seed(12)
@@ -427,3 +301,11 @@ def test_summarize():
     assert math.isnan(single["sem"])
     with pytest.raises(ValueError, match=r"values: expected shape \[n\]"):
         summarize(torch.zeros(2, 2))
+
+
+def test_calibration_statistics_stay_importable_from_diagnostics():
+    from smcwake import calibration_metrics, diagnostics
+
+    for name in calibration_metrics.__all__:
+        assert name in diagnostics.__all__
+        assert getattr(diagnostics, name) is getattr(calibration_metrics, name)

@@ -5,7 +5,8 @@ asks the posterior for draws given each simulated observation, and runs three te
 same hypothesis, that the posterior is the true one on average over the prior predictive:
 
 - **SBC** (simulation-based calibration): the rank of each true coordinate among the draws is
-  uniform; a chi-square test per coordinate (:func:`smcwake.diagnostics.sbc_uniformity`);
+  uniform; a chi-square test per coordinate
+  (:func:`smcwake.calibration_metrics.sbc_uniformity`);
 - **expected coverage** of the highest-density regions of q (needs ``posterior.log_prob``):
   the fraction of true parameters inside the level-a region is a, at every level a;
 - **TARP** (Lemos et al. 2023): the same for balls around random reference points, which needs
@@ -28,6 +29,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 import torch
 from torch import Tensor
 
+from smcwake import calibration_metrics as metrics
 from smcwake import diagnostics
 from smcwake._optional import require
 from smcwake.model import Model
@@ -296,7 +298,8 @@ def check_calibration(
     empirical CDF of N independent levels, so by the Dvoretzky-Kiefer-Wolfowitz inequality a
     calibrated curve leaves the band ``expected +- sqrt(log(2 m / significance) / (2 N))``
     anywhere with probability at most ``significance / m``, exactly
-    (:func:`smcwake.diagnostics.ecdf_band`; the bound is conservative); a curve outside fails.
+    (:func:`smcwake.calibration_metrics.ecdf_band`; the bound is conservative); a curve outside
+    fails.
     With more simulations the tests find smaller errors: look at the size of the deviation,
     not only at the verdict.
 
@@ -448,9 +451,9 @@ def _levels_at_truth(
             rows = slice(start, min(start + batch_size, N))
             samples = _draw(posterior, x[rows], num_samples, d, g)  # [b, S, d]
             truth = z_true[rows].to(device=samples.device)
-            ranks.append(diagnostics.sbc_ranks(samples, truth.to(samples.dtype)).cpu())
+            ranks.append(metrics.sbc_ranks(samples, truth.to(samples.dtype)).cpu())
             tarp.append(
-                diagnostics.tarp_levels(
+                metrics.tarp_levels(
                     samples.double(),
                     truth.double(),
                     references[rows].to(samples.device).double(),
@@ -460,7 +463,7 @@ def _levels_at_truth(
             if has_log_prob:
                 log_q = posterior.log_prob(samples, x[rows])  # [b, S]
                 log_q_true = diagnostics.log_q_true(posterior, truth.to(samples.dtype), x[rows])
-                hpd.append(diagnostics.hpd_levels(log_q.double(), log_q_true.double()).cpu())
+                hpd.append(metrics.hpd_levels(log_q.double(), log_q_true.double()).cpu())
     return _Levels(torch.cat(ranks), torch.cat(tarp), torch.cat(hpd) if has_log_prob else None)
 
 
@@ -473,14 +476,14 @@ def _assemble(
     """
     N, d = levels_at_truth.ranks.shape
     levels = torch.arange(num_samples + 1, dtype=torch.float64) / num_samples
-    _, expected = diagnostics.expected_coverage(levels, levels)  # uniform levels k / S
-    _, tarp = diagnostics.expected_coverage(levels_at_truth.tarp, levels)
+    _, expected = metrics.expected_coverage(levels, levels)  # uniform levels k / S
+    _, tarp = metrics.expected_coverage(levels_at_truth.tarp, levels)
     coverage = None
     if levels_at_truth.hpd is not None:
-        coverage = diagnostics.expected_coverage(levels_at_truth.hpd, levels)[1]
+        coverage = metrics.expected_coverage(levels_at_truth.hpd, levels)[1]
     per_test = significance / (2 if coverage is None else 3)
-    band = diagnostics.ecdf_band(N, per_test)
-    sbc_p_values = diagnostics.sbc_uniformity(levels_at_truth.ranks, num_samples)
+    band = metrics.ecdf_band(N, per_test)
+    sbc_p_values = metrics.sbc_uniformity(levels_at_truth.ranks, num_samples)
     checks = [_sbc_check(sbc_p_values, per_test)]
     if coverage is not None:
         checks.append(

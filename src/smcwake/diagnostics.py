@@ -8,11 +8,12 @@ Every function is batched over observations and takes and returns torch tensors,
   :func:`mean_l1`.
 - Two-sample tests: :func:`c2st` (classifier accuracy, 0.5 = indistinguishable; the classifier is
   named by :data:`C2ST_CLASSIFIER`) and :func:`mmd` (unbiased squared MMD, Gaussian kernel).
-- Calibration: :func:`hpd_levels` and :func:`expected_coverage` (expected coverage of highest
-  density regions of q), :func:`sbc_ranks` and :func:`sbc_uniformity` (simulation-based
-  calibration), :func:`sbc_histogram` (binned ranks and their expected counts),
-  :func:`tarp_levels` (TARP coverage with random reference points) and :func:`ecdf_band`
-  (a simultaneous band for coverage curves).
+- Calibration, defined in :mod:`smcwake.calibration_metrics` and importable from here too:
+  :func:`hpd_levels` and :func:`expected_coverage` (expected coverage of highest density regions
+  of q), :func:`sbc_ranks` and :func:`sbc_uniformity` (simulation-based calibration),
+  :func:`sbc_histogram` (binned ranks and their expected counts), :func:`tarp_levels` (TARP
+  coverage with random reference points) and :func:`ecdf_band` (a simultaneous band for
+  coverage curves).
 - Helpers: :func:`log_q_true`, :func:`weighted_moments` (mean and covariance of a weighted
   particle cloud), :func:`summarize` (mean, std, standard error for tables).
 
@@ -30,7 +31,17 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from smcwake._checks import check_tensor, shape_of
 from smcwake._optional import require
+from smcwake.calibration_metrics import (
+    ecdf_band,
+    expected_coverage,
+    hpd_levels,
+    sbc_histogram,
+    sbc_ranks,
+    sbc_uniformity,
+    tarp_levels,
+)
 
 __all__ = [
     "C2ST_CLASSIFIER",
@@ -71,29 +82,19 @@ class SupportsLogProb(Protocol):
 
 
 # ------------------------------------------------------------------------------------ checks
-def _shape(t: Tensor) -> list[int]:
-    return list(t.shape)
-
-
-def _check_tensor(name: str, t: object, expected: str) -> Tensor:
-    if not isinstance(t, Tensor):
-        raise TypeError(f"{name}: expected a torch.Tensor {expected}, received {type(t).__name__}")
-    return t
-
-
 def _check_gaussian(name: str, mean: Tensor, cov: Tensor) -> int:
     """Check ``mean [*, d]`` and ``cov [*, d, d]``; return d."""
-    _check_tensor(f"mean_{name}", mean, "[*, d]")
-    _check_tensor(f"cov_{name}", cov, "[*, d, d]")
+    check_tensor(f"mean_{name}", mean, "[*, d]")
+    check_tensor(f"cov_{name}", cov, "[*, d, d]")
     if mean.dim() < 1 or mean.shape[-1] == 0:
         raise ValueError(
-            f"mean_{name}: expected shape [*, d] with d >= 1, received {_shape(mean)}"
+            f"mean_{name}: expected shape [*, d] with d >= 1, received {shape_of(mean)}"
         )
     d = mean.shape[-1]
     if cov.dim() < 2 or cov.shape[-2:] != (d, d):
         raise ValueError(
-            f"cov_{name}: expected shape [*, {d}, {d}] to match mean_{name} {_shape(mean)}, "
-            f"received {_shape(cov)}"
+            f"cov_{name}: expected shape [*, {d}, {d}] to match mean_{name} {shape_of(mean)}, "
+            f"received {shape_of(cov)}"
         )
     return d
 
@@ -132,8 +133,8 @@ def gaussian_kl(mean_p: Tensor, cov_p: Tensor, mean_q: Tensor, cov_q: Tensor) ->
     d_q = _check_gaussian("q", mean_q, cov_q)
     if d_q != d:
         raise ValueError(
-            f"mean_q: expected event dimension d = {d} (from mean_p {_shape(mean_p)}), "
-            f"received {_shape(mean_q)}"
+            f"mean_q: expected event dimension d = {d} (from mean_p {shape_of(mean_p)}), "
+            f"received {shape_of(mean_q)}"
         )
     try:
         batch = torch.broadcast_shapes(
@@ -142,8 +143,8 @@ def gaussian_kl(mean_p: Tensor, cov_p: Tensor, mean_q: Tensor, cov_q: Tensor) ->
     except RuntimeError as err:
         raise ValueError(
             "gaussian_kl: batch shapes do not broadcast: mean_p "
-            f"{_shape(mean_p)}, cov_p {_shape(cov_p)}, mean_q {_shape(mean_q)}, "
-            f"cov_q {_shape(cov_q)}"
+            f"{shape_of(mean_p)}, cov_p {shape_of(cov_p)}, mean_q {shape_of(mean_q)}, "
+            f"cov_q {shape_of(cov_q)}"
         ) from err
     out_dtype = torch.promote_types(
         torch.promote_types(mean_p.dtype, cov_p.dtype),
@@ -199,21 +200,21 @@ def mean_l1(mean_a: Tensor, mean_b: Tensor) -> Tensor:
     >>> mean_l1(torch.tensor([[0.0, 1.0]]), torch.tensor([[1.0, -1.0]]))
     tensor([3.])
     """
-    _check_tensor("mean_a", mean_a, "[*, d]")
-    _check_tensor("mean_b", mean_b, "[*, d]")
+    check_tensor("mean_a", mean_a, "[*, d]")
+    check_tensor("mean_b", mean_b, "[*, d]")
     if mean_a.dim() < 1 or mean_b.dim() < 1 or mean_a.shape[-1] != mean_b.shape[-1]:
         raise ValueError(
-            f"mean_b: expected shape [*, d] with the d of mean_a {_shape(mean_a)}, "
-            f"received {_shape(mean_b)}"
+            f"mean_b: expected shape [*, d] with the d of mean_a {shape_of(mean_a)}, "
+            f"received {shape_of(mean_b)}"
         )
     return (mean_a - mean_b).abs().sum(-1)
 
 
 # ------------------------------------------------------------------------ two-sample tests
 def _check_samples(name: str, t: Tensor) -> None:
-    _check_tensor(name, t, "[N, d]")
+    check_tensor(name, t, "[N, d]")
     if t.dim() != 2 or t.shape[0] == 0 or t.shape[1] == 0:
-        raise ValueError(f"{name}: expected shape [N, d] with N, d >= 1, received {_shape(t)}")
+        raise ValueError(f"{name}: expected shape [N, d] with N, d >= 1, received {shape_of(t)}")
 
 
 def c2st(p_samples: Tensor, q_samples: Tensor, *, folds: int = 5, seed: int = 0) -> float:
@@ -247,8 +248,8 @@ def c2st(p_samples: Tensor, q_samples: Tensor, *, folds: int = 5, seed: int = 0)
     d = p_samples.shape[1]
     if q_samples.shape[1] != d:
         raise ValueError(
-            f"q_samples: expected shape [M, {d}] to match p_samples {_shape(p_samples)}, "
-            f"received {_shape(q_samples)}"
+            f"q_samples: expected shape [M, {d}] to match p_samples {shape_of(p_samples)}, "
+            f"received {shape_of(q_samples)}"
         )
     if folds < 2:
         raise ValueError(f"folds: expected an integer >= 2, received {folds}")
@@ -317,7 +318,7 @@ def mmd(x: Tensor, y: Tensor, *, bandwidth: float | None = None) -> Tensor:
     _check_samples("y", y)
     if y.shape[1] != x.shape[1]:
         raise ValueError(
-            f"y: expected shape [M, {x.shape[1]}] to match x {_shape(x)}, received {_shape(y)}"
+            f"y: expected shape [M, {x.shape[1]}] to match x {shape_of(x)}, received {shape_of(y)}"
         )
     n, m = x.shape[0], y.shape[0]
     if n < 2 or m < 2:
@@ -343,157 +344,6 @@ def mmd(x: Tensor, y: Tensor, *, bandwidth: float | None = None) -> Tensor:
     return (term_x + term_y - 2.0 * k_xy.mean()).to(out_dtype)
 
 
-# ------------------------------------------------------------------------------ coverage
-def hpd_levels(log_q_samples: Tensor, log_q_true: Tensor) -> Tensor:
-    """Credibility level at which the truth enters q's highest-density region, per observation.
-
-    The level is the fraction of q-samples whose log-density exceeds that of the truth: the
-    smallest HPD region containing ``z_true`` has (estimated) probability mass equal to it. For a
-    calibrated q these levels are uniform on [0, 1]. Ties count as not exceeding.
-
-    Shapes: log_q_samples [B, S] (log q(z_s | x_b) at z_s ~ q(. | x_b)), log_q_true [B] -> [B].
-
-    >>> hpd_levels(torch.tensor([[-1.0, -2.0, -3.0, -4.0]]), torch.tensor([-2.5]))
-    tensor([0.5000])
-    """
-    _check_tensor("log_q_samples", log_q_samples, "[B, S]")
-    _check_tensor("log_q_true", log_q_true, "[B]")
-    if log_q_samples.dim() != 2 or log_q_samples.shape[1] == 0:
-        raise ValueError(
-            f"log_q_samples: expected shape [B, S] with S >= 1, received {_shape(log_q_samples)}"
-        )
-    if log_q_true.shape != log_q_samples.shape[:1]:
-        raise ValueError(
-            f"log_q_true: expected shape [{log_q_samples.shape[0]}] to match log_q_samples "
-            f"{_shape(log_q_samples)}, received {_shape(log_q_true)}"
-        )
-    dtype = torch.promote_types(log_q_samples.dtype, log_q_true.dtype)
-    if not dtype.is_floating_point:
-        dtype = torch.get_default_dtype()
-    return (log_q_samples > log_q_true[:, None]).to(dtype).mean(-1)
-
-
-def expected_coverage(
-    levels_at_truth: Tensor, grid: Tensor | None = None
-) -> tuple[Tensor, Tensor]:
-    """Empirical coverage of credible regions at each nominal level.
-
-    ``coverage[l]`` is the fraction of observations whose truth lies in the level-``grid[l]``
-    region, i.e. ``levels_at_truth <= grid[l]``. A calibrated posterior gives the diagonal;
-    below it is overconfident, above it underconfident. ``grid`` defaults to 101 points in [0, 1].
-
-    Shapes: levels_at_truth [B], grid [L] or None -> (grid [L], coverage [L]).
-
-    >>> grid, coverage = expected_coverage(torch.tensor([0.1, 0.4, 0.6, 0.9]), torch.tensor([0.5]))
-    >>> coverage
-    tensor([0.5000])
-    """
-    _check_tensor("levels_at_truth", levels_at_truth, "[B]")
-    if levels_at_truth.dim() != 1 or levels_at_truth.shape[0] == 0:
-        raise ValueError(
-            f"levels_at_truth: expected shape [B] with B >= 1, received {_shape(levels_at_truth)}"
-        )
-    dtype = levels_at_truth.dtype if levels_at_truth.is_floating_point() else torch.float64
-    if grid is None:
-        grid = torch.linspace(0.0, 1.0, 101, dtype=dtype, device=levels_at_truth.device)
-    else:
-        _check_tensor("grid", grid, "[L]")
-        if grid.dim() != 1:
-            raise ValueError(f"grid: expected shape [L], received {_shape(grid)}")
-    coverage = (levels_at_truth[None, :] <= grid[:, None]).to(dtype).mean(-1)
-    return grid, coverage
-
-
-# --------------------------------------------------------------------------------------- SBC
-def sbc_ranks(
-    samples: Tensor, z_true: Tensor, *, generator: torch.Generator | None = None
-) -> Tensor:
-    """Rank of the true parameter among posterior samples, per dimension (SBC).
-
-    ``rank = #{s : samples[b, s, j] < z_true[b, j]}`` plus, for ties, a uniform draw from
-    ``{0, ..., #ties}``, so ranks are uniform on ``{0, ..., S}`` when the truth is a draw from the
-    same distribution as the samples. ``generator`` (on the samples' device) breaks ties; None
-    uses a fresh generator seeded with 0, so results are deterministic either way.
-
-    Shapes: samples [B, S, d], z_true [B, d] -> [B, d] int64 in [0, S].
-
-    References:
-        Talts et al., "Validating Bayesian inference algorithms with simulation-based
-        calibration", arXiv:1804.06788, 2018.
-
-    >>> sbc_ranks(torch.tensor([[[0.0], [1.0], [2.0]]]), torch.tensor([[1.5]]))
-    tensor([[2]])
-    """
-    _check_tensor("samples", samples, "[B, S, d]")
-    _check_tensor("z_true", z_true, "[B, d]")
-    if samples.dim() != 3 or samples.shape[1] == 0:
-        raise ValueError(
-            f"samples: expected shape [B, S, d] with S >= 1, received {_shape(samples)}"
-        )
-    if z_true.shape != (samples.shape[0], samples.shape[2]):
-        raise ValueError(
-            f"z_true: expected shape [{samples.shape[0]}, {samples.shape[2]}] to match samples "
-            f"{_shape(samples)}, received {_shape(z_true)}"
-        )
-    truth = z_true[:, None, :]
-    below = (samples < truth).sum(1)
-    ties = (samples == truth).sum(1)
-    if generator is None:
-        generator = torch.Generator(device=samples.device).manual_seed(0)
-    u = torch.rand(below.shape, generator=generator, dtype=torch.float64, device=samples.device)
-    extra = torch.minimum((u * (ties + 1)).floor().to(torch.int64), ties)
-    return below + extra
-
-
-def sbc_uniformity(ranks: Tensor, num_samples: int, *, num_bins: int | None = None) -> Tensor:
-    """Per-dimension p-values of a chi-square test that SBC ranks are uniform on {0, ..., S}.
-
-    Rank ``r`` goes to bin ``floor(r * num_bins / (S + 1))``; expected counts account for bins
-    holding unequal numbers of rank values when ``num_bins`` does not divide ``S + 1``.
-    ``num_bins`` defaults to ``min(20, S + 1, B // 5)`` (at least 2), keeping about five or more
-    expected counts per bin. Small p-values flag miscalibration (bias, over- or underdispersion).
-
-    Shapes: ranks [B, d] integer in [0, S], num_samples S -> p-values [d] float64.
-
-    >>> ranks = torch.arange(100).reshape(100, 1) % 10
-    >>> sbc_uniformity(ranks, num_samples=9)
-    tensor([1.], dtype=torch.float64)
-    """
-    from scipy.stats import chisquare
-
-    _check_tensor("ranks", ranks, "[B, d]")
-    if ranks.dim() != 2 or ranks.shape[0] == 0:
-        raise ValueError(f"ranks: expected shape [B, d] with B >= 1, received {_shape(ranks)}")
-    if ranks.is_floating_point() or ranks.is_complex() or ranks.dtype == torch.bool:
-        raise ValueError(f"ranks: expected an integer tensor, received dtype {ranks.dtype}")
-    if num_samples < 1:
-        raise ValueError(f"num_samples: expected an integer >= 1, received {num_samples}")
-    if bool((ranks < 0).any()) or bool((ranks > num_samples).any()):
-        raise ValueError(
-            f"ranks: expected values in [0, num_samples = {num_samples}], received values in "
-            f"[{int(ranks.min())}, {int(ranks.max())}]"
-        )
-    num_values = num_samples + 1
-    if num_bins is None:
-        num_bins = max(2, min(20, num_values, ranks.shape[0] // 5))
-    if not 2 <= num_bins <= num_values:
-        raise ValueError(
-            f"num_bins: expected an integer in [2, num_samples + 1 = {num_values}], "
-            f"received {num_bins}"
-        )
-    ranks = ranks.detach().cpu().to(torch.int64)
-    bins = ranks * num_bins // num_values  # [B, d]
-    values_per_bin = torch.bincount(
-        torch.arange(num_values) * num_bins // num_values, minlength=num_bins
-    ).to(torch.float64)
-    expected = ranks.shape[0] * values_per_bin / num_values
-    p_values = []
-    for j in range(ranks.shape[1]):
-        observed = torch.bincount(bins[:, j], minlength=num_bins).to(torch.float64)
-        p_values.append(float(chisquare(observed.numpy(), expected.numpy()).pvalue))
-    return torch.tensor(p_values, dtype=torch.float64)
-
-
 # ------------------------------------------------------------------------------- helpers
 def log_q_true(encoder: SupportsLogProb, z_true: Tensor, x: Tensor) -> Tensor:
     """log q(z_true | x) under the encoder, without gradients.
@@ -506,17 +356,17 @@ def log_q_true(encoder: SupportsLogProb, z_true: Tensor, x: Tensor) -> Tensor:
     >>> log_q_true(Standard(), torch.zeros(2, 1), torch.zeros(2, 3))
     tensor([-0.9189, -0.9189])
     """
-    _check_tensor("z_true", z_true, "[B, d]")
-    _check_tensor("x", x, "[B, p]")
+    check_tensor("z_true", z_true, "[B, d]")
+    check_tensor("x", x, "[B, p]")
     if z_true.dim() != 2 or x.dim() != 2 or z_true.shape[0] != x.shape[0]:
         raise ValueError(
             f"z_true, x: expected shapes [B, d] and [B, p] with the same B, received "
-            f"{_shape(z_true)} and {_shape(x)}"
+            f"{shape_of(z_true)} and {shape_of(x)}"
         )
     with torch.no_grad():
         out = encoder.log_prob(z_true[:, None, :], x)
     if not isinstance(out, Tensor) or out.shape != (z_true.shape[0], 1):
-        got = _shape(out) if isinstance(out, Tensor) else type(out).__name__
+        got = shape_of(out) if isinstance(out, Tensor) else type(out).__name__
         raise ValueError(
             f"encoder.log_prob: expected output shape [B, S] = [{z_true.shape[0]}, 1] for z "
             f"[{z_true.shape[0]}, 1, {z_true.shape[1]}], received {got}"
@@ -541,14 +391,14 @@ def weighted_moments(z: Tensor, log_weights: Tensor) -> tuple[Tensor, Tensor]:
     >>> weighted_moments(z, torch.zeros(1, 2))
     (tensor([[1.]]), tensor([[[1.]]]))
     """
-    _check_tensor("z", z, "[B, K, d]")
-    _check_tensor("log_weights", log_weights, "[B, K]")
+    check_tensor("z", z, "[B, K, d]")
+    check_tensor("log_weights", log_weights, "[B, K]")
     if z.dim() != 3 or z.shape[1] == 0:
-        raise ValueError(f"z: expected shape [B, K, d] with K >= 1, received {_shape(z)}")
+        raise ValueError(f"z: expected shape [B, K, d] with K >= 1, received {shape_of(z)}")
     if log_weights.shape != z.shape[:2]:
         raise ValueError(
-            f"log_weights: expected shape {_shape(z)[:2]} to match z {_shape(z)}, "
-            f"received {_shape(log_weights)}"
+            f"log_weights: expected shape {shape_of(z)[:2]} to match z {shape_of(z)}, "
+            f"received {shape_of(log_weights)}"
         )
     if bool((torch.isnan(log_weights) | (log_weights == math.inf)).any()):
         raise ValueError("log_weights: contains NaN or +inf")
@@ -578,144 +428,9 @@ def summarize(values: Tensor | Sequence[float]) -> dict[str, float]:
     """
     t = values if isinstance(values, Tensor) else torch.as_tensor(values, dtype=torch.float64)
     if t.dim() != 1 or t.shape[0] == 0:
-        raise ValueError(f"values: expected shape [n] with n >= 1, received {_shape(t)}")
+        raise ValueError(f"values: expected shape [n] with n >= 1, received {shape_of(t)}")
     t = t.detach().cpu().to(torch.float64)
     n = t.shape[0]
     mean = float(t.mean())
     std = float(t.std(correction=1)) if n > 1 else math.nan
     return {"mean": mean, "std": std, "sem": std / math.sqrt(n), "n": n}
-
-
-# --------------------------------------------------- calibration primitives (SBC, TARP, bands)
-def _check_ranks(ranks: Tensor, num_samples: int) -> None:
-    """ValueError unless ``ranks`` is an integer tensor [B, d] with values in [0, num_samples]."""
-    _check_tensor("ranks", ranks, "[B, d]")
-    if ranks.dim() != 2 or ranks.shape[0] == 0:
-        raise ValueError(f"ranks: expected shape [B, d] with B >= 1, received {_shape(ranks)}")
-    if ranks.is_floating_point() or ranks.is_complex() or ranks.dtype == torch.bool:
-        raise ValueError(f"ranks: expected an integer tensor, received dtype {ranks.dtype}")
-    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
-        raise ValueError(f"num_samples: expected an integer >= 1, received {num_samples!r}")
-    low, high = int(ranks.min()), int(ranks.max())
-    if low < 0 or high > num_samples:
-        raise ValueError(
-            f"ranks: expected values in [0, num_samples = {num_samples}], received values in "
-            f"[{low}, {high}]"
-        )
-
-
-def sbc_histogram(
-    ranks: Tensor, num_samples: int, *, num_bins: int | None = None
-) -> tuple[Tensor, Tensor]:
-    """Counts of SBC ranks per bin and the counts a calibrated posterior gives on average.
-
-    Binned as :func:`sbc_uniformity` bins them (rank ``r`` to bin
-    ``floor(r * num_bins / (S + 1))``, same default ``num_bins``), so a histogram and its test
-    agree. Under calibration the count of bin ``b`` is Binomial(B, m_b / (S + 1)), m_b the number
-    of rank values the bin holds; ``expected`` is its mean.
-
-    Shapes: ranks [B, d] integer in [0, S], num_samples S -> (counts [d, bins] float64,
-    expected [bins] float64).
-
-    >>> counts, expected = sbc_histogram(torch.arange(10).reshape(10, 1), 9, num_bins=5)
-    >>> counts.tolist(), expected.tolist()
-    ([[2.0, 2.0, 2.0, 2.0, 2.0]], [2.0, 2.0, 2.0, 2.0, 2.0])
-    """
-    _check_ranks(ranks, num_samples)
-    num_values = num_samples + 1
-    if num_bins is None:
-        num_bins = max(2, min(20, num_values, ranks.shape[0] // 5))
-    if isinstance(num_bins, bool) or not isinstance(num_bins, int):
-        raise ValueError(f"num_bins: expected an integer or None, received {num_bins!r}")
-    if not 2 <= num_bins <= num_values:
-        raise ValueError(
-            f"num_bins: expected an integer in [2, num_samples + 1 = {num_values}], "
-            f"received {num_bins}"
-        )
-    bins = ranks.detach().cpu().to(torch.int64) * num_bins // num_values  # [B, d]
-    offsets = torch.arange(bins.shape[1])[None, :] * num_bins
-    counts = torch.bincount((bins + offsets).reshape(-1), minlength=bins.shape[1] * num_bins)
-    values_per_bin = torch.bincount(
-        torch.arange(num_values) * num_bins // num_values, minlength=num_bins
-    )
-    expected = ranks.shape[0] * values_per_bin.to(torch.float64) / num_values
-    return counts.reshape(bins.shape[1], num_bins).to(torch.float64), expected
-
-
-def tarp_levels(
-    samples: Tensor, z_true: Tensor, references: Tensor, *, scale: Tensor | None = None
-) -> Tensor:
-    """Credibility level at which the truth enters the TARP ball around a reference point.
-
-    TARP's credible region of level ``a`` is the ball centred on the reference point
-    ``references[b]`` that holds a fraction ``a`` of q's samples; the truth lies inside it
-    exactly when ``a`` exceeds the fraction of samples closer to the reference than the truth,
-    which is what this returns. For a posterior that equals the true one the truth and the
-    samples are exchangeable, so the count of closer samples is uniform on {0, ..., S} and
-    ``expected_coverage`` of these levels follows the diagonal (up to the 1/(S+1) steps).
-    Distances are Euclidean after dividing each coordinate by ``scale`` (default 1), which
-    should not depend on the (z_true, x) pairs tested, e.g. the spread of prior draws.
-
-    Shapes: samples [B, S, d], z_true [B, d], references [B, d], scale [d] or None -> [B].
-
-    References:
-        Lemos, Coogan, Hezaveh & Perreault-Levasseur, "Sampling-based accuracy testing of
-        posterior estimators for general inference", ICML 2023.
-
-    >>> samples = torch.tensor([[[0.0], [1.0], [2.0], [3.0]]])
-    >>> tarp_levels(samples, torch.tensor([[2.5]]), torch.tensor([[0.0]]))
-    tensor([0.7500])
-    """
-    _check_tensor("samples", samples, "[B, S, d]")
-    _check_tensor("z_true", z_true, "[B, d]")
-    _check_tensor("references", references, "[B, d]")
-    if samples.dim() != 3 or samples.shape[1] == 0:
-        raise ValueError(
-            f"samples: expected shape [B, S, d] with S >= 1, received {_shape(samples)}"
-        )
-    B, _, d = samples.shape
-    for name, t in (("z_true", z_true), ("references", references)):
-        if t.shape != (B, d):
-            raise ValueError(
-                f"{name}: expected shape [{B}, {d}] to match samples {_shape(samples)}, "
-                f"received {_shape(t)}"
-            )
-    if scale is None:
-        scale = torch.ones(d, dtype=samples.dtype, device=samples.device)
-    elif not isinstance(scale, Tensor) or scale.shape != (d,) or not bool((scale > 0).all()):
-        got = _shape(scale) if isinstance(scale, Tensor) else type(scale).__name__
-        raise ValueError(f"scale: expected positive values of shape [{d}], received {got}")
-    dtype = torch.promote_types(samples.dtype, z_true.dtype)
-    if not dtype.is_floating_point:
-        dtype = torch.float64
-    ref = references.to(dtype)[:, None, :]
-    scale = scale.to(dtype)
-    dist_samples = ((samples.to(dtype) - ref) / scale).square().sum(-1)  # [B, S]
-    dist_true = ((z_true.to(dtype)[:, None, :] - ref) / scale).square().sum(-1)  # [B, 1]
-    return (dist_samples < dist_true).to(dtype).mean(-1)
-
-
-def ecdf_band(num: int, significance: float) -> float:
-    """Half-width of a simultaneous band for an empirical CDF of ``num`` independent draws.
-
-    By the Dvoretzky-Kiefer-Wolfowitz inequality with Massart's constant,
-    ``P(sup_t |F_num(t) - F(t)| > eps) <= 2 exp(-2 num eps^2)`` for any distribution F
-    (continuous or not), so ``eps = sqrt(log(2 / significance) / (2 num))`` bounds the whole
-    curve with probability at least ``1 - significance``. Expected-coverage curves are such
-    empirical CDFs (of the credibility levels at the truths), so a calibrated posterior's
-    curve leaves the band around its expected curve with probability at most ``significance``.
-
-    Shapes: scalars -> float.
-
-    References:
-        Massart, "The tight constant in the Dvoretzky-Kiefer-Wolfowitz inequality", Annals of
-        Probability, 1990.
-
-    >>> round(ecdf_band(1000, 0.01), 4)
-    0.0515
-    """
-    if isinstance(num, bool) or not isinstance(num, int) or num < 1:
-        raise ValueError(f"num: expected an integer >= 1, received {num!r}")
-    if not 0.0 < significance < 1.0:
-        raise ValueError(f"significance: expected a number in (0, 1), received {significance!r}")
-    return math.sqrt(math.log(2.0 / significance) / (2.0 * num))

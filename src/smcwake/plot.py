@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from smcwake import diagnostics
+from smcwake import calibration_metrics
 from smcwake._optional import require
 
 if TYPE_CHECKING:
@@ -342,10 +342,10 @@ def coverage(
 
     ``curves[m, l]`` is the fraction of simulations whose true parameter lies inside the
     posterior's credible region of level ``levels[l]`` (e.g. from
-    :func:`smcwake.diagnostics.expected_coverage`). Below the diagonal the regions are too
+    :func:`smcwake.calibration_metrics.expected_coverage`). Below the diagonal the regions are too
     small (over-confident), above it too large (under-confident). With ``num_simulations``
     the shaded band is where a calibrated posterior's whole curve stays with probability at
-    least ``1 - significance`` (the band of :func:`smcwake.diagnostics.ecdf_band`), around
+    least ``1 - significance`` (the band of :func:`smcwake.calibration_metrics.ecdf_band`), around
     ``expected`` (default the diagonal; pass the exact expected curve when the levels are
     coarse).
 
@@ -377,7 +377,7 @@ def coverage(
         fig = plt.figure(figsize=(4.6, 4.4), layout="constrained")
         ax = fig.subplots()
     if num_simulations is not None:
-        eps = diagnostics.ecdf_band(int(num_simulations), significance)
+        eps = calibration_metrics.ecdf_band(int(num_simulations), significance)
         ax.fill_between(
             grid,
             np.clip(centre - eps, 0, 1),
@@ -420,12 +420,12 @@ def sbc_ranks(
     """Rank histograms of simulation-based calibration, one panel per dimension.
 
     ``ranks[i, j]`` is the number of the posterior's S draws below the true parameter in
-    coordinate j of simulation i (:func:`smcwake.diagnostics.sbc_ranks`); a calibrated posterior
-    gives uniform ranks. Each bin's count is then Binomial(N, bin's share of the S + 1 rank
-    values): the line marks its mean, the shaded band its central ``band`` interval (per bin,
-    so about ``1 - band`` of the bins fall outside by chance; they are drawn in red). A U shape
-    means over-confidence, a hump under-confidence, a slope a biased location. Bins match
-    :func:`smcwake.diagnostics.sbc_uniformity`'s test.
+    coordinate j of simulation i (:func:`smcwake.calibration_metrics.sbc_ranks`); a calibrated
+    posterior gives uniform ranks. Each bin's count is then Binomial(N, bin's share of the S + 1
+    rank values): the line marks its mean, the shaded band its central ``band`` interval (per
+    bin, so about ``1 - band`` of the bins fall outside by chance; they are drawn in red). A U
+    shape means over-confidence, a hump under-confidence, a slope a biased location. Bins match
+    :func:`smcwake.calibration_metrics.sbc_uniformity`'s test.
 
     Shapes: ranks [N, d] integer in [0, S], num_samples S -> Figure.
 
@@ -440,7 +440,7 @@ def sbc_ranks(
         raise ValueError(f"band: expected a probability in (0, 1), received {band!r}")
     if not isinstance(ranks, torch.Tensor):
         ranks = torch.as_tensor(np.asarray(ranks))
-    counts, expected = diagnostics.sbc_histogram(ranks, num_samples, num_bins=num_bins)
+    counts, expected = calibration_metrics.sbc_histogram(ranks, num_samples, num_bins=num_bins)
     n, d = ranks.shape
     chosen = _choose_dims(d, dims)
     names = _labels(labels, d)
