@@ -292,34 +292,6 @@ def sbc_uniformity(ranks: Tensor, num_samples: int, *, num_bins: int | None = No
     """
     from scipy.stats import chisquare
 
-    check_tensor("ranks", ranks, "[B, d]")
-    if ranks.dim() != 2 or ranks.shape[0] == 0:
-        raise ValueError(f"ranks: expected shape [B, d] with B >= 1, received {shape_of(ranks)}")
-    if ranks.is_floating_point() or ranks.is_complex() or ranks.dtype == torch.bool:
-        raise ValueError(f"ranks: expected an integer tensor, received dtype {ranks.dtype}")
-    if num_samples < 1:
-        raise ValueError(f"num_samples: expected an integer >= 1, received {num_samples}")
-    if bool((ranks < 0).any()) or bool((ranks > num_samples).any()):
-        raise ValueError(
-            f"ranks: expected values in [0, num_samples = {num_samples}], received values in "
-            f"[{int(ranks.min())}, {int(ranks.max())}]"
-        )
-    num_values = num_samples + 1
-    if num_bins is None:
-        num_bins = max(2, min(20, num_values, ranks.shape[0] // 5))
-    if not 2 <= num_bins <= num_values:
-        raise ValueError(
-            f"num_bins: expected an integer in [2, num_samples + 1 = {num_values}], "
-            f"received {num_bins}"
-        )
-    ranks = ranks.detach().cpu().to(torch.int64)
-    bins = ranks * num_bins // num_values  # [B, d]
-    values_per_bin = torch.bincount(
-        torch.arange(num_values) * num_bins // num_values, minlength=num_bins
-    ).to(torch.float64)
-    expected = ranks.shape[0] * values_per_bin / num_values
-    p_values = []
-    for j in range(ranks.shape[1]):
-        observed = torch.bincount(bins[:, j], minlength=num_bins).to(torch.float64)
-        p_values.append(float(chisquare(observed.numpy(), expected.numpy()).pvalue))
+    counts, expected = sbc_histogram(ranks, num_samples, num_bins=num_bins)  # [d, bins], [bins]
+    p_values = [float(chisquare(row.numpy(), expected.numpy()).pvalue) for row in counts]
     return torch.tensor(p_values, dtype=torch.float64)
