@@ -26,7 +26,6 @@ from smcwake import Model
 from smcwake.encoders import (
     ENCODER_KINDS,
     FlowEncoder,
-    GaussianEncoder,
     MixtureDensityEncoder,
     build_encoder,
 )
@@ -163,26 +162,6 @@ def test_standardization_is_an_affine_map_with_its_log_det(kind, z_dim):
     torch.testing.assert_close(shifted.log_prob(z, x), expected)
 
 
-def test_weighted_standardization_equals_repetition():
-    # integer weights are repeated rows; normalized or not, zero weights drop a row
-    encoder, repeated = GaussianEncoder(1, 2), GaussianEncoder(1, 2)
-    z = torch.tensor([[0.0, 1.0], [2.0, 5.0], [100.0, -100.0]])
-    encoder.set_standardization(z=z, z_weights=torch.tensor([1.0, 3.0, 0.0]))
-    repeated.set_standardization(z=z[[0, 1, 1, 1]])
-    torch.testing.assert_close(encoder.z_loc, repeated.z_loc)
-    torch.testing.assert_close(encoder.z_scale, repeated.z_scale)
-    encoder.set_standardization(z=z, z_weights=torch.tensor([0.25, 0.75, 0.0]))
-    torch.testing.assert_close(encoder.z_loc, repeated.z_loc)
-
-
-def test_constant_columns_get_unit_scale():
-    encoder = GaussianEncoder(3, 1)
-    x = torch.tensor([[1.0, 5e6, -2.0], [3.0, 5e6, -2.0], [5.0, 5e6, -2.0]])
-    encoder.set_standardization(x=x)
-    torch.testing.assert_close(encoder.x_loc, torch.tensor([3.0, 5e6, -2.0]))
-    torch.testing.assert_close(encoder.x_scale, torch.tensor([(8 / 3) ** 0.5, 1.0, 1.0]))
-
-
 # ---------------------------------------------------------------------------- input checks
 @pytest.mark.parametrize("kind", KINDS)
 def test_bad_shapes_raise_with_expected_and_received(kind):
@@ -201,22 +180,6 @@ def test_bad_shapes_raise_with_expected_and_received(kind):
         encoder.sample(torch.zeros(2, 100), 0)
 
 
-def test_bad_standardization_data_raises():
-    encoder = GaussianEncoder(2, 2)
-    with pytest.raises(ValueError, match="pass x, z or both"):
-        encoder.set_standardization()
-    with pytest.raises(ValueError, match=r"z: expected shape \[N, 2\]"):
-        encoder.set_standardization(z=torch.zeros(5, 3))
-    with pytest.raises(ValueError, match="NaN or inf"):
-        encoder.set_standardization(x=torch.tensor([[0.0, math.nan]]))
-    with pytest.raises(ValueError, match="non-negative"):
-        encoder.set_standardization(z=torch.zeros(2, 2), z_weights=torch.tensor([1.0, -1.0]))
-    with pytest.raises(ValueError, match="all weights are zero"):
-        encoder.set_standardization(z=torch.zeros(2, 2), z_weights=torch.zeros(2))
-    with pytest.raises(ValueError, match=r"z_weights: expected shape \[2\]"):
-        encoder.set_standardization(z=torch.zeros(2, 2), z_weights=torch.ones(3))
-
-
 def test_build_encoder_kinds():
     assert isinstance(build_encoder("nsf", 2, 1), FlowEncoder)
     assert isinstance(build_encoder("flow", 2, 1), FlowEncoder)
@@ -226,24 +189,6 @@ def test_build_encoder_kinds():
     with pytest.raises(ValueError, match="expected one of flow, nsf, mdn, gaussian"):
         build_encoder("realnvp", 2, 1)
     assert len(ENCODER_KINDS) == 5
-
-
-def test_embedding_options():
-    with pytest.raises(ValueError, match="without an embedding"):
-        GaussianEncoder(2, 1, embedding_dim=3)
-    with pytest.raises(ValueError, match="pass embedding_dim"):
-        GaussianEncoder(2, 1, embedding=nn.Linear(5, 3))  # the dry run on [1, 2] fails
-    # batch norm: the dry run runs in eval mode, leaves statistics and training flags alone
-    embedding = nn.Sequential(nn.Linear(2, 6), nn.BatchNorm1d(6))
-    embedding[1].eval()
-    encoder = GaussianEncoder(2, 1, embedding=embedding)
-    assert encoder.context_dim == 6
-    assert embedding.training
-    assert not embedding[1].training
-    assert int(embedding[1].num_batches_tracked) == 0
-    explicit = GaussianEncoder(2, 1, embedding=nn.Linear(2, 4), embedding_dim=5)
-    with pytest.raises(ValueError, match=r"embedding: expected output shape \[B=3, 5\]"):
-        explicit.log_prob(torch.zeros(3, 1, 1), torch.zeros(3, 2))
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -459,19 +404,11 @@ def test_standardization_is_in_the_unconstrained_space():
     torch.testing.assert_close(gamma.z_loc, torch.full((3,), math.log(2.0), dtype=torch.float64))
 
 
-def test_supports_that_need_no_or_no_possible_transform():
+def test_supports_reach_the_encoder_through_check_support():
     real = Independent(Normal(torch.zeros(2), 1.0), 1).support
     assert build_encoder("flow", 2, 2, support=real).support is None
-    assert (
-        build_encoder(
-            "gaussian", 2, 2, support=MultivariateNormal(torch.zeros(2), torch.eye(2)).support
-        ).support
-        is None
-    )
     with pytest.raises(ValueError, match="maps v"):
         build_encoder("flow", 2, 3, support=constraints.simplex)
-    with pytest.raises(TypeError, match="expected a torch.distributions constraint"):
-        build_encoder("flow", 2, 2, support="positive")
     encoder, _ = on_support("box", "gaussian")
     with pytest.raises(ValueError, match="not Gaussian in z"):
         encoder.gaussian_params(observations(2))
