@@ -39,7 +39,7 @@ __all__ = [
 ]
 
 
-# ---------------------------------------------------------------------------------------- coverage
+# -------------------------------------------------------------------------------- coverage
 def hpd_levels(log_q_samples: Tensor, log_q_true: Tensor) -> Tensor:
     """Credibility level at which the truth enters q's highest-density region, per observation.
 
@@ -180,7 +180,7 @@ def ecdf_band(num: int, significance: float) -> float:
     return math.sqrt(math.log(2.0 / significance) / (2.0 * num))
 
 
-# --------------------------------------------------------------------------------------------- SBC
+# ------------------------------------------------------------------------------------- SBC
 def sbc_ranks(
     samples: Tensor, z_true: Tensor, *, generator: torch.Generator | None = None
 ) -> Tensor:
