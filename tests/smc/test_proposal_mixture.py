@@ -1,10 +1,14 @@
-"""The proposal mixtures fitted to the cloud: what the held-out gain tells apart."""
+"""The proposal mixtures fitted to the cloud: their settings and what the held-out gain tells."""
 
 import math
 
+import pytest
 import torch
 
-from smcwake.smc.proposal_mixture import MIN_GAIN, cross_fit, held_out_gain
+from smcwake.smc.encoder_proposal import encoder_independence
+from smcwake.smc.independence import mixture_independence
+from smcwake.smc.multimodal import local_random_walk
+from smcwake.smc.proposal_mixture import MIN_GAIN, FitSettings, cross_fit, held_out_gain
 
 DT = torch.float64
 
@@ -36,3 +40,42 @@ def test_held_out_gain_tells_one_lump_from_separated_modes():
     expected = 0.5 * math.log(17) - math.log(2) + gains["lump", 16]
     assert ((gains["modes", 16] - expected).abs() < 0.05).all(), (gains, expected)
     assert (gains["modes", 16] > MIN_GAIN).all()
+
+
+class _Encoder:
+    """Has what encoder_independence checks for; never called here."""
+
+    def sample(self, x, n, *, generator=None):
+        raise NotImplementedError
+
+    def log_prob(self, z, x):
+        raise NotImplementedError
+
+
+FACTORIES = {
+    "settings": lambda **kw: FitSettings(**kw).checked(),
+    "mixture": mixture_independence,
+    "encoder": lambda **kw: encoder_independence(_Encoder(), **kw),
+    "local_rwmh": local_random_walk,  # fits no defensive component
+}
+BAD_SETTINGS = [
+    ({"num_components": 0}, "num_components"),
+    ({"em_iterations": -1}, "em_iterations"),
+    ({"defensive_weight": 1.0}, "defensive_weight"),
+    ({"defensive_weight": -0.1}, "defensive_weight"),
+    ({"defensive_scale": 0.0}, "defensive_scale"),
+]
+
+
+@pytest.mark.parametrize(
+    ("factory", "bad", "name"),
+    [
+        pytest.param(FACTORIES[kind], bad, name, id=f"{kind}-{name}")
+        for kind in FACTORIES
+        for bad, name in BAD_SETTINGS
+        if not (kind == "local_rwmh" and name.startswith("defensive"))
+    ],
+)
+def test_every_mixture_move_rejects_bad_fit_settings_by_name(factory, bad, name):
+    with pytest.raises(ValueError, match=name):
+        factory(**bad)

@@ -8,6 +8,8 @@ independence Metropolis-Hastings ratio of :mod:`smcwake.smc.independence`.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from itertools import chain
 from typing import TYPE_CHECKING, Protocol
 
@@ -20,13 +22,14 @@ from smcwake.smc.independence import (
     MAX_OVERSAMPLING,
     MAX_STEPS,
     MIN_MOVED,
-    _check_common,
-    _check_fraction,
+    LogProposal,
+    SampleSide,
+    _check_num_steps,
     _independence_steps,
     _step_rule,
 )
 from smcwake.smc.mh import Kernel, MoveInfo, Target
-from smcwake.smc.proposal_mixture import MIN_GAIN, cross_fit
+from smcwake.smc.proposal_mixture import MIN_GAIN, CrossFit, FitSettings
 
 if TYPE_CHECKING:
     from smcwake.smc.base import SMCState
@@ -53,6 +56,73 @@ def _float_dtype(module: object, default: torch.dtype) -> torch.dtype:
             if t.is_floating_point():
                 return t.dtype
     return default
+
+
+def _check_encoder(encoder: ProposalEncoder, encoder_weight: float) -> None:
+    if not 0.0 < encoder_weight < 1.0:
+        raise ValueError(
+            f"encoder_weight: expected a fraction in (0, 1) (the cloud mixture keeps the kernel "
+            f"safe from a poor encoder), received {encoder_weight!r}"
+        )
+    for method in ("sample", "log_prob"):
+        if not callable(getattr(encoder, method, None)):
+            raise TypeError(
+                f"encoder: expected an object with sample(x, n, generator=) and log_prob(z, x), "
+                f"received {type(encoder).__name__} without {method}()"
+            )
+
+
+def _encoder_and_mixture(
+    encoder: ProposalEncoder,
+    encoder_weight: float,
+    fit: CrossFit,
+    state: SMCState,
+    target: Target,
+    generator: torch.Generator | None,
+) -> tuple[SampleSide, LogProposal]:
+    """The proposal g = a q(. | x) + (1 - a) m, m the side's cloud mixture, a = encoder_weight.
+
+    Draws are tagged where they come from q (their acceptance is reported separately). The
+    encoder runs in its own floating dtype; draws and densities come back in the state's.
+
+    Shapes: state.z [B, K, d], target.x [B, p] -> as :data:`SampleSide`, :data:`LogProposal`.
+    """
+    log_a, log_1ma = math.log(encoder_weight), math.log1p(-encoder_weight)
+    dtype = state.z.dtype
+    enc_dtype = _float_dtype(encoder, dtype)
+    x = target.x.to(enc_dtype)
+
+    def sample_side(side: int, rows: Tensor | None, n: int) -> tuple[Tensor, Tensor]:
+        x_rows = x if rows is None else x[rows]
+        shape = (x_rows.shape[0], n)
+        use_q = torch.rand(shape, generator=generator, dtype=dtype, device=state.z.device)
+        use_q = use_q < encoder_weight
+        z_q = encoder.sample(x_rows, n, generator=generator).to(dtype)
+        z_m = fit.select(rows).sample_side(side, n, generator)
+        return torch.where(use_q[..., None], z_q, z_m), use_q
+
+    def log_proposal(z: Tensor, rows: Tensor | None) -> Tensor:
+        x_rows = x if rows is None else x[rows]
+        log_q = encoder.log_prob(z.to(enc_dtype), x_rows).to(dtype)
+        log_q = torch.nan_to_num(log_q, nan=-math.inf, posinf=-math.inf)
+        log_m = fit.select(rows).apply(mixture_log_prob, z)
+        return torch.logaddexp(log_a + log_q, log_1ma + log_m)
+
+    return sample_side, log_proposal
+
+
+@contextmanager
+def _frozen(encoder: ProposalEncoder) -> Iterator[None]:
+    """Run the block with the encoder in ``eval`` mode and without autograd, then restore it."""
+    was_training = getattr(encoder, "training", False)
+    if isinstance(encoder, torch.nn.Module):
+        encoder.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        if isinstance(encoder, torch.nn.Module):
+            encoder.train(was_training)
 
 
 def encoder_independence(
@@ -101,72 +171,19 @@ def encoder_independence(
         McNamara, Loper & Regier (2024), Sequential Monte Carlo for inclusive KL minimization in
         amortized variational inference, AISTATS.
     """
-    _check_common(num_steps, num_components, em_iterations)
-    _check_fraction("defensive_weight", defensive_weight, closed_low=True)
-    if not 0.0 < encoder_weight < 1.0:
-        raise ValueError(
-            f"encoder_weight: expected a fraction in (0, 1) (the cloud mixture keeps the kernel "
-            f"safe from a poor encoder), received {encoder_weight!r}"
-        )
-    for method in ("sample", "log_prob"):
-        if not callable(getattr(encoder, method, None)):
-            raise TypeError(
-                f"encoder: expected an object with sample(x, n, generator=) and log_prob(z, x), "
-                f"received {type(encoder).__name__} without {method}()"
-            )
-    log_a, log_1ma = math.log(encoder_weight), math.log1p(-encoder_weight)
+    _check_num_steps(num_steps)
+    settings = FitSettings(
+        num_components, em_iterations, fit_points, defensive_weight, defensive_scale
+    ).checked()
+    _check_encoder(encoder, encoder_weight)
     rule = _step_rule(num_steps, min_moved, max_steps, max_oversampling, min_gain)
 
     def move(
         state: SMCState, target: Target, generator: torch.Generator | None, chol: Tensor
     ) -> tuple[SMCState, MoveInfo]:
-        fit = cross_fit(
-            state.z,
-            state.log_weights,
-            num_components=num_components,
-            em_iterations=em_iterations,
-            fit_points=fit_points,
-            defensive_weight=defensive_weight,
-            defensive_scale=defensive_scale,
-            generator=generator,
-        )
-        dtype = state.z.dtype
-        enc_dtype = _float_dtype(encoder, dtype)
-        x = target.x.to(enc_dtype)
-
-        def sample_side(side: int, rows: Tensor | None, n: int) -> tuple[Tensor, Tensor]:
-            x_rows = x if rows is None else x[rows]
-            shape = (x_rows.shape[0], n)
-            use_q = torch.rand(shape, generator=generator, dtype=dtype, device=state.z.device)
-            use_q = use_q < encoder_weight
-            z_q = encoder.sample(x_rows, n, generator=generator).to(dtype)
-            z_m = fit.select(rows).sample_side(side, n, generator)
-            return torch.where(use_q[..., None], z_q, z_m), use_q
-
-        def log_proposal(z: Tensor, rows: Tensor | None) -> Tensor:
-            x_rows = x if rows is None else x[rows]
-            log_q = encoder.log_prob(z.to(enc_dtype), x_rows).to(dtype)
-            log_q = torch.nan_to_num(log_q, nan=-math.inf, posinf=-math.inf)
-            log_m = fit.select(rows).apply(mixture_log_prob, z)
-            return torch.logaddexp(log_a + log_q, log_1ma + log_m)
-
-        was_training = getattr(encoder, "training", False)
-        if isinstance(encoder, torch.nn.Module):
-            encoder.eval()
-        try:
-            with torch.no_grad():
-                return _independence_steps(
-                    state,
-                    target,
-                    generator,
-                    chol,
-                    rule,
-                    fit,
-                    sample_side,
-                    log_proposal,
-                )
-        finally:
-            if isinstance(encoder, torch.nn.Module):
-                encoder.train(was_training)
+        fit = settings.fit(state, generator)
+        proposal = _encoder_and_mixture(encoder, encoder_weight, fit, state, target, generator)
+        with _frozen(encoder):
+            return _independence_steps(state, target, generator, chol, rule, fit, *proposal)
 
     return make_kernel(move, num_steps=num_steps, name="encoder", uses_scale=False)

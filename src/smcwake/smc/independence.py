@@ -6,12 +6,55 @@ particle can jump between modes in one step. The steps themselves (:func:`_indep
 serve any fixed proposal density given as a sampler and a log-density, which is how
 :func:`~smcwake.smc.encoder_proposal.encoder_independence` reuses them; :class:`StepRule` says
 how many steps one call takes, per observation.
+
+How many steps. Jumps between modes need no path through the low-density gaps: a proposal lands
+in each mode with about that mode's share of the cloud, and the ratio corrects the shares toward
+pi_tau. Each accepted proposal is a fresh draw, so a mode's share relaxes toward pi_tau about as
+fast as particles accept; what is left of an imbalance after a call is roughly the share of
+particles that never accepted. Hence the rule: after ``num_steps`` steps, a particle keeps
+stepping until a weighted share ``min_moved`` of the *other* particles of its half have accepted
+at least once in this call, or until those accept under 5% of their proposals per step, at most
+``max_steps`` steps. Where g fits pi_tau well this stops at ``num_steps``; on curved or
+heavy-tailed modes, where acceptance is lower, it spends the steps that the mode masses need (on
+the SLCP model of ``docs/KERNELS.md``, two fixed steps left mode masses off by 0.11 on average,
+the adaptive rule by 0.01). The other particles of a half never see the particle (their
+proposals come from a g fitted to the other half), so its number of steps is a stopping time of
+chains independent of its own: given them, it makes a fixed number of exact steps, and the move
+is exact at every K (:func:`_independence_steps`). ``min_moved=0`` gives exactly ``num_steps``.
+
+Where the cloud shows modes. The extra steps are taken where, for the other particles of the
+half, the mixture beats one Gaussian fitted to the same points by at least ``min_gain`` nats per
+particle out of sample (:func:`~smcwake.smc.proposal_mixture.held_out_gain`). On a single lump
+(a Gaussian-like posterior in any dimension) there are no modes to balance, the local steps mix
+the cloud, and more steps would only cost evaluations (2.7 times on a 10-d Gaussian at
+K = 300); there the move makes ``num_steps`` steps. ``min_gain=None`` applies the rule
+everywhere. The gain is read from particles other than the one that moves, so the step count
+stays a stopping time of chains independent of its own.
+
+Proposals outside the prior's support are drawn again, up to ``max_oversampling`` draws per
+particle (:func:`_proposals_in_support`): g restricted to the support has the density
+g / g(support), a constant that cancels from the ratio, so the move stays exact and spends its
+likelihood evaluations inside the support (on the SLCP model, a posterior cut by a box prior,
+about a tenth of the draws fall outside). ``max_oversampling=1`` turns this off.
+
+How many points each fit uses. ``fit_points`` caps the particles each half-cloud's fit uses
+(drawn by weight), and with it the components (at least 20 d points each): fewer points fit
+faster but can leave fewer components than modes. On the 6-d model with 8 modes of
+``benchmarks/multimodal.py``, 512 points per fit lost up to half of a mode's mass where the
+default kept every mode within 0.01.
+
+References:
+    Beskos, Jasra, Kantas & Thiery (2016), On the convergence of adaptive sequential Monte Carlo
+    methods, Ann. Appl. Probab.
+    Papamakarios, Sterratt & Murray (2019), Sequential neural likelihood, AISTATS (the SLCP
+    model).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, NamedTuple
 
 import torch
@@ -29,7 +72,7 @@ from smcwake.smc.mh import (
     update_where,
     whitened_sq_norm,
 )
-from smcwake.smc.proposal_mixture import MIN_GAIN, CrossFit, cross_fit, held_out_gain
+from smcwake.smc.proposal_mixture import MIN_GAIN, CrossFit, FitSettings, held_out_gain
 
 if TYPE_CHECKING:
     from smcwake.smc.base import SMCState
@@ -47,20 +90,9 @@ MAX_OVERSAMPLING = 4.0
 """Default cap on the draws from the proposal per particle, to find points inside the support."""
 
 
-def _check_common(num_steps: int, num_components: int, em_iterations: int) -> None:
+def _check_num_steps(num_steps: int) -> None:
     if num_steps < 1:
         raise ValueError(f"num_steps: expected >= 1, received {num_steps}")
-    if num_components < 1:
-        raise ValueError(f"num_components: expected >= 1, received {num_components}")
-    if em_iterations < 0:
-        raise ValueError(f"em_iterations: expected >= 0, received {em_iterations}")
-
-
-def _check_fraction(name: str, value: float, *, closed_low: bool) -> None:
-    low_ok = value >= 0.0 if closed_low else value > 0.0
-    if not (low_ok and value < 1.0):
-        interval = "[0, 1)" if closed_low else "(0, 1)"
-        raise ValueError(f"{name}: expected a fraction in {interval}, received {value!r}")
 
 
 SampleSide = Callable[[int, Tensor | None, int], tuple[Tensor, Tensor | None]]
@@ -192,6 +224,162 @@ def _step_rule(
     return StepRule(num_steps, min_moved, cap, float(max_oversampling), min_gain)
 
 
+class _Chains(NamedTuple):
+    """The chains of one call as they run: every particle keeps stepping until its observation
+    stops."""
+
+    state: SMCState
+    log_g: Tensor  # [B, K] the proposal density at the current points
+    moved: Tensor  # [B, K] 1 where the chain accepted in this call
+    inside_rate: Tensor  # [2, B] share of each side's last draws inside the prior's support
+
+
+class _Returned(NamedTuple):
+    """What the call returns: each particle as it was at its own stopping step."""
+
+    state: SMCState
+    moved: Tensor  # [B, K]
+    stopped: Tensor  # [B, K] bool
+
+
+@dataclass
+class _Tally:
+    """Counts over the steps of one call, added to in place for the observations stepped."""
+
+    accepted: Tensor  # [B, K] acceptances within the steps each particle used
+    tried: Tensor  # [B, K] steps each particle used
+    jump: Tensor  # [B, K] whitened squared jumps accepted within those steps
+    acc_run: Tensor  # [B, K] acceptances of the running chains, in every step
+    steps: Tensor  # [B] int64: steps each observation was evaluated for
+    tagged: Tensor  # [B] tagged proposals (see SampleSide) within the steps used
+    tagged_accepted: Tensor  # [B]
+    any_tag: bool = False
+
+    @classmethod
+    def zeros(cls, state: SMCState) -> _Tally:
+        like = state.log_prior
+        per_observation = torch.zeros(like.shape[0], dtype=like.dtype, device=like.device)
+        steps = torch.zeros(like.shape[0], dtype=torch.int64, device=like.device)
+        return cls(
+            *(torch.zeros_like(like) for _ in range(4)),
+            steps,
+            per_observation,
+            torch.zeros_like(per_observation),
+        )
+
+    def add(self, rows: Tensor, acc: Tensor, used: Tensor, sq: Tensor, tag: Tensor | None) -> None:
+        """Count one step of the observations ``rows``. Shapes: rows [b], others [b, K]."""
+        self.acc_run.index_add_(0, rows, acc)
+        self.accepted.index_add_(0, rows, acc * used)
+        self.tried.index_add_(0, rows, used)
+        self.jump.index_add_(0, rows, sq)
+        self.steps[rows] += 1
+        if tag is not None:
+            self.any_tag = True
+            tag_f = tag.to(self.tagged.dtype)
+            self.tagged.index_add_(0, rows, (tag_f * used).sum(-1))
+            self.tagged_accepted.index_add_(0, rows, (acc * used * tag_f).sum(-1))
+
+
+class _StepContext(NamedTuple):
+    """What stays fixed during one call of the independence steps."""
+
+    target: Target
+    generator: torch.Generator | None
+    chol: Tensor  # [B, d, d]
+    rule: StepRule
+    half: int
+    sample_side: SampleSide
+    log_proposal: LogProposal
+    raw_weights: Tensor  # [B, K] the particles' weights, unnormalized
+    balance: Tensor  # [B, K] bool: the step rule applies (the cloud shows modes)
+    tally: _Tally
+
+
+def _part(t: Tensor, rows: Tensor | None) -> Tensor:
+    """Rows ``rows`` of t (None: all of it)."""
+    return t if rows is None else t[rows]
+
+
+def _put(full: Tensor, rows: Tensor | None, part: Tensor) -> Tensor:
+    """``full`` with rows ``rows`` replaced by ``part`` (None: ``part`` is all of it)."""
+    return part if rows is None else full.index_copy(0, rows, part)
+
+
+def _independence_step(
+    chains: _Chains,
+    stopped: Tensor,
+    rows: Tensor | None,
+    active: Tensor,
+    ctx: _StepContext,
+) -> tuple[_Chains, SMCState, Tensor]:
+    """One step of the chains of the observations ``active`` (``rows``: None when all are).
+
+    Returns the chains after the step, the stepped rows' new states and their moved flags.
+    Shapes: stopped [B, K] bool; the rows' state [b, K, d] and moved [b, K].
+    """
+    K = chains.state.z.shape[1]
+    dtype = chains.state.log_prior.dtype
+    sub = chains.state if rows is None else _rows(chains.state, rows)
+    sub_target = ctx.target if rows is None else ctx.target.select(rows)
+    z_new, tag, lp, rate = _proposals_in_support(
+        ctx.sample_side,
+        rows,
+        sub_target,
+        K,
+        ctx.half,
+        chains.inside_rate if rows is None else chains.inside_rate[:, rows],
+        ctx.rule.max_oversampling,
+    )
+    ll = ctx.target.model.log_likelihood(z_new, sub_target.x, sub_target.rows, log_prior=lp)
+    log_g_new = ctx.log_proposal(z_new, rows)
+    log_g = _part(chains.log_g, rows)
+    acc = accept(log_target_ratio(sub, lp, ll) + log_g - log_g_new, ctx.generator)
+    used = (~_part(stopped, rows)).to(dtype)  # the steps that count for the returned particles
+    acc_f = acc.to(dtype)
+    sq = acc_f * used * whitened_sq_norm(z_new - sub.z, _part(ctx.chol, rows))
+    sub = update_where(sub, acc, z_new, lp, ll)
+    moved_now = torch.maximum(_part(chains.moved, rows), acc_f)
+    ctx.tally.add(active, acc_f, used, sq, tag)
+    chains = _Chains(
+        sub if rows is None else _put_rows(chains.state, rows, sub),
+        _put(chains.log_g, rows, torch.where(acc, log_g_new, log_g)),
+        _put(chains.moved, rows, moved_now),
+        rate if rows is None else chains.inside_rate.index_copy(1, rows, rate),
+    )
+    return chains, sub, moved_now
+
+
+def _stop_where_done(
+    returned: _Returned,
+    sub: SMCState,
+    moved_now: Tensor,
+    rows: Tensor | None,
+    step: int,
+    ctx: _StepContext,
+) -> _Returned:
+    """Stop the particles whose rule is met after ``step``; they keep this step's state.
+
+    Shapes: sub and moved_now the stepped rows' [b, K, d] and [b, K].
+    """
+    rule = ctx.rule
+    done = _mean_of_others(_part(ctx.raw_weights, rows), moved_now, ctx.half) >= rule.min_moved
+    acc_run = _part(ctx.tally.acc_run, rows)
+    rate_others = _mean_of_others(torch.ones_like(moved_now), acc_run, ctx.half)
+    done = done | (rate_others < _FUTILE_ACCEPTANCE * (step + 1)) | ~_part(ctx.balance, rows)
+    if step + 1 == rule.max_steps:
+        done = torch.ones_like(done)
+    stopped = _part(returned.stopped, rows)
+    newly = done & ~stopped  # particles that stop here keep this step's state
+    out = returned.state if rows is None else _rows(returned.state, rows)
+    out = update_where(out, newly, sub.z, sub.log_prior, sub.loglik)
+    return _Returned(
+        out if rows is None else _put_rows(returned.state, rows, out),
+        _put(returned.moved, rows, torch.where(newly, moved_now, _part(returned.moved, rows))),
+        _put(returned.stopped, rows, stopped | newly),
+    )
+
+
 def _independence_steps(
     state: SMCState,
     target: Target,
@@ -233,10 +421,8 @@ def _independence_steps(
     Shapes: state.z [B, K, d]; sample_side and log_proposal as :data:`SampleSide` and
     :data:`LogProposal`.
     """
-    B, K, _ = state.z.shape
-    half = fit.half
-    device, dtype = state.z.device, state.log_prior.dtype
-    inside_rate = torch.ones(2, B, dtype=dtype, device=device)
+    B = state.z.shape[0]
+    dtype = state.log_prior.dtype
     top = state.log_weights.amax(-1, keepdim=True)
     raw = torch.exp(state.log_weights - torch.where(torch.isfinite(top), top, 0.0))
     weights = raw / raw.sum(-1, keepdim=True).clamp_min(torch.finfo(dtype).tiny)
@@ -244,100 +430,53 @@ def _independence_steps(
     if rule.min_gain is None:  # every particle may take more than num_steps steps
         balance = torch.ones_like(state.log_prior, dtype=torch.bool)
     else:  # read from the other particles of the side, as the moved share is
-        balance = _mean_of_others(raw, gain, half) >= rule.min_gain
-    log_g = log_proposal(state.z, None)  # [B, K], cached for the current particles
-    accepted = torch.zeros_like(state.log_prior)
-    tried = torch.zeros_like(state.log_prior)  # steps each particle used
-    jump = torch.zeros_like(state.log_prior)
-    moved = torch.zeros_like(state.log_prior)  # 1 where a chain accepted in this call
-    acc_run = torch.zeros_like(state.log_prior)  # acceptances of the running chains
-    stopped = torch.zeros_like(state.log_prior, dtype=torch.bool)
-    out = state  # each particle's state at its own stopping step
-    moved_out = moved
-    steps = torch.zeros(B, dtype=torch.int64, device=device)
-    tagged = torch.zeros(B, dtype=dtype, device=device)
-    tagged_accepted = torch.zeros_like(tagged)
-    any_tag = False
-    active = torch.arange(B, device=device)
+        balance = _mean_of_others(raw, gain, fit.half) >= rule.min_gain
+    ctx = _StepContext(
+        target,
+        generator,
+        chol,
+        rule,
+        fit.half,
+        sample_side,
+        log_proposal,
+        raw,
+        balance,
+        _Tally.zeros(state),
+    )
+    moved = torch.zeros_like(state.log_prior)
+    inside_rate = torch.ones(2, B, dtype=dtype, device=state.z.device)
+    chains = _Chains(state, log_proposal(state.z, None), moved, inside_rate)
+    returned = _Returned(state, moved, torch.zeros_like(moved, dtype=torch.bool))
+    active = torch.arange(B, device=state.z.device)
     for step in range(rule.max_steps):
-        everyone = active.numel() == B
-        rows = None if everyone else active
-
-        def part(t: Tensor, everyone: bool = everyone, active: Tensor = active) -> Tensor:
-            return t if everyone else t[active]
-
-        sub = state if everyone else _rows(state, active)
-        sub_target = target if everyone else target.select(active)
-        z_new, tag, lp, rate = _proposals_in_support(
-            sample_side,
-            rows,
-            sub_target,
-            K,
-            half,
-            inside_rate if everyone else inside_rate[:, active],
-            rule.max_oversampling,
-        )
-        ll = target.model.log_likelihood(z_new, sub_target.x, sub_target.rows, log_prior=lp)
-        log_g_new = log_proposal(z_new, rows)
-        acc = accept(log_target_ratio(sub, lp, ll) + part(log_g) - log_g_new, generator)
-        used = (~part(stopped)).to(dtype)  # the steps that count for the returned particles
-        acc_f = acc.to(dtype)
-        sq = acc_f * used * whitened_sq_norm(z_new - sub.z, part(chol))
-        sub = update_where(sub, acc, z_new, lp, ll)
-        moved_now = torch.maximum(part(moved), acc_f)
-        acc_run.index_add_(0, active, acc_f)
-        if everyone:
-            state, moved, inside_rate = sub, moved_now, rate
-            log_g = torch.where(acc, log_g_new, log_g)
-        else:
-            state = _put_rows(state, active, sub)
-            moved = moved.index_copy(0, active, moved_now)
-            inside_rate = inside_rate.index_copy(1, active, rate)
-            log_g = log_g.index_copy(0, active, torch.where(acc, log_g_new, log_g[active]))
-        accepted.index_add_(0, active, acc_f * used)
-        tried.index_add_(0, active, used)
-        jump.index_add_(0, active, sq)
-        steps[active] += 1
-        if tag is not None:
-            any_tag = True
-            tagged.index_add_(0, active, (tag.to(dtype) * used).sum(-1))
-            tagged_accepted.index_add_(0, active, (acc_f * used * tag.to(dtype)).sum(-1))
+        rows = None if active.numel() == B else active
+        chains, sub, moved_now = _independence_step(chains, returned.stopped, rows, active, ctx)
         if not rule.adaptive or step + 1 < rule.num_steps:
             continue
-        done = _mean_of_others(part(raw), moved_now, half) >= rule.min_moved
-        rate_others = _mean_of_others(torch.ones_like(moved_now), part(acc_run), half)
-        done = done | (rate_others < _FUTILE_ACCEPTANCE * (step + 1)) | ~part(balance)
-        if step + 1 == rule.max_steps:
-            done = torch.ones_like(done)
-        newly = done & ~part(stopped)  # particles that stop here keep this step's state
-        out_sub = update_where(
-            out if everyone else _rows(out, active), newly, sub.z, sub.log_prior, sub.loglik
-        )
-        moved_out_sub = torch.where(newly, moved_now, part(moved_out))
-        stopped_sub = part(stopped) | newly
-        if everyone:
-            out, moved_out, stopped = out_sub, moved_out_sub, stopped_sub
-        else:
-            out = _put_rows(out, active, out_sub)
-            moved_out = moved_out.index_copy(0, active, moved_out_sub)
-            stopped = stopped.index_copy(0, active, stopped_sub)
-        active = active[~stopped_sub.all(-1)]
+        returned = _stop_where_done(returned, sub, moved_now, rows, step, ctx)
+        active = active[~_part(returned.stopped, rows).all(-1)]
         if active.numel() == 0:
             break
     if not rule.adaptive:
-        out, moved_out = state, moved
-    total = tried.sum(-1).clamp_min(1)
+        returned = returned._replace(state=chains.state, moved=chains.moved)
+    return returned.state, _move_info(ctx.tally, returned.moved, weights, gain, rule)
+
+
+def _move_info(
+    tally: _Tally, moved: Tensor, weights: Tensor, gain: Tensor, rule: StepRule
+) -> MoveInfo:
+    """The call's diagnostics. Shapes: moved, weights (normalized), gain [B, K]."""
+    total = tally.tried.sum(-1).clamp_min(1)
     extra = {
-        "independence/acceptance": accepted.sum(-1) / total,
-        "independence/moved": (weights * moved_out).sum(-1),
-        "independence/steps": steps.to(dtype),
+        "independence/acceptance": tally.accepted.sum(-1) / total,
+        "independence/moved": (weights * moved).sum(-1),
+        "independence/steps": tally.steps.to(gain.dtype),
         "independence/gain": (weights * gain).sum(-1),
     }
-    if any_tag:
-        extra["acceptance/from_encoder"] = tagged_accepted / tagged.clamp_min(1)
-    evals = steps.to(torch.float64) if rule.adaptive else rule.num_steps
-    info = MoveInfo(extra["independence/acceptance"], evals, jump.sum(-1) / total, extra)
-    return out, info
+    if tally.any_tag:
+        extra["acceptance/from_encoder"] = tally.tagged_accepted / tally.tagged.clamp_min(1)
+    evals = tally.steps.to(torch.float64) if rule.adaptive else rule.num_steps
+    return MoveInfo(extra["independence/acceptance"], evals, tally.jump.sum(-1) / total, extra)
 
 
 def mixture_independence(
@@ -371,55 +510,21 @@ def mixture_independence(
     any particle moves, to particles other than itself, and held fixed for the whole call;
     g > 0 everywhere (Gaussian components), so the chain is irreducible on the support of pi_tau.
 
-    Jumps between modes need no path through the low-density gaps: a proposal lands in each mode
-    with about that mode's share of the cloud, and the ratio corrects the shares toward pi_tau.
-    Each accepted proposal is a fresh draw, so a mode's share relaxes toward pi_tau about as
-    fast as particles accept; what is left of an imbalance after a call is roughly the share of
-    particles that never accepted. Hence the number of steps: after ``num_steps`` steps, a
-    particle keeps stepping until a weighted share ``min_moved`` of the *other* particles of its
-    half have accepted at least once in this call, or until those accept under 5% of their
-    proposals per step, at most ``max_steps`` steps. Where g fits pi_tau well this stops at
-    ``num_steps``; on curved or heavy-tailed modes, where acceptance is lower, it spends the
-    steps that the mode masses need (on the SLCP model of ``docs/KERNELS.md``, two fixed steps
-    left mode masses off by 0.11 on average, the adaptive rule by 0.01). The other particles of
-    a half never see the particle (their proposals come from a g fitted to the other half), so
-    its number of steps is a stopping time of chains independent of its own: given them, it
-    makes a fixed number of exact steps, and the move is exact at every K
-    (:func:`_independence_steps`). ``min_moved=0`` gives exactly ``num_steps`` steps.
-
-    The extra steps are taken where the cloud shows modes: where, for the other particles of
-    the half, the mixture beats one Gaussian fitted to the same points by at least
-    ``min_gain`` nats per particle out of sample (:func:`held_out_gain`). On a single lump
-    (a Gaussian-like posterior in any dimension) there are no modes to balance, the local
-    steps mix the cloud, and more steps would only cost evaluations (2.7 times on a 10-d
-    Gaussian at K = 300); there the move makes ``num_steps`` steps. ``min_gain=None`` applies
-    the rule everywhere. The gain is read from particles other than the one that moves, so
-    the step count stays a stopping time of chains independent of its own.
-
-    Proposals outside the prior's support are drawn again, up to ``max_oversampling`` draws
-    per particle (:func:`_proposals_in_support`): g restricted to the support has the density
-    g / g(support), a constant that cancels from the ratio, so the move stays exact and spends
-    its likelihood evaluations inside the support (on the SLCP model, a posterior cut by a box
-    prior, about a tenth of the draws fall outside). ``max_oversampling=1`` turns this off.
-
-    Acceptance is high where g matches pi_tau and falls with the dimension when it does not, so
-    pair it with local moves (:func:`~smcwake.smc.composite.compose`). It does not read
-    ``state.scale``.
-
-    ``fit_points`` caps the particles each half-cloud's fit uses (drawn by weight), and with it
-    the components (at least 20 d points each): fewer points fit faster but can leave fewer
-    components than modes. On the 6-d model with 8 modes of ``benchmarks/multimodal.py``, 512
-    points per fit lost up to half of a mode's mass where the default kept every mode within
-    0.01.
+    The number of steps adapts where the cloud shows modes, up to ``max_steps``, and proposals
+    outside the prior's support are drawn again: the module's documentation says how, why, and
+    why the move stays exact. Acceptance is high where g matches pi_tau and falls with the
+    dimension when it does not, so pair it with local moves
+    (:func:`~smcwake.smc.composite.compose`). It does not read ``state.scale``.
 
     ``MoveInfo.extra`` reports per observation ``"independence/acceptance"``,
-    ``"independence/moved"`` (the weighted share of particles that accepted at least once) and
-    ``"independence/steps"``; :func:`check_mode_mixing` reads them from ``SMCResult.kernel_info``.
-    ``MoveInfo.evals_per_particle`` is the number of steps per observation (a float64 tensor
-    [B]) when the number adapts.
+    ``"independence/moved"`` (the weighted share of particles that accepted at least once),
+    ``"independence/steps"`` and ``"independence/gain"``; ``check_mode_mixing`` reads them from
+    ``SMCResult.kernel_info``. ``MoveInfo.evals_per_particle`` is the number of steps per
+    observation (a float64 tensor [B]) when the number adapts.
 
     Args:
         num_steps: independence steps per call, at least.
+        fit_points: at most this many particles (drawn by weight) per half-cloud fit.
         min_moved: share of the particles that must have accepted before a particle stops;
             0 for exactly ``num_steps`` steps.
         max_steps: at most this many steps per call (None: exactly ``num_steps``).
@@ -435,10 +540,6 @@ def mixture_independence(
         Chopin (2002), A sequential particle filter method for static models, Biometrika.
         South, Pettitt & Drovandi (2019), Sequential Monte Carlo samplers with independent
         Markov chain Monte Carlo proposals, Bayesian Analysis.
-        Beskos, Jasra, Kantas & Thiery (2016), On the convergence of adaptive sequential Monte
-        Carlo methods, Ann. Appl. Probab.
-        Papamakarios, Sterratt & Murray (2019), Sequential neural likelihood, AISTATS (the SLCP
-        model).
 
     >>> from smcwake.smc.sampler import run_smc
     >>> from smcwake.model import Model
@@ -452,25 +553,16 @@ def mixture_independence(
     >>> abs(float(positive) - 0.5) < 0.05  # two mirror modes, half the mass each
     True
     """
-    _check_common(num_steps, num_components, em_iterations)
-    _check_fraction("defensive_weight", defensive_weight, closed_low=True)
-    if defensive_scale <= 0:
-        raise ValueError(f"defensive_scale: expected > 0, received {defensive_scale!r}")
+    _check_num_steps(num_steps)
+    settings = FitSettings(
+        num_components, em_iterations, fit_points, defensive_weight, defensive_scale
+    ).checked()
     rule = _step_rule(num_steps, min_moved, max_steps, max_oversampling, min_gain)
 
     def move(
         state: SMCState, target: Target, generator: torch.Generator | None, chol: Tensor
     ) -> tuple[SMCState, MoveInfo]:
-        fit = cross_fit(
-            state.z,
-            state.log_weights,
-            num_components=num_components,
-            em_iterations=em_iterations,
-            fit_points=fit_points,
-            defensive_weight=defensive_weight,
-            defensive_scale=defensive_scale,
-            generator=generator,
-        )
+        fit = settings.fit(state, generator)
         return _independence_steps(
             state,
             target,

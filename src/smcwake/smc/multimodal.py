@@ -55,7 +55,7 @@ from torch import Tensor
 from smcwake.smc.base import make_kernel
 from smcwake.smc.encoder_proposal import ProposalEncoder, encoder_independence
 from smcwake.smc.gmm import apply_component, log_responsibilities, log_sum_exp, step_log_prob
-from smcwake.smc.independence import _check_common, mixture_independence
+from smcwake.smc.independence import _check_num_steps, mixture_independence
 from smcwake.smc.mh import (
     Kernel,
     MoveInfo,
@@ -69,6 +69,7 @@ from smcwake.smc.mh import (
 from smcwake.smc.proposal_mixture import (
     MIN_GAIN,
     CrossFit,
+    FitSettings,
     cloud_mixture,
     cross_fit,
     held_out_gain,
@@ -133,19 +134,13 @@ def local_random_walk(
         applications, Biometrika. Roberts, Gelman & Gilks (1997), Weak convergence and optimal
         scaling of random walk Metropolis algorithms, Ann. Appl. Probab.
     """
-    _check_common(num_steps, num_components, em_iterations)
+    _check_num_steps(num_steps)
+    settings = FitSettings(num_components, em_iterations, fit_points).checked()
 
     def move(
         state: SMCState, target: Target, generator: torch.Generator | None, chol: Tensor
     ) -> tuple[SMCState, MoveInfo]:
-        fit = cross_fit(
-            state.z,
-            state.log_weights,
-            num_components=num_components,
-            em_iterations=em_iterations,
-            fit_points=fit_points,
-            generator=generator,
-        )
+        fit = settings.fit(state, generator)
         d = state.z.shape[-1]
         root_h = (state.scale.to(state.z.dtype) / math.sqrt(d))[:, None, None, None]
         # the step covariances h Sigma_j, h = s^2 / d: a mixture of steps N(0, h Sigma_j)
@@ -252,10 +247,9 @@ def check_mode_mixing(
     >>> bool(res.kernel_info["independence/moved"][0] > 0.85), check_mode_mixing(res).tolist()
     (True, [False])
     """
-    for name, value in (
-        ("min_moved", min_moved),
-        ("min_acceptance", min_acceptance),
-        ("min_distinct", min_distinct),
+    thresholds = (min_moved, min_acceptance, min_distinct)
+    for name, value in zip(
+        ("min_moved", "min_acceptance", "min_distinct"), thresholds, strict=True
     ):
         if not 0.0 <= value <= 1.0:
             raise ValueError(f"{name}: expected a fraction in [0, 1], received {value!r}")
@@ -271,24 +265,36 @@ def check_mode_mixing(
     if acceptance is not None:
         suspect = suspect | (modes & (acceptance.to(distinct.dtype) < min_acceptance))
     if warn and bool(suspect.any()):
-        first = int(torch.nonzero(suspect)[0])
-        details = f"distinct {float(distinct[first]):.2f}"
-        if moved is not None and acceptance is not None:
-            details = (
-                f"moved by independence steps {float(moved[first]):.2f} per stage, "
-                f"acceptance {float(acceptance[first]):.2f}, {details}"
-            )
-        logger.warning(
-            "%d of %d observations: mode masses may not have equilibrated (first: observation "
-            "%d, %s; flagged below %.2f moved, %.2f acceptance or %.2f distinct). Use more "
-            "particles or allow more independence steps (mixture_independence(max_steps=...)); "
-            "see smcwake.smc.multimodal.check_mode_mixing",
-            int(suspect.sum()),
-            suspect.numel(),
-            first,
-            details,
-            min_moved,
-            min_acceptance,
-            min_distinct,
-        )
+        _warn_unmixed(suspect, distinct, moved, acceptance, thresholds)
     return suspect
+
+
+def _warn_unmixed(
+    suspect: Tensor,
+    distinct: Tensor,
+    moved: Tensor | None,
+    acceptance: Tensor | None,
+    thresholds: tuple[float, float, float],
+) -> None:
+    """Log :func:`check_mode_mixing`'s warning, with the first flagged observation's figures.
+
+    Shapes: suspect, distinct, moved, acceptance [B]; thresholds (moved, acceptance, distinct).
+    """
+    first = int(torch.nonzero(suspect)[0])
+    details = f"distinct {float(distinct[first]):.2f}"
+    if moved is not None and acceptance is not None:
+        details = (
+            f"moved by independence steps {float(moved[first]):.2f} per stage, "
+            f"acceptance {float(acceptance[first]):.2f}, {details}"
+        )
+    logger.warning(
+        "%d of %d observations: mode masses may not have equilibrated (first: observation "
+        "%d, %s; flagged below %.2f moved, %.2f acceptance or %.2f distinct). Use more "
+        "particles or allow more independence steps (mixture_independence(max_steps=...)); "
+        "see smcwake.smc.multimodal.check_mode_mixing",
+        int(suspect.sum()),
+        suspect.numel(),
+        first,
+        details,
+        *thresholds,
+    )

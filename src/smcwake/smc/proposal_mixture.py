@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 from torch import Tensor
@@ -27,7 +27,10 @@ from smcwake.smc.gmm import (
 )
 from smcwake.smc.mh import weighted_cholesky, weighted_mean
 
-__all__ = ["MIN_GAIN", "cloud_mixture", "CrossFit", "cross_fit", "held_out_gain"]
+if TYPE_CHECKING:
+    from smcwake.smc.base import SMCState
+
+__all__ = ["MIN_GAIN", "cloud_mixture", "CrossFit", "cross_fit", "FitSettings", "held_out_gain"]
 
 
 MIN_GAIN = 0.15
@@ -172,6 +175,39 @@ def cross_fit(
     first = cloud_mixture(z[:, half:], log_weights[:, half:], **options)
     second = cloud_mixture(z[:, :half], log_weights[:, :half], **options)
     return CrossFit(first, second, half, defensive_weight, defensive_scale)
+
+
+class FitSettings(NamedTuple):
+    """How a move fits its proposal mixtures to the cloud at the start of each call.
+
+    The fields are :func:`cross_fit`'s keywords; a move builds its settings once, checks them
+    (:meth:`checked`) and fits with them at every call (:meth:`fit`).
+    """
+
+    num_components: int = 16
+    em_iterations: int = 10
+    fit_points: int | None = 4096
+    defensive_weight: float = 0.0
+    defensive_scale: float = 1.0
+
+    def checked(self) -> FitSettings:
+        """These settings, after a ``ValueError`` naming the first one out of its range."""
+        if self.num_components < 1:
+            raise ValueError(f"num_components: expected >= 1, received {self.num_components}")
+        if self.em_iterations < 0:
+            raise ValueError(f"em_iterations: expected >= 0, received {self.em_iterations}")
+        if not 0.0 <= self.defensive_weight < 1.0:
+            raise ValueError(
+                f"defensive_weight: expected a fraction in [0, 1), received "
+                f"{self.defensive_weight!r}"
+            )
+        if self.defensive_scale <= 0:
+            raise ValueError(f"defensive_scale: expected > 0, received {self.defensive_scale!r}")
+        return self
+
+    def fit(self, state: SMCState, generator: torch.Generator | None) -> CrossFit:
+        """:func:`cross_fit` to the state's weighted cloud. Shapes: state.z [B, K, d]."""
+        return cross_fit(state.z, state.log_weights, **self._asdict(), generator=generator)
 
 
 def held_out_gain(z: Tensor, log_weights: Tensor, fit: CrossFit) -> Tensor:
