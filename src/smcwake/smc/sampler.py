@@ -286,12 +286,12 @@ class _Trace:
             taus=[state.tau.clone()],
         )
 
-    def record(self, idx: Tensor, info: StageInfo, like: Tensor, max_correlation: float) -> int:
+    def record(self, idx: Tensor, info: StageInfo, z: Tensor, max_correlation: float) -> int:
         """Record a stage of the rows ``idx``; returns how many of them finished in it.
 
-        Shapes: idx [b], info with [b] fields, like [B, K, d] (the particles' dtype and K).
+        Shapes: idx [b], info with [b] fields, z [B, K, d] (for its dtype, device and K).
         """
-        B, K = like.shape[:2]
+        B, K = z.shape[:2]
         self.planned[idx] = info.planned
         per_particle = info.evals_per_particle  # an int, or [B] (possibly fractional)
         if isinstance(per_particle, Tensor) and per_particle.is_floating_point():
@@ -302,17 +302,17 @@ class _Trace:
         self.zero_likelihood[idx] |= info.zero_likelihood
         for history, value, dtype in (
             (self.taus, info.tau, torch.float64),
-            (self.accs, info.acceptance_rate.to(like.dtype), like.dtype),
-            (self.corrs, info.correlation.to(like.dtype), like.dtype),
+            (self.accs, info.acceptance_rate.to(z.dtype), z.dtype),
+            (self.corrs, info.correlation.to(z.dtype), z.dtype),
         ):
-            row = torch.full((B,), math.nan, dtype=dtype, device=like.device)
+            row = torch.full((B,), math.nan, dtype=dtype, device=z.device)
             row[idx] = value
             history.append(row)
-        excess = (info.correlation - NOISE_ALLOWANCE * info.correlation_noise).to(like.dtype)
+        excess = (info.correlation - NOISE_ALLOWANCE * info.correlation_noise).to(z.dtype)
         self.unmixed_stage[idx] |= excess > max_correlation
         for key, value in info.extra.items():
             sums = self.extra_sums.setdefault(
-                key, torch.zeros(B, dtype=torch.float64, device=like.device)
+                key, torch.zeros(B, dtype=torch.float64, device=z.device)
             )
             sums[idx] += value.to(torch.float64)
         was_running = self.running.clone()
@@ -365,15 +365,16 @@ def _start(
         log_evidence=torch.zeros(B, **f64),
         scale=torch.full((B,), kernel.initial_scale, dtype=z.dtype, device=device),
     )
-    settings = {k: settings[k] for k in ("ess_target", "resample_threshold", "max_stages")}
     run = _Run(
         target,
         kernel,
         resampler,
+        ess_target=settings["ess_target"],
+        resample_threshold=settings["resample_threshold"],
         min_increment=min_increment,
+        max_stages=settings["max_stages"],
         max_correlation=max_correlation,
         generator=generator,
-        **settings,
     )
     return run, state, first_evals
 
