@@ -55,7 +55,16 @@ from torch import Tensor
 from smcwake.smc.base import make_kernel
 from smcwake.smc.encoder_proposal import ProposalEncoder, encoder_independence
 from smcwake.smc.gmm import apply_component, log_responsibilities, log_sum_exp, step_log_prob
-from smcwake.smc.independence import _check_num_steps, mixture_independence
+from smcwake.smc.independence import (
+    MAX_OVERSAMPLING,
+    MAX_STEPS,
+    MIN_MOVED,
+    LogProposal,
+    SampleSide,
+    StepRule,
+    _check_num_steps,
+    mixture_independence,
+)
 from smcwake.smc.mh import (
     Kernel,
     MoveInfo,
@@ -91,6 +100,13 @@ __all__ = [
     "local_random_walk",
     "held_out_gain",
     "check_mode_mixing",
+    # the step rule's defaults and types, defined in smcwake.smc.independence
+    "MIN_MOVED",
+    "MAX_STEPS",
+    "MAX_OVERSAMPLING",
+    "StepRule",
+    "SampleSide",
+    "LogProposal",
 ]
 
 
