@@ -14,7 +14,7 @@ from torch.distributions import Categorical, Independent, MixtureSameFamily, Nor
 
 from smcwake import Model, run_smc
 from smcwake.encoders import GaussianEncoder
-from smcwake.smc import multimodal
+from smcwake.smc import proposal_mixture
 from smcwake.smc.base import ADAPTATION_GAIN, MAX_SCALE, MIN_SCALE
 from smcwake.smc.composite import adaptive_steps, compose
 from smcwake.smc.gmm import (
@@ -275,7 +275,7 @@ def test_local_walk_needs_its_reverse_density(monkeypatch):
     model = Model(prior, lambda z, x: torch.zeros(z.shape[:2], dtype=z.dtype))
     B, K = 2, 4000
     target = Target(model, torch.zeros(B, 1, dtype=DT))
-    monkeypatch.setattr(multimodal, "fit_mixture", lambda *args, **kw: core_and_shell(B))
+    monkeypatch.setattr(proposal_mixture, "fit_mixture", lambda *args, **kw: core_and_shell(B))
 
     def half_sq_norm(kernel) -> tuple[float, float]:
         z = torch.randn(B, K, 2, generator=g, dtype=DT)

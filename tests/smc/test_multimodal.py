@@ -7,9 +7,9 @@ over coordinates (exact draws from a fine grid per squared coordinate, Gaussians
 (2) a two-component Gaussian-mixture prior with a Gaussian likelihood, whose posterior weights
 and evidence have closed forms. (3) the SLCP model (Papamakarios, Sterratt & Murray, 2019): four
 curved, heavy-tailed modes of mass exactly 1/4, cut by a box prior. (4) its lower-dimensional,
-asymmetric variant, whose mode masses are known by 1-d quadrature. The kernels' own mechanics
-(the adaptive number of independence steps, the redraws outside the support) and the mode-mixing
-diagnostic are tested at the end.
+asymmetric variant, whose mode masses are known by 1-d quadrature. The mode-mixing diagnostic is
+tested at the end; the independence moves' own mechanics (the adaptive number of steps, the
+redraws outside the support) in test_independence.py.
 """
 
 import logging
@@ -17,25 +17,22 @@ import math
 
 import pytest
 import torch
-from torch.distributions import (
-    Categorical,
-    Independent,
-    MixtureSameFamily,
-    MultivariateNormal,
-    Normal,
-    Uniform,
+from multimodal_models import (
+    DT,
+    E,
+    mixture_prior_model,
+    mixture_truth,
+    observation_with_weight,
+    standard_normal_model,
 )
+from torch.distributions import Independent, MultivariateNormal, Normal, Uniform
 
 from smcwake import Model, run_smc
 from smcwake.smc import multimodal
 from smcwake.smc.composite import compose
-from smcwake.smc.gmm import GaussianMixture
 from smcwake.smc.kernels import random_walk_metropolis
-from smcwake.smc.mh import Target, weighted_cholesky
-from smcwake.smc.multimodal import check_mode_mixing, cross_fit, mixture_independence
-from smcwake.smc.sampler import SMCState
+from smcwake.smc.multimodal import check_mode_mixing, mixture_independence
 
-DT = torch.float64
 SIGMA = 0.1
 KERNELS = ["mixture+rwmh", "mixture+local_rwmh", "mixture"]
 
@@ -170,40 +167,6 @@ def test_squares_eight_modes_keep_equal_mass(kernel):
     z_scores = mass_z_scores(result, m)
     assert z_scores.abs().max() < 4, z_scores
     assert_folded_match(result, x_obs, 0, m, seed=24)
-
-
-# ------------------------------------------------------------------- mixture prior model
-
-MU, NOISE, D = 12.0, 0.5, 3
-E = torch.ones(D, dtype=DT) / math.sqrt(D)
-LOCS = torch.stack([-MU * E, MU * E])
-PRIOR_WEIGHTS = torch.tensor([0.25, 0.75], dtype=DT)
-
-
-def mixture_prior_model() -> Model:
-    """0.25 N(-12 e, I_3) + 0.75 N(12 e, I_3) prior, x | z ~ N(z, 0.5^2 I_3)."""
-    prior = MixtureSameFamily(
-        Categorical(probs=PRIOR_WEIGHTS), Independent(Normal(LOCS, torch.ones_like(LOCS)), 1)
-    )
-    return Model(prior, lambda z, x: Normal(z, NOISE).log_prob(x[:, None, :]).sum(-1))
-
-
-def mixture_truth(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Posterior weight of the first component and log evidence. Shapes: x [B, D] -> [B], [B]."""
-    marginal = Normal(LOCS[:, None, :], math.sqrt(1 + NOISE**2)).log_prob(x).sum(-1)  # [2, B]
-    log_joint = torch.log(PRIOR_WEIGHTS)[:, None] + marginal
-    log_evidence = torch.logsumexp(log_joint, 0)
-    return torch.exp(log_joint[0] - log_evidence), log_evidence
-
-
-def observation_with_weight(p: float) -> torch.Tensor:
-    """x = t e with posterior weight p on the first component (log odds linear in t)."""
-    t = (
-        (math.log((1 - p) / p) - math.log(PRIOR_WEIGHTS[1] / PRIOR_WEIGHTS[0]))
-        * (1 + NOISE**2)
-        / (2 * MU)
-    )
-    return t * E
 
 
 def test_far_apart_unequal_modes_weights_and_evidence():
@@ -418,227 +381,6 @@ def test_asymmetric_variant_ten_observations_match_quadrature():
     g = torch.Generator().manual_seed(34)
     result = run_smc(slcp_model(ASYM_LOW), x, 5000, generator=g)
     assert_masses_within_binomial_error(result, truth)
-
-
-# ------------------------------------------------------- the independence moves' own mechanics
-
-
-def standard_normal_model(d: int = 2) -> Model:
-    """N(0, I_d) as a prior without likelihood: the tempered target is N(0, I_d) itself."""
-    prior = Independent(Normal(torch.zeros(d, dtype=DT), torch.ones(d, dtype=DT)), 1)
-    return Model(prior, lambda z, x: torch.zeros(z.shape[:2], dtype=z.dtype))
-
-
-def state_at(z: torch.Tensor, target: Target) -> SMCState:
-    B, K, _ = z.shape
-    log_prior, loglik = target.evaluate(z)
-    return SMCState(
-        z,
-        torch.full((B, K), -math.log(K), dtype=DT),
-        log_prior,
-        loglik,
-        torch.ones(B, dtype=DT),
-        torch.zeros(B, dtype=DT),
-        torch.ones(B, dtype=DT),
-    )
-
-
-def test_independence_steps_adapt_per_observation_and_are_counted():
-    # observation 0 starts at exact draws of N(0, I): the fitted proposal matches the target,
-    # nearly every proposal is accepted and two steps move 95% of the particles. Observation 1
-    # starts 6 times too wide: the fit is too wide, acceptance is low and it needs more steps.
-    g = torch.Generator().manual_seed(40)
-    B, K = 2, 2000
-    calls = torch.zeros(B, dtype=torch.int64)
-    base = standard_normal_model()
-
-    def loglik(z, x):
-        for row in range(B):  # count the points evaluated per observation (x is its index)
-            calls[row] += int((x[:, 0] == row).sum()) * z.shape[1]
-        return torch.zeros(z.shape[:2], dtype=z.dtype)
-
-    target = Target(Model(base.prior, loglik), torch.arange(B, dtype=DT)[:, None])
-    z = (
-        torch.randn(B, K, 2, generator=g, dtype=DT)
-        * torch.tensor([1.0, 6.0], dtype=DT)[:, None, None]
-    )
-    state = state_at(z, target)
-    calls.zero_()
-    chol = weighted_cholesky(state.z, state.log_weights)
-    # by default both clouds are one Gaussian lump, with no modes to balance: two steps
-    _, lump = mixture_independence(2)(state, target, g, chol)
-    assert lump.evals_per_particle.tolist() == [2, 2]
-    assert (lump.extra["independence/gain"] < multimodal.MIN_GAIN).all()
-    calls.zero_()
-    kernel = mixture_independence(2, min_gain=None)  # the step rule wherever the cloud is
-    state, info = kernel(state, target, g, chol)
-    steps = info.extra["independence/steps"]
-    assert steps[0] == 2, steps
-    assert steps[1] > 4, steps
-    assert (info.extra["independence/moved"] >= 0.9).all(), info.extra
-    # every evaluation is counted, per observation
-    assert info.evals_per_particle.tolist() == steps.long().tolist()
-    assert calls.tolist() == (K * info.evals_per_particle).tolist()
-    # a fixed number of steps when min_moved=0 (an int, as for every fixed kernel)
-    _, fixed = mixture_independence(2, min_moved=0.0)(
-        state, target, g, weighted_cholesky(state.z, state.log_weights)
-    )
-    assert fixed.evals_per_particle == 2
-    assert (fixed.extra["independence/steps"] == 2).all()
-
-
-def truncated_corner_model() -> Model:
-    """z ~ U[0, 4]^2, x | z ~ N(z, 0.5^2 I): the posterior is a normal cut by the box's corner."""
-    prior = Independent(Uniform(torch.zeros(2, dtype=DT), 4.0 * torch.ones(2, dtype=DT)), 1)
-    return Model(prior, lambda z, x: Normal(z, 0.5).log_prob(x[:, None, :]).sum(-1))
-
-
-def truncated_draws(n: int, g: torch.Generator) -> torch.Tensor:
-    """Exact posterior draws of :func:`truncated_corner_model` at x = (-0.3, -0.3), by
-    rejection (the posterior is N(x, 0.5^2 I) cut to the box)."""
-    out = []
-    while sum(len(o) for o in out) < n:
-        z = -0.3 + 0.5 * torch.randn(16 * n, 2, generator=g, dtype=DT)
-        out.append(z[((z >= 0) & (z < 4)).all(-1)])
-    return torch.cat(out)[:n]
-
-
-def test_redraws_outside_the_support_keep_the_target_and_raise_acceptance():
-    # the posterior is a normal centred outside the box [0, 4]^2, cut by its corner: a single
-    # Gaussian fitted to it (num_components=1) puts many of its draws outside. Redrawing them
-    # must leave the target invariant (means and second moments within 4 s.e. after six calls
-    # from an exact start, with and without redraws) and raise the acceptance by about the
-    # share of draws that fell outside
-    g = torch.Generator().manual_seed(41)
-    B, K = 2, 3000
-    target = Target(truncated_corner_model(), torch.full((B, 2), -0.3, dtype=DT))
-    exact = truncated_draws(400_000, g)
-    truth = torch.cat([exact, exact**2], -1).mean(0)
-    start = state_at(torch.stack([truncated_draws(K, g) for _ in range(B)]), target)
-    fit = cross_fit(
-        start.z,
-        start.log_weights,
-        num_components=1,
-        em_iterations=10,
-        defensive_weight=0.05,
-        defensive_scale=1.5,
-        generator=g,
-    )
-    outside = float((target.model.log_prior(fit.sample(K, g)) == -math.inf).to(DT).mean())
-    assert outside > 0.12, outside  # premise: the redraws have something to do
-    rates = []
-    for max_oversampling in (1.0, 4.0):
-        kernel = mixture_independence(
-            3, num_components=1, min_moved=0.0, max_oversampling=max_oversampling
-        )
-        state, acceptance = start, []
-        for _ in range(6):
-            state, info = kernel(state, target, g, weighted_cholesky(state.z, state.log_weights))
-            acceptance.append(info.acceptance_rate)
-        f = torch.cat([state.z, state.z**2], -1)  # [B, K, 4]
-        se = f.std(1) / math.sqrt(K)  # the draws after six calls are close to independent
-        assert ((f.mean(1) - truth).abs() < 4 * se).all(), (max_oversampling, f.mean(1), truth)
-        rates.append(float(torch.stack(acceptance).mean()))
-    # without redraws a share `outside` of the proposals is rejected for sure (s.e. of each
-    # rate about 0.004 over 2 x 3000 x 18 decisions)
-    assert rates[0] < (1 - 0.6 * outside) * rates[1], (rates, outside)
-
-
-def test_held_out_gain_tells_one_lump_from_separated_modes():
-    # the gate of the step rule: one Gaussian cloud (d = 5, a 16-component fit) against the
-    # same cloud split into two modes 8 sd apart. Out of sample, the mixture's extra components
-    # buy nothing on the lump (a few hundredths of a nat, either sign). On the modes they buy
-    # the entropy difference between one Gaussian of variance 1 + 4^2 in the split coordinate
-    # and two unit ones, 0.5 log 17 - log 2 = 0.72, less the few hundredths the lump loses. A
-    # one-component fit is the comparison itself (0)
-    g = torch.Generator().manual_seed(46)
-    B, K, d = 2, 4000, 5
-    lump = torch.randn(B, K, d, generator=g, dtype=DT)
-    shift = torch.zeros(d, dtype=DT)
-    shift[0] = 4.0
-    sign = torch.where(torch.rand(B, K, 1, generator=g, dtype=DT) < 0.5, -1.0, 1.0)
-    modes = lump + sign * shift
-    log_w = torch.full((B, K), -math.log(K), dtype=DT)
-    options = dict(em_iterations=10, defensive_weight=0.05, defensive_scale=1.5, generator=g)
-    gains = {}
-    for name, z in (("lump", lump), ("modes", modes)):
-        for m in (1, 16):
-            fit = cross_fit(z, log_w, num_components=m, **options)
-            gains[name, m] = multimodal.held_out_gain(z, log_w, fit).mean(-1)
-    assert (gains["lump", 1].abs() < 1e-6).all()
-    assert (gains["modes", 1].abs() < 1e-6).all()
-    assert (gains["lump", 16].abs() < 0.1).all(), gains
-    expected = 0.5 * math.log(17) - math.log(2) + gains["lump", 16]
-    assert ((gains["modes", 16] - expected).abs() < 0.05).all(), (gains, expected)
-    assert (gains["modes", 16] > multimodal.MIN_GAIN).all()
-
-
-def test_the_adaptive_rule_keeps_unequal_masses_from_a_wrong_start():
-    # exactness of the adaptive number of steps: from a start with the wrong masses (1/2, 1/2
-    # instead of 0.7, 0.3) the kernel, whose step count depends on the other particles'
-    # acceptances, must end at the right masses, within 4 binomial s.e.
-    g = torch.Generator().manual_seed(42)
-    B, K = 4, 2000
-    x = observation_with_weight(0.7).expand(B, D)
-    target = Target(mixture_prior_model(), x)
-    weight, _ = mixture_truth(x[:1])
-    post_var = 1 / (1 + 1 / NOISE**2)
-    means = post_var * (LOCS + x[0] / NOISE**2)
-    comp = torch.randint(0, 2, (B, K), generator=g)
-    z = means[comp] + math.sqrt(post_var) * torch.randn(B, K, D, generator=g, dtype=DT)
-    state = state_at(z, target)._replace(tau=torch.ones(B, dtype=DT))
-    kernel = mixture_independence(1, min_moved=0.95, max_steps=30)
-    for _ in range(4):
-        state, _ = kernel(state, target, g, weighted_cholesky(state.z, state.log_weights))
-    first = ((state.z @ E) < 0).to(DT).mean(-1)
-    se = math.sqrt(float(weight[0] * (1 - weight[0])) / K)
-    assert ((first - weight[0]).abs() < 4 * se).all(), (first, weight)
-
-
-def test_adaptive_step_counts_are_exact_with_a_handful_of_particles(monkeypatch):
-    # K = 8 particles per observation and a deliberately poor, fixed proposal N(0, 0.5^2) for
-    # the target N(0, 1): particles in the tails rarely accept. A particle's number of steps
-    # is decided by the other particles of its side; if its own acceptance counted (as in
-    # "step until enough have moved", itself included), tail particles would step until they
-    # accept and the tails would empty: E z^2 measured 0.78 (40 s.e. low) for that rule. The
-    # exact rule keeps E z^2 = 1 within 4 s.e. (rows are independent; s.e. over row means)
-    def narrow(z, log_weights, num_components, **kwargs):
-        b = z.shape[0]
-        return GaussianMixture(
-            torch.zeros(b, 1, dtype=DT),
-            torch.zeros(b, 1, 1, dtype=DT),
-            0.5 * torch.ones(b, 1, 1, 1, dtype=DT),
-        )
-
-    monkeypatch.setattr(multimodal, "fit_mixture", narrow)
-    g = torch.Generator().manual_seed(45)
-    B, K = 4000, 8
-    target = Target(standard_normal_model(1), torch.zeros(B, 1, dtype=DT))
-    state = state_at(torch.randn(B, K, 1, generator=g, dtype=DT), target)
-    kernel = mixture_independence(1, defensive_weight=0.0)
-    for _ in range(3):
-        state, info = kernel(state, target, g, weighted_cholesky(state.z, state.log_weights))
-    assert info.extra["independence/steps"].mean() > 5  # premise: the step count adapts
-    row_means = state.z[..., 0].square().mean(1)
-    se = row_means.std() / math.sqrt(B)
-    assert abs(float(row_means.mean()) - 1) < 4 * se, (row_means.mean(), se)
-
-
-@pytest.mark.parametrize(
-    ("factory", "message"),
-    [
-        (lambda: mixture_independence(min_moved=1.5), "min_moved"),
-        (lambda: mixture_independence(max_steps=0), "max_steps"),
-        (lambda: mixture_independence(max_oversampling=0.5), "max_oversampling"),
-        (lambda: mixture_independence(min_gain=math.nan), "min_gain"),
-    ],
-)
-def test_bad_step_options_are_rejected(factory, message):
-    with pytest.raises(ValueError, match=message):
-        factory()
-
-
-# ---------------------------------------------------------------- the mode-mixing diagnostic
 
 
 def with_diagnostics(result, moved, acceptance, distinct, gain=None):

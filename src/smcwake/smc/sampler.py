@@ -29,7 +29,8 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import NamedTuple
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -48,9 +49,10 @@ from smcwake.smc.base import (
 )
 from smcwake.smc.kernels import get_kernel
 from smcwake.smc.mixing import NOISE_ALLOWANCE, correlation_noise, start_end_correlation
-from smcwake.smc.options import OPTION_NAMES, SMCOptions
+from smcwake.smc.options import SMCOptions
 from smcwake.smc.precondition import shrunk_cholesky
 from smcwake.smc.resampling import Resampler, ess, get_resampler, normalize_with_log_norm
+from smcwake.smc.run_settings import check_run_arguments, resolve_settings
 from smcwake.smc.tempering import conditional_ess, next_temperature, tempered
 
 __all__ = ["SMCState", "SMCResult", "distinct_fraction", "run_smc", "smc_stage"]
@@ -72,8 +74,6 @@ particles independent of that choice). After the move the conditional ESS of the
 checked on the new particles; a plan that falls below ``PLANNED_ESS_SHARE * ess_target`` there is
 replaced by a temperature chosen from the current particles.
 """
-
-_DEFAULT_OPTIONS = SMCOptions()  # the settings run_smc uses when neither options nor keywords
 
 
 class StageInfo(NamedTuple):
@@ -233,88 +233,282 @@ def smc_stage(
     return state, info
 
 
-def _check_options(
-    num_particles: int,
-    ess_target: float,
-    resample_threshold: float,
-    max_stages: int,
-    min_increment: float,
-    num_mcmc_steps: object = None,
-    generator: object = None,
-    seed: object = None,
-    dtype: object = None,
-) -> None:
-    def is_int(value: object) -> bool:
-        return isinstance(value, int) and not isinstance(value, bool)
+class _Run(NamedTuple):
+    """What every stage of one run reads: the target, the moves and the settings."""
 
-    if generator is not None and not isinstance(generator, torch.Generator):
-        hint = f" (for a seeded run pass seed={generator!r})" if is_int(generator) else ""
-        raise TypeError(
-            f"generator: expected a torch.Generator or None, received "
-            f"{type(generator).__name__}{hint}"
-        )
-    if seed is not None and not is_int(seed):
-        raise TypeError(f"seed: expected an integer or None, received {seed!r}")
-    if seed is not None and generator is not None:
-        raise ValueError("seed and generator: pass one of them, not both")
-    if num_mcmc_steps is not None and not is_int(num_mcmc_steps):
-        raise TypeError(
-            f"num_mcmc_steps: expected None or an integer >= 1, received {num_mcmc_steps!r}"
-        )
-    if dtype is not None and dtype not in (torch.float32, torch.float64):
-        raise TypeError(
-            f"dtype: expected None (the prior's), torch.float32 or torch.float64, received "
-            f"{dtype!r}"
-        )
+    target: Target  # x [B, p] on the run's device, in the particles' dtype
+    kernel: Kernel
+    resampler: Resampler
+    ess_target: float
+    resample_threshold: float
+    min_increment: float
+    max_stages: int
+    max_correlation: float
+    generator: torch.Generator | None
 
-    for name, value in (
-        ("ess_target", ess_target),
-        ("resample_threshold", resample_threshold),
-        ("min_increment", min_increment),
-    ):
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise TypeError(f"{name}: expected a number, received {value!r}")
-    if not is_int(num_particles) or num_particles < 2:
-        raise ValueError(f"num_particles: expected an integer >= 2, received {num_particles!r}")
-    if not 0.0 < ess_target < 1.0:
-        raise ValueError(f"ess_target: expected a fraction in (0, 1), received {ess_target!r}")
-    if not 0.0 <= resample_threshold <= 1.0:
-        raise ValueError(
-            f"resample_threshold: expected a fraction in [0, 1], received {resample_threshold!r}"
-        )
-    if not is_int(max_stages) or max_stages < 1:
-        raise ValueError(f"max_stages: expected an integer >= 1, received {max_stages!r}")
-    if not 0.0 < min_increment < 1.0:
-        raise ValueError(f"min_increment: expected a number in (0, 1), received {min_increment!r}")
+    def rows_of(self, idx: Tensor) -> Target:
+        """The target of the observations ``idx`` only. Shapes: idx [b] -> x [b, p]."""
+        model, x, rows = self.target.model, self.target.x, self.target.rows
+        return Target(model, x[idx], None if rows is None else rows[idx])
 
 
-def _settings(options: SMCOptions | None, **given: object) -> dict[str, object]:
-    """The SMCOptions fields of a run: from ``options`` or the keywords (None: not given)."""
-    if options is None:
-        defaults = _DEFAULT_OPTIONS
-    elif not isinstance(options, SMCOptions):
-        raise TypeError(f"options: expected SMCOptions or None, received {type(options).__name__}")
-    else:
-        both = [name for name, value in given.items() if value is not None]
-        if both:
-            raise ValueError(
-                f"{both[0]}: given both as a keyword and in options=; pass "
-                f"options=dataclasses.replace(options, {both[0]}=...) or leave it out of one"
+@dataclass
+class _Trace:
+    """What a run records per observation over its stages (updated in place).
+
+    Rows that have left the batch (tau = 1 or zero likelihood) get NaN in the histories.
+    """
+
+    evals: Tensor  # [B] int64 likelihood evaluations
+    num_stages: Tensor  # [B] int64
+    zero_likelihood: Tensor  # [B] bool
+    running: Tensor  # [B] bool: still in the batch
+    planned: Tensor  # [B] float64 next temperature planned by the last stage (NaN: none)
+    unmixed_stage: Tensor  # [B] bool: some stage's particles stayed correlated
+    taus: list[Tensor] = field(default_factory=list)  # [B] float64 per stage, from tau_0
+    accs: list[Tensor] = field(default_factory=list)  # [B] per stage
+    corrs: list[Tensor] = field(default_factory=list)  # [B] per stage
+    extra_sums: dict[str, Tensor] = field(default_factory=dict)  # [B] float64 each
+
+    @classmethod
+    def start(cls, state: SMCState, first_evals: int) -> _Trace:
+        """The records of a run at tau = 0, after ``first_evals`` evaluations per particle."""
+        B, K = state.log_weights.shape
+        device = state.z.device
+        no = torch.zeros(B, dtype=torch.bool, device=device)
+        return cls(
+            evals=torch.full((B,), first_evals * K, dtype=torch.int64, device=device),
+            num_stages=torch.zeros(B, dtype=torch.int64, device=device),
+            zero_likelihood=no,
+            running=torch.ones(B, dtype=torch.bool, device=device),
+            planned=torch.full((B,), math.nan, dtype=torch.float64, device=device),
+            unmixed_stage=no.clone(),
+            taus=[state.tau.clone()],
+        )
+
+    def record(self, idx: Tensor, info: StageInfo, z: Tensor, max_correlation: float) -> int:
+        """Record a stage of the rows ``idx``; returns how many of them finished in it.
+
+        Shapes: idx [b], info with [b] fields, z [B, K, d] (for its dtype, device and K).
+        """
+        B, K = z.shape[:2]
+        self.planned[idx] = info.planned
+        per_particle = info.evals_per_particle  # an int, or [B] (possibly fractional)
+        if isinstance(per_particle, Tensor) and per_particle.is_floating_point():
+            self.evals[idx] += (per_particle * K).round().to(torch.int64)
+        else:
+            self.evals[idx] += per_particle * K
+        self.num_stages[idx] += 1
+        self.zero_likelihood[idx] |= info.zero_likelihood
+        for history, value, dtype in (
+            (self.taus, info.tau, torch.float64),
+            (self.accs, info.acceptance_rate.to(z.dtype), z.dtype),
+            (self.corrs, info.correlation.to(z.dtype), z.dtype),
+        ):
+            row = torch.full((B,), math.nan, dtype=dtype, device=z.device)
+            row[idx] = value
+            history.append(row)
+        excess = (info.correlation - NOISE_ALLOWANCE * info.correlation_noise).to(z.dtype)
+        self.unmixed_stage[idx] |= excess > max_correlation
+        for key, value in info.extra.items():
+            sums = self.extra_sums.setdefault(
+                key, torch.zeros(B, dtype=torch.float64, device=z.device)
             )
-        defaults = options
-    return {
-        name: getattr(defaults, name) if given[name] is None else given[name]
-        for name in OPTION_NAMES
-    }
+            sums[idx] += value.to(torch.float64)
+        was_running = self.running.clone()
+        self.running[idx] = (info.tau < 1.0) & ~info.zero_likelihood
+        return int((was_running & ~self.running).sum())
 
 
-def _check_max_correlation(max_correlation: float) -> None:
-    if isinstance(max_correlation, bool) or not isinstance(max_correlation, int | float):
-        raise TypeError(f"max_correlation: expected a number, received {max_correlation!r}")
-    if not -1.0 < max_correlation <= 1.0:
-        raise ValueError(
-            f"max_correlation: expected a number in (-1, 1], received {max_correlation!r}"
+def _start(
+    model: Model,
+    x: Tensor,
+    num_particles: int,
+    settings: dict[str, Any],
+    min_increment: float,
+    max_correlation: float,
+    generator: torch.Generator | None,
+    seed: int | None,
+    device: torch.device | str | None,
+    dtype: torch.dtype | None,
+    rows: Tensor | None,
+) -> tuple[_Run, SMCState, int]:
+    """Check a run's inputs, draw its particles from the prior and evaluate them.
+
+    Returns the run, the state at tau = 0 and the likelihood evaluations per particle spent.
+
+    Shapes: x [B, p] -> state with z [B, K, d].
+    """
+    check_run_arguments(
+        num_particles, settings, min_increment, max_correlation, generator, seed, dtype
+    )
+    model.check_x(x)
+    device = torch.device(device) if device is not None else x.device
+    if seed is not None:
+        generator = torch.Generator(device=device).manual_seed(seed)
+    kernel = get_kernel(settings["kernel"], settings["num_mcmc_steps"])
+    resampler = get_resampler(settings["resampling"])
+    B, K = x.shape[0], num_particles
+
+    z = model.sample_prior((B, K), generator=generator, dtype=dtype, device=device)
+    target = Target(model, x.to(device=device, dtype=z.dtype), rows)
+    kernel, log_prior, loglik, first_evals = _first_evaluation(target, z, kernel)
+    if bool((log_prior == -math.inf).any()):
+        raise ValueError("prior.sample() produced points where prior.log_prob is -inf")
+    f64 = dict(dtype=torch.float64, device=device)
+    state = SMCState(
+        z=z,
+        log_weights=torch.full((B, K), -math.log(K), dtype=z.dtype, device=device),
+        log_prior=log_prior,
+        loglik=loglik,
+        tau=torch.zeros(B, **f64),
+        log_evidence=torch.zeros(B, **f64),
+        scale=torch.full((B,), kernel.initial_scale, dtype=z.dtype, device=device),
+    )
+    run = _Run(
+        target,
+        kernel,
+        resampler,
+        ess_target=settings["ess_target"],
+        resample_threshold=settings["resample_threshold"],
+        min_increment=min_increment,
+        max_stages=settings["max_stages"],
+        max_correlation=max_correlation,
+        generator=generator,
+    )
+    return run, state, first_evals
+
+
+def _first_evaluation(
+    target: Target, z: Tensor, kernel: Kernel
+) -> tuple[Kernel, Tensor, Tensor, int]:
+    """Evaluate the initial particles; the default kernel chooses its moves here.
+
+    Returns the kernel to run, log prior and log-likelihood [B, K], and the evaluations per
+    particle spent (the default kernel's gradient probe may take more than one).
+    """
+    choose = getattr(kernel, "choose", None)
+    if choose is None:
+        log_prior, loglik = target.evaluate(z)
+        return kernel, log_prior, loglik, 1
+    probe = probe_gradients(target, z)  # gradients or not, decided at the first evaluation
+    kernel = choose(probe.usable)
+    if probe.usable:
+        logger.info("the likelihood is differentiable: moves use gradients (%s)", kernel.name)
+    else:
+        logger.info("gradient-free moves (%s): %s", kernel.name, probe.reason)
+    return kernel, probe.log_prior, probe.loglik, probe.evaluations
+
+
+def _advance(run: _Run, state: SMCState, trace: _Trace) -> tuple[SMCState, int] | None:
+    """One stage of the observations still running (None: none is); records it in ``trace``.
+
+    Returns the new state and how many observations finished in this stage. The rows that
+    stepped are written into ``state`` in place unless every row stepped.
+    """
+    idx = torch.nonzero(trace.running).flatten()
+    if idx.numel() == 0:
+        return None
+    everyone = idx.numel() == state.z.shape[0]
+    part, info = smc_stage(
+        state if everyone else _gather_rows(state, idx),
+        run.target if everyone else run.rows_of(idx),
+        kernel=run.kernel,
+        resampler=run.resampler,
+        ess_target=run.ess_target,
+        resample_threshold=run.resample_threshold,
+        min_increment=run.min_increment,
+        generator=run.generator,
+        planned=trace.planned if everyone else trace.planned[idx],
+    )
+    state = part if everyone else _scatter_rows_(state, idx, part)
+    return state, trace.record(idx, info, state.z, run.max_correlation)
+
+
+def _warn_flagged(
+    run: _Run,
+    converged: Tensor,
+    zero_likelihood: Tensor,
+    mixed: Tensor,
+    correlation_history: Tensor,
+    distinct: Tensor,
+) -> None:
+    """Log a warning for each kind of flagged observation. Shapes: [B] each, history [B, T]."""
+    B = converged.shape[0]
+    if bool(zero_likelihood.any()):
+        bad = torch.nonzero(zero_likelihood).flatten()
+        names = bad if run.target.rows is None else run.target.rows[bad]
+        logger.warning(
+            "%d of %d observations have zero likelihood at every particle (first: %s); they are "
+            "flagged zero_likelihood and not converged",
+            bad.numel(),
+            B,
+            names[:5].tolist(),
         )
+    stuck = ~converged & ~zero_likelihood
+    if bool(stuck.any()):
+        logger.warning(
+            "%d of %d runs stopped at max_stages=%d before tau=1 (see SMCResult.converged)",
+            int(stuck.sum()),
+            B,
+            run.max_stages,
+        )
+    unmixed = converged & ~mixed
+    if bool(unmixed.any()):
+        worst = correlation_history.nan_to_num(-math.inf).amax(-1)[unmixed]
+        logger.warning(
+            "%d of %d runs reached tau=1 with particles that did not decorrelate from their "
+            "starting points in some stage (start/end correlation up to %.2f > "
+            "max_correlation=%.2f; see SMCResult.mixed): the sample may not represent the "
+            "posterior; use more MCMC steps, a gradient-based kernel or the default kernel",
+            int(unmixed.sum()),
+            B,
+            float(worst.max()),
+            run.max_correlation,
+        )
+    degenerate = converged & (distinct < DEGENERATE_FRACTION)
+    if bool(degenerate.any()):
+        logger.warning(
+            "%d of %d final particle clouds have under %g%% distinct particles (see "
+            "SMCResult.distinct_fraction); use more MCMC steps or a kernel that mixes better",
+            int(degenerate.sum()),
+            B,
+            100 * DEGENERATE_FRACTION,
+        )
+
+
+def _result(run: _Run, state: SMCState, trace: _Trace) -> SMCResult:
+    """The run's result from its final state and records, after logging what is flagged."""
+    B = state.z.shape[0]
+    like = dict(dtype=state.z.dtype, device=state.z.device)
+    converged = (state.tau >= 1.0) & ~trace.zero_likelihood
+    corr_hist = torch.stack(trace.corrs, 1) if trace.corrs else torch.empty(B, 0, **like)
+    # a stage counts against mixing when its correlation exceeds max_correlation by more than
+    # two standard errors (NaN, a stage of a row with zero likelihood everywhere, does not)
+    mixed = ~trace.unmixed_stage
+    distinct = distinct_fraction(state.z)
+    _warn_flagged(run, converged, trace.zero_likelihood, mixed, corr_hist, distinct)
+    acc_hist = torch.stack(trace.accs, 1) if trace.accs else torch.empty(B, 0, **like)
+    return SMCResult(
+        particles=state.z,
+        log_weights=state.log_weights,
+        log_evidence=torch.where(trace.zero_likelihood, -math.inf, state.log_evidence),
+        converged=converged,
+        zero_likelihood=trace.zero_likelihood,
+        num_stages=trace.num_stages,
+        temperatures=torch.stack(trace.taus, 1),
+        acceptance_rate=torch.nanmean(acc_hist, 1)
+        if trace.accs
+        else torch.full((B,), math.nan, **like),
+        acceptance_history=acc_hist,
+        ess=ess(state.log_weights),
+        num_likelihood_evals=trace.evals,
+        loglik=state.loglik,
+        distinct_fraction=distinct,
+        kernel_info={k: v / trace.num_stages.clamp_min(1) for k, v in trace.extra_sums.items()},
+        mixed=mixed,
+        correlation_history=corr_hist,
+    )
 
 
 @torch.no_grad()
@@ -397,187 +591,20 @@ def run_smc(
     >>> bool(result.converged.all() & result.mixed.all()), round(float(result.log_evidence[0]), 0)
     (True, -4.0)
     """
-    settings = _settings(
-        options,
-        ess_target=ess_target,
-        resample_threshold=resample_threshold,
-        resampling=resampling,
-        kernel=kernel,
-        num_mcmc_steps=num_mcmc_steps,
-        max_stages=max_stages,
+    settings = resolve_settings(
+        options, ess_target, resample_threshold, resampling, kernel, num_mcmc_steps, max_stages
     )
-    ess_target, resample_threshold = settings["ess_target"], settings["resample_threshold"]
-    resampling, kernel = settings["resampling"], settings["kernel"]
-    num_mcmc_steps, max_stages = settings["num_mcmc_steps"], settings["max_stages"]
-    _check_options(
-        num_particles,
-        ess_target,
-        resample_threshold,
-        max_stages,
-        min_increment,
-        num_mcmc_steps,
-        generator,
-        seed,
-        dtype,
-    )
-    _check_max_correlation(max_correlation)
-    model.check_x(x)
-    device = torch.device(device) if device is not None else x.device
-    if seed is not None:
-        generator = torch.Generator(device=device).manual_seed(seed)
-    kernel = get_kernel(kernel, num_mcmc_steps)
-    resampler = get_resampler(resampling)
-    B, K = x.shape[0], num_particles
-
-    z = model.sample_prior((B, K), generator=generator, dtype=dtype, device=device)
-    x = x.to(device=device, dtype=z.dtype)
-    target = Target(model, x, rows)
-    first_evals = 1
-    choose = getattr(kernel, "choose", None)
-    if choose is None:
-        log_prior, loglik = target.evaluate(z)
-    else:  # the default kernel: gradients or not, decided at the first evaluation
-        probe = probe_gradients(target, z)
-        log_prior, loglik, first_evals = probe.log_prior, probe.loglik, probe.evaluations
-        kernel = choose(probe.usable)
-        if probe.usable:
-            logger.info("the likelihood is differentiable: moves use gradients (%s)", kernel.name)
-        else:
-            logger.info("gradient-free moves (%s): %s", kernel.name, probe.reason)
-    if bool((log_prior == -math.inf).any()):
-        raise ValueError("prior.sample() produced points where prior.log_prob is -inf")
-    f64 = dict(dtype=torch.float64, device=device)
-    state = SMCState(
-        z=z,
-        log_weights=torch.full((B, K), -math.log(K), dtype=z.dtype, device=device),
-        log_prior=log_prior,
-        loglik=loglik,
-        tau=torch.zeros(B, **f64),
-        log_evidence=torch.zeros(B, **f64),
-        scale=torch.full((B,), kernel.initial_scale, dtype=z.dtype, device=device),
-    )
-    evals = torch.full((B,), first_evals * K, dtype=torch.int64, device=device)
-    num_stages = torch.zeros(B, dtype=torch.int64, device=device)
-    zero_lik = torch.zeros(B, dtype=torch.bool, device=device)
-    taus, accs, corrs = [state.tau.clone()], [], []
-    extra_sums: dict[str, Tensor] = {}
-    running = torch.ones(B, dtype=torch.bool, device=device)
-    planned = torch.full((B,), math.nan, **f64)
-    unmixed_stage = torch.zeros(B, dtype=torch.bool, device=device)
-    bar = tqdm(total=B, desc="SMC", unit="obs", disable=not progress, leave=False)
-    for _ in range(max_stages):
-        idx = torch.nonzero(running).flatten()
-        if idx.numel() == 0:
+    run, state, first_evals = _start(
+        model, x, num_particles, settings, min_increment, max_correlation, generator, seed,
+        device, dtype, rows,
+    )  # fmt: skip
+    trace = _Trace.start(state, first_evals)
+    bar = tqdm(total=x.shape[0], desc="SMC", unit="obs", disable=not progress, leave=False)
+    for _ in range(run.max_stages):
+        stepped = _advance(run, state, trace)
+        if stepped is None:
             break
-        everyone = idx.numel() == B
-        part = state if everyone else _gather_rows(state, idx)
-        sub_target = (
-            target if everyone else Target(model, x[idx], None if rows is None else rows[idx])
-        )
-        part, info = smc_stage(
-            part,
-            sub_target,
-            kernel=kernel,
-            resampler=resampler,
-            ess_target=ess_target,
-            resample_threshold=resample_threshold,
-            min_increment=min_increment,
-            generator=generator,
-            planned=planned if everyone else planned[idx],
-        )
-        state = part if everyone else _scatter_rows_(state, idx, part)
-        planned[idx] = info.planned
-        per_particle = info.evals_per_particle  # an int, or [B] (possibly fractional)
-        if isinstance(per_particle, Tensor) and per_particle.is_floating_point():
-            evals[idx] += (per_particle * K).round().to(torch.int64)
-        else:
-            evals[idx] += per_particle * K
-        num_stages[idx] += 1
-        zero_lik[idx] |= info.zero_likelihood
-        tau_row = torch.full((B,), math.nan, **f64)
-        tau_row[idx] = info.tau
-        acc_row = torch.full((B,), math.nan, dtype=z.dtype, device=device)
-        acc_row[idx] = info.acceptance_rate.to(z.dtype)
-        corr_row = torch.full((B,), math.nan, dtype=z.dtype, device=device)
-        corr_row[idx] = info.correlation.to(z.dtype)
-        excess = (info.correlation - NOISE_ALLOWANCE * info.correlation_noise).to(z.dtype)
-        unmixed_stage[idx] |= excess > max_correlation
-        taus.append(tau_row)
-        accs.append(acc_row)
-        corrs.append(corr_row)
-        for key, value in info.extra.items():
-            sums = extra_sums.setdefault(key, torch.zeros(B, dtype=torch.float64, device=device))
-            sums[idx] += value.to(torch.float64)
-        was_running = running.clone()
-        running[idx] = (info.tau < 1.0) & ~info.zero_likelihood
-        bar.update(int((was_running & ~running).sum()))
+        state, finished = stepped
+        bar.update(finished)
     bar.close()
-
-    converged = (state.tau >= 1.0) & ~zero_lik
-    log_evidence = torch.where(zero_lik, -math.inf, state.log_evidence)
-    if bool(zero_lik.any()):
-        bad = torch.nonzero(zero_lik).flatten()
-        names = bad if rows is None else rows[bad]
-        logger.warning(
-            "%d of %d observations have zero likelihood at every particle (first: %s); they are "
-            "flagged zero_likelihood and not converged",
-            bad.numel(),
-            B,
-            names[:5].tolist(),
-        )
-    stuck = ~converged & ~zero_lik
-    if bool(stuck.any()):
-        logger.warning(
-            "%d of %d runs stopped at max_stages=%d before tau=1 (see SMCResult.converged)",
-            int(stuck.sum()),
-            B,
-            max_stages,
-        )
-    corr_hist = torch.stack(corrs, 1) if corrs else torch.empty(B, 0, dtype=z.dtype, device=device)
-    # a stage counts against mixing when its correlation exceeds max_correlation by more than
-    # two standard errors (NaN, a stage of a row with zero likelihood everywhere, does not)
-    mixed = ~unmixed_stage
-    unmixed = converged & ~mixed
-    if bool(unmixed.any()):
-        worst = corr_hist.nan_to_num(-math.inf).amax(-1)[unmixed]
-        logger.warning(
-            "%d of %d runs reached tau=1 with particles that did not decorrelate from their "
-            "starting points in some stage (start/end correlation up to %.2f > "
-            "max_correlation=%.2f; see SMCResult.mixed): the sample may not represent the "
-            "posterior; use more MCMC steps, a gradient-based kernel or the default kernel",
-            int(unmixed.sum()),
-            B,
-            float(worst.max()),
-            max_correlation,
-        )
-    distinct = distinct_fraction(state.z)
-    degenerate = converged & (distinct < DEGENERATE_FRACTION)
-    if bool(degenerate.any()):
-        logger.warning(
-            "%d of %d final particle clouds have under %g%% distinct particles (see "
-            "SMCResult.distinct_fraction); use more MCMC steps or a kernel that mixes better",
-            int(degenerate.sum()),
-            B,
-            100 * DEGENERATE_FRACTION,
-        )
-    acc_hist = torch.stack(accs, 1) if accs else torch.empty(B, 0, dtype=z.dtype, device=device)
-    return SMCResult(
-        particles=state.z,
-        log_weights=state.log_weights,
-        log_evidence=log_evidence,
-        converged=converged,
-        zero_likelihood=zero_lik,
-        num_stages=num_stages,
-        temperatures=torch.stack(taus, 1),
-        acceptance_rate=torch.nanmean(acc_hist, 1)
-        if accs
-        else torch.full((B,), math.nan, dtype=z.dtype, device=device),
-        acceptance_history=acc_hist,
-        ess=ess(state.log_weights),
-        num_likelihood_evals=evals,
-        loglik=state.loglik,
-        distinct_fraction=distinct,
-        kernel_info={k: v / num_stages.clamp_min(1) for k, v in extra_sums.items()},
-        mixed=mixed,
-        correlation_history=corr_hist,
-    )
+    return _result(run, state, trace)
