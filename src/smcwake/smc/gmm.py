@@ -278,6 +278,88 @@ def _safe_cholesky(cov: Tensor) -> Tensor:
     return torch.where((info == 0)[..., None, None], chol, diag)
 
 
+def _whitened_points(
+    z: Tensor,
+    log_weights: Tensor,
+    chol: Tensor,
+    max_points: int | None,
+    generator: torch.Generator | None,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The points EM is fitted to, whitened by the cloud's mean m and covariance L L^T.
+
+    Clouds of more than ``max_points`` particles are subsampled by systematic resampling (then
+    equally weighted). Zero-weight points, which may lie anywhere, are put at the centre.
+
+    Shapes: z [B, K, d], log_weights [B, K], chol [B, d, d] -> (m [B, d], L [B, d, d],
+    u [B, n, d], weights [B, n]), all float64.
+    """
+    K, d = z.shape[1], z.shape[2]
+    f64 = torch.float64
+    mean = weighted_mean(z, log_weights).to(f64)  # [B, d]
+    if max_points is not None and max_points < K:
+        idx = systematic(log_weights, max_points, generator=generator)  # [B, n]
+        points = torch.gather(z, 1, idx[..., None].expand(-1, -1, d))
+        weights = torch.full(idx.shape, 1.0 / max_points, dtype=f64, device=z.device)
+    else:
+        points = z
+        weights = torch.softmax(log_weights.to(f64), -1)  # [B, K]
+    L = chol.to(f64)
+    u = torch.linalg.solve_triangular(L, (points.to(f64) - mean[:, None]).mT, upper=False).mT
+    u = torch.where(weights[..., None] > 0, u, 0.0)  # zero-weight points may lie anywhere
+    return mean, L, u, weights
+
+
+def _em_step(
+    u: Tensor,
+    uu: Tensor | None,
+    weights: Tensor,
+    log_mix: Tensor,
+    loc: Tensor,
+    tril: Tensor,
+    relative_ridge: float,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """One EM iteration on whitened, weighted points: E-step, then the M-step's weights,
+    means and ridged covariances (as Cholesky factors); empty components are parked.
+
+    ``uu``: the points' flattened outer products (used when d <= M), or None.
+
+    Shapes: u [B, n, d], weights [B, n], log_mix [B, M], loc [B, M, d], tril [B, M, d, d]
+    -> (log_mix, loc, tril) of the same shapes.
+    """
+    d, M = u.shape[-1], loc.shape[1]
+    f64 = torch.float64
+    eye = torch.eye(d, dtype=f64, device=u.device)
+    tiny = torch.finfo(f64).tiny
+    absolute_ridge = 1e-12  # in whitened units, where the cloud's covariance is I
+    # u is centred on the cloud's mean and whitened: no recentring, its outer products kept
+    resp = _log_density_by_component(u, loc, tril, uu, log_mix)  # [B, M, n]
+    # responsibilities times the weights, W_k r_kj, in place (softmax over the components)
+    resp.sub_(resp.amax(1, keepdim=True)).exp_()
+    resp.mul_(weights[:, None, :] / resp.sum(1, keepdim=True))
+    mass = resp.sum(2)  # [B, M], sums to 1
+    loc = (resp @ u) / mass.clamp_min(tiny)[..., None]
+    if uu is not None:
+        second = (resp @ uu).unflatten(-1, (d, d))  # sum_k W_k r_kj u_k u_k^T
+    else:
+        weighted = (resp.mT[..., :, None] * u[..., None, :]).flatten(-2)  # [B, n, M * d]
+        second = (weighted.mT @ u).unflatten(1, (M, d))
+    scatter = second - mass[..., None, None] * (loc[..., :, None] * loc[..., None, :])
+    cov = scatter / mass.clamp_min(tiny)[..., None, None]
+    # a ridge relative to the component's own scale (and a tiny absolute one): it keeps a
+    # component spanned by fewer than d + 1 distinct points regular without widening narrow
+    # modes, whatever their size and shape relative to the cloud
+    own = torch.diagonal(cov, dim1=-2, dim2=-1).mean(-1)[..., None, None]
+    cov = cov + (relative_ridge * own + absolute_ridge) * eye
+    tril = _safe_cholesky(0.5 * (cov + cov.mT))
+    # a component that lost (nearly) all its points: its moments are rounding noise; park
+    # it, finite, at weight zero, so it can neither poison the others nor be proposed from
+    alive = mass > _EMPTY_MASS
+    loc = torch.where(alive[..., None], loc, 0.0)
+    tril = torch.where(alive[..., None, None], tril, eye)
+    log_mix = torch.where(alive, torch.log(mass.clamp_min(tiny)), -math.inf)
+    return log_mix, loc, tril
+
+
 def fit_mixture(
     z: Tensor,
     log_weights: Tensor,
@@ -335,52 +417,14 @@ def fit_mixture(
     f64 = torch.float64
     if chol is None:
         chol = weighted_cholesky(z, log_weights)
-    mean = weighted_mean(z, log_weights).to(f64)  # [B, d]
-    if max_points is not None and max_points < K:
-        idx = systematic(log_weights, max_points, generator=generator)  # [B, n]
-        points = torch.gather(z, 1, idx[..., None].expand(-1, -1, d))
-        weights = torch.full(idx.shape, 1.0 / max_points, dtype=f64, device=z.device)
-    else:
-        points = z
-        weights = torch.softmax(log_weights.to(f64), -1)  # [B, K]
-    L = chol.to(f64)
-    u = torch.linalg.solve_triangular(L, (points.to(f64) - mean[:, None]).mT, upper=False).mT
-    u = torch.where(weights[..., None] > 0, u, 0.0)  # zero-weight points may lie anywhere
+    mean, L, u, weights = _whitened_points(z, log_weights, chol, max_points, generator)
     uu = _outer(u) if d <= M else None  # [B, n, d * d], when cheaper than [B, M, n, d]
     eye = torch.eye(d, dtype=f64, device=z.device)
-    tiny = torch.finfo(f64).tiny
-    absolute_ridge = 1e-12  # in whitened units, where the cloud's covariance is I
-
     loc = _kmeans_plus_plus(u, weights, M, generator)  # [B, M, d]
     tril = (eye / M ** (1.0 / d)).expand(B, M, d, d)  # the cloud's volume split M ways
     log_mix = torch.full((B, M), -math.log(M), dtype=f64, device=z.device)
     for _ in range(num_iterations):
-        # u is centred on the cloud's mean and whitened: no recentring, its outer products kept
-        resp = _log_density_by_component(u, loc, tril, uu, log_mix)  # [B, M, n]
-        # responsibilities times the weights, W_k r_kj, in place (softmax over the components)
-        resp.sub_(resp.amax(1, keepdim=True)).exp_()
-        resp.mul_(weights[:, None, :] / resp.sum(1, keepdim=True))
-        mass = resp.sum(2)  # [B, M], sums to 1
-        loc = (resp @ u) / mass.clamp_min(tiny)[..., None]
-        if uu is not None:
-            second = (resp @ uu).unflatten(-1, (d, d))  # sum_k W_k r_kj u_k u_k^T
-        else:
-            weighted = (resp.mT[..., :, None] * u[..., None, :]).flatten(-2)  # [B, n, M * d]
-            second = (weighted.mT @ u).unflatten(1, (M, d))
-        scatter = second - mass[..., None, None] * (loc[..., :, None] * loc[..., None, :])
-        cov = scatter / mass.clamp_min(tiny)[..., None, None]
-        # a ridge relative to the component's own scale (and a tiny absolute one): it keeps a
-        # component spanned by fewer than d + 1 distinct points regular without widening narrow
-        # modes, whatever their size and shape relative to the cloud
-        own = torch.diagonal(cov, dim1=-2, dim2=-1).mean(-1)[..., None, None]
-        cov = cov + (relative_ridge * own + absolute_ridge) * eye
-        tril = _safe_cholesky(0.5 * (cov + cov.mT))
-        # a component that lost (nearly) all its points: its moments are rounding noise; park
-        # it, finite, at weight zero, so it can neither poison the others nor be proposed from
-        alive = mass > _EMPTY_MASS
-        loc = torch.where(alive[..., None], loc, 0.0)
-        tril = torch.where(alive[..., None, None], tril, eye)
-        log_mix = torch.where(alive, torch.log(mass.clamp_min(tiny)), -math.inf)
+        log_mix, loc, tril = _em_step(u, uu, weights, log_mix, loc, tril, relative_ridge)
     return GaussianMixture(
         (log_mix - torch.logsumexp(log_mix, -1, keepdim=True)).to(z.dtype),
         (mean[:, None, :] + loc @ L.mT).to(z.dtype),
