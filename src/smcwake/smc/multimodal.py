@@ -52,6 +52,7 @@ from smcwake.smc.base import make_kernel
 from smcwake.smc.composite import _put_rows, _rows
 from smcwake.smc.gmm import (
     GaussianMixture,
+    PreviousFits,
     add_component,
     apply_component,
     fit_mixture,
@@ -148,6 +149,7 @@ def cloud_mixture(
     defensive_scale: float,
     generator: torch.Generator | None,
     fit_points: int | None = 4096,
+    init: GaussianMixture | None = None,
 ) -> GaussianMixture:
     """A Gaussian mixture fitted to a weighted cloud, plus a broad defensive component.
 
@@ -172,6 +174,7 @@ def cloud_mixture(
         max_points=fit_points,
         chol=chol,
         generator=generator,
+        init=init,  # EM's start (see fit_mixture); the defensive component is not part of it
     )
     if defensive_weight > 0:
         mean = weighted_mean(z, log_weights)
@@ -236,6 +239,7 @@ def cross_fit(
     defensive_scale: float = 1.0,
     generator: torch.Generator | None = None,
     fit_points: int | None = 4096,
+    init: tuple[GaussianMixture, GaussianMixture] | None = None,
 ) -> CrossFit:
     """Fit :func:`cloud_mixture` to each half of the cloud, for use by the other half.
 
@@ -269,8 +273,9 @@ def cross_fit(
         defensive_scale=defensive_scale,
         generator=generator,
     )
-    first = cloud_mixture(z[:, half:], log_weights[:, half:], **options)
-    second = cloud_mixture(z[:, :half], log_weights[:, :half], **options)
+    first_init, second_init = (None, None) if init is None else init  # EM starts, no defensive
+    first = cloud_mixture(z[:, half:], log_weights[:, half:], init=first_init, **options)
+    second = cloud_mixture(z[:, :half], log_weights[:, :half], init=second_init, **options)
     return CrossFit(first, second, half, defensive_weight, defensive_scale)
 
 
@@ -703,6 +708,7 @@ def mixture_independence(
     if defensive_scale <= 0:
         raise ValueError(f"defensive_scale: expected > 0, received {defensive_scale!r}")
     rule = _step_rule(num_steps, min_moved, max_steps, max_oversampling, min_gain)
+    previous = PreviousFits()  # EM starts from the last stage's fits (exact: see PreviousFits)
 
     def move(
         state: SMCState, target: Target, generator: torch.Generator | None, chol: Tensor
@@ -716,7 +722,9 @@ def mixture_independence(
             defensive_weight=defensive_weight,
             defensive_scale=defensive_scale,
             generator=generator,
+            init=previous.get(target.x, state.tau),
         )
+        previous.keep(target.x, state.tau, (fit.first, fit.second), defensive_weight > 0)
         return _independence_steps(
             state,
             target,
