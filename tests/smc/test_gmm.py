@@ -112,12 +112,12 @@ def _clusters(shift: float, B: int, n: int, seed: int) -> torch.Tensor:
 
 def test_warm_started_em_reaches_the_likelihood_of_a_cold_fit():
     # 40 clouds: each one's fit for the previous stage (ten iterations from k-means++), then
-    # the next stage's moved cloud fitted cold (ten iterations) and warm (WARM_ITERATIONS = 5,
+    # the next stage's moved cloud fitted cold (ten iterations from k-means++) and warm (ten
     # from the previous fit). Both are local optima of EM, and which is higher varies from
-    # cloud to cloud (sd of the difference 0.085 nats per point), so their *means* over the
-    # clouds are compared: the warm one at least the cold one's less 0.05 nats (almost 4
-    # standard errors, 0.085 / sqrt(40)). Five iterations from scratch fall 0.07 nats short
-    # of the warm fit (measured; sd 0.14, s.e. 0.022), so the warm fit must beat them by 0.02.
+    # cloud to cloud (sd of the difference about 0.09 nats per point), so their *means* over
+    # the clouds are compared: the warm one at least the cold one's less 0.05 nats (over 3
+    # standard errors, 0.09 / sqrt(40)). Five iterations from scratch fall short of the warm
+    # fit by 0.07 nats or more (sd 0.14, s.e. 0.022), so the warm fit must beat them by 0.02.
     g = torch.Generator().manual_seed(3)
     B, n = 40, 1000
     flat = torch.zeros(B, n, dtype=DT)
