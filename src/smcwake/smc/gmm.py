@@ -246,9 +246,10 @@ class PreviousFits:
     Successive stages of one SMC run temper the same posterior a little further, so the
     mixture fitted to one stage's cloud is a better start for the next one's EM
     (:func:`fit_mixture`'s ``init``) than a fresh k-means++ seeding: in the same number of
-    iterations it ends closer to the cloud (see :data:`WARM_ITERATIONS`). A kernel keeps its fits with :meth:`keep` and asks for them with :meth:`get`, which returns
-    them only for a call that continues the same run: the same observations (or some of them,
-    matched by their values) at a higher temperature for each. A new run starts at a lower
+    iterations it ends closer to the cloud (see :data:`WARM_ITERATIONS`). A kernel keeps its
+    fits with :meth:`keep` and asks for them with :meth:`get`, which returns them only for a
+    call that continues the same run: the same observations (or some of them, matched by
+    their values) at a higher temperature for each. A new run starts at a lower
     temperature, so it starts cold, and seeded runs stay reproducible. A warm start only moves
     EM's starting point: the fitted proposal is still fixed before any particle moves, so
     every Metropolis-Hastings move built on it stays exact (adapting a proposal to the
