@@ -49,6 +49,9 @@ __all__ = [
     "apply_component",
     "sample_mixture",
     "add_component",
+    "remove_last_component",
+    "PreviousFits",
+    "WARM_ITERATIONS",
 ]
 
 
@@ -171,9 +174,9 @@ def apply_component(factors: Tensor, component: Tensor, v: Tensor) -> Tensor:
     """
     B, M, d, _ = factors.shape
     K = v.shape[1]
-    if d <= M:
+    if d <= M:  # a batched matrix-vector product: 3 times faster than multiply-and-sum at d = 2
         chosen = torch.gather(factors, 1, component[..., None, None].expand(B, K, d, d))
-        return (chosen * v[..., None, :]).sum(-1)
+        return (chosen @ v[..., None])[..., 0]
     every = (v @ _stacked(factors)).view(B, K, M, d)  # all M products, then pick one
     return torch.gather(every, 2, component[..., None, None].expand(B, K, 1, d))[:, :, 0]
 
@@ -237,6 +240,79 @@ def add_component(
     )
 
 
+class PreviousFits:
+    """The mixtures a kernel fitted at its last call, kept to start the next call's EM from.
+
+    Successive stages of one SMC run temper the same posterior a little further, so the
+    mixture fitted to one stage's cloud is a better start for the next one's EM
+    (:func:`fit_mixture`'s ``init``) than a fresh k-means++ seeding: in the same number of
+    iterations it ends closer to the cloud (see :data:`WARM_ITERATIONS`). A kernel keeps its
+    fits with :meth:`keep` and asks for them with :meth:`get`, which returns them only for a
+    call that continues the same run: the same observations (or some of them, matched by
+    their values) at a higher temperature for each. A new run starts at a lower
+    temperature, so it starts cold, and seeded runs stay reproducible. A warm start only moves
+    EM's starting point: the fitted proposal is still fixed before any particle moves, so
+    every Metropolis-Hastings move built on it stays exact (adapting a proposal to the
+    particle system, as the cloud covariance does; Beskos, Jasra, Kantas & Thiery, 2016).
+    Not safe to share between threads that run at the same time.
+    """
+
+    #: matching observations by value compares at most this many numbers; beyond, cold start
+    MAX_MATCH = 10_000_000
+
+    def __init__(self) -> None:
+        self._x: Tensor | None = None
+        self._tau: Tensor | None = None
+        self._fits: tuple[GaussianMixture, ...] = ()
+
+    def keep(
+        self, x: Tensor, tau: Tensor, fits: tuple[GaussianMixture, ...], drop_last: bool = False
+    ) -> None:
+        """Remember the fits made for observations x at temperatures tau, without their last
+        component if ``drop_last`` (one added to the fit, see :func:`remove_last_component`).
+
+        Shapes: x [B, p], tau [B], every fit with B rows.
+        """
+        fits = tuple(remove_last_component(f) for f in fits) if drop_last else tuple(fits)
+        self._x, self._tau, self._fits = x, tau.detach().clone(), fits
+
+    def get(self, x: Tensor, tau: Tensor) -> tuple[GaussianMixture, ...] | None:
+        """The kept fits for the observations x (rows matched by value), or None when some
+        observation was not in the last call or is not at a higher temperature now.
+
+        Shapes: x [B', p], tau [B'] -> fits with B' rows.
+        """
+        old = self._x
+        if old is None or old.shape[1:] != x.shape[1:] or old.device != x.device:
+            return None
+        if old.shape == x.shape and torch.equal(old, x):
+            rows = None
+        elif x.shape[0] * old.shape[0] * max(1, x[0].numel()) <= self.MAX_MATCH:
+            same = (x.flatten(1)[:, None] == old.flatten(1)[None]).all(-1)  # [B', B]
+            if not bool(same.any(-1).all()):
+                return None
+            rows = same.to(torch.int8).argmax(-1)  # the first match
+        else:
+            return None
+        before = self._tau if rows is None else self._tau[rows]
+        if not bool((tau > before).all()):
+            return None
+        if rows is None:
+            return self._fits
+        return tuple(GaussianMixture(*(t[rows] for t in fit)) for fit in self._fits)
+
+
+def remove_last_component(mixture: GaussianMixture) -> GaussianMixture:
+    """The mixture without its last component, the others' weights renormalized: undoes
+    :func:`add_component`. Shapes: a mixture with M + 1 >= 2 components -> M components."""
+    log_mix = mixture.log_mix[:, :-1]
+    return GaussianMixture(
+        log_mix - torch.logsumexp(log_mix, -1, keepdim=True),
+        mixture.loc[:, :-1],
+        mixture.scale_tril[:, :-1],
+    )
+
+
 def _kmeans_plus_plus(
     u: Tensor, weights: Tensor, num_components: int, generator: torch.Generator | None
 ) -> Tensor:
@@ -278,6 +354,136 @@ def _safe_cholesky(cov: Tensor) -> Tensor:
     return torch.where((info == 0)[..., None, None], chol, diag)
 
 
+def _whitened_points(
+    z: Tensor,
+    log_weights: Tensor,
+    chol: Tensor,
+    max_points: int | None,
+    generator: torch.Generator | None,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The points EM is fitted to, whitened by the cloud's mean m and covariance L L^T.
+
+    Clouds of more than ``max_points`` particles are subsampled by systematic resampling (then
+    equally weighted). Zero-weight points, which may lie anywhere, are put at the centre.
+
+    Shapes: z [B, K, d], log_weights [B, K], chol [B, d, d] -> (m [B, d], L [B, d, d],
+    u [B, n, d], weights [B, n]), all float64.
+    """
+    K, d = z.shape[1], z.shape[2]
+    f64 = torch.float64
+    mean = weighted_mean(z, log_weights).to(f64)  # [B, d]
+    if max_points is not None and max_points < K:
+        idx = systematic(log_weights, max_points, generator=generator)  # [B, n]
+        points = torch.gather(z, 1, idx[..., None].expand(-1, -1, d))
+        weights = torch.full(idx.shape, 1.0 / max_points, dtype=f64, device=z.device)
+    else:
+        points = z
+        weights = torch.softmax(log_weights.to(f64), -1)  # [B, K]
+    L = chol.to(f64)
+    u = torch.linalg.solve_triangular(L, (points.to(f64) - mean[:, None]).mT, upper=False).mT
+    u = torch.where(weights[..., None] > 0, u, 0.0)  # zero-weight points may lie anywhere
+    return mean, L, u, weights
+
+
+def _em_step(
+    u: Tensor,
+    uu: Tensor | None,
+    weights: Tensor,
+    log_mix: Tensor,
+    loc: Tensor,
+    tril: Tensor,
+    relative_ridge: float,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """One EM iteration on whitened, weighted points: E-step, then the M-step's weights,
+    means and ridged covariances (as Cholesky factors); empty components are parked.
+
+    ``uu``: the points' flattened outer products (used when d <= M), or None.
+
+    Shapes: u [B, n, d], weights [B, n], log_mix [B, M], loc [B, M, d], tril [B, M, d, d]
+    -> (log_mix, loc, tril) of the same shapes.
+    """
+    d, M = u.shape[-1], loc.shape[1]
+    f64 = torch.float64
+    eye = torch.eye(d, dtype=f64, device=u.device)
+    tiny = torch.finfo(f64).tiny
+    absolute_ridge = 1e-12  # in whitened units, where the cloud's covariance is I
+    # u is centred on the cloud's mean and whitened: no recentring, its outer products kept
+    resp = _log_density_by_component(u, loc, tril, uu, log_mix)  # [B, M, n]
+    # responsibilities times the weights, W_k r_kj, in place (softmax over the components)
+    resp.sub_(resp.amax(1, keepdim=True)).exp_()
+    resp.mul_(weights[:, None, :] / resp.sum(1, keepdim=True))
+    mass = resp.sum(2)  # [B, M], sums to 1
+    loc = (resp @ u) / mass.clamp_min(tiny)[..., None]
+    if uu is not None:
+        second = (resp @ uu).unflatten(-1, (d, d))  # sum_k W_k r_kj u_k u_k^T
+    else:
+        weighted = (resp.mT[..., :, None] * u[..., None, :]).flatten(-2)  # [B, n, M * d]
+        second = (weighted.mT @ u).unflatten(1, (M, d))
+    scatter = second - mass[..., None, None] * (loc[..., :, None] * loc[..., None, :])
+    cov = scatter / mass.clamp_min(tiny)[..., None, None]
+    # a ridge relative to the component's own scale (and a tiny absolute one): it keeps a
+    # component spanned by fewer than d + 1 distinct points regular without widening narrow
+    # modes, whatever their size and shape relative to the cloud
+    own = torch.diagonal(cov, dim1=-2, dim2=-1).mean(-1)[..., None, None]
+    cov = cov + (relative_ridge * own + absolute_ridge) * eye
+    tril = _safe_cholesky(0.5 * (cov + cov.mT))
+    # a component that lost (nearly) all its points: its moments are rounding noise; park
+    # it, finite, at weight zero, so it can neither poison the others nor be proposed from
+    alive = mass > _EMPTY_MASS
+    loc = torch.where(alive[..., None], loc, 0.0)
+    tril = torch.where(alive[..., None, None], tril, eye)
+    log_mix = torch.where(alive, torch.log(mass.clamp_min(tiny)), -math.inf)
+    return log_mix, loc, tril
+
+
+WARM_ITERATIONS = 10
+"""EM iterations of :func:`fit_mixture` started from a previous fit (``init``): as many as
+from a k-means++ seeding.
+
+What the warm start buys is a better fit, not fewer iterations: on squares-5d (B = 32,
+K = 1000) the mixture jumps accepted 0.60 of their proposals instead of 0.56 and the run made
+29% fewer likelihood evaluations. Fewer iterations did save time but cost the modes their
+balance: on the SLCP model (``tests/smc/test_multimodal.py``, K = 5000, 10 observations, 4
+seeds) five warm iterations left the worst mode mass 3.1 to 9.0 binomial standard errors off
+(mean squared standardized error 1.2 to 4.1), ten 2.0 to 3.6 (0.9 to 1.7), as the cold fit
+(2.3 to 3.5; 0.9 to 1.4). A warm start lags behind modes that move and bend from stage to
+stage, and a few iterations do not catch up."""
+
+
+def _whitened_start(
+    init: GaussianMixture,
+    mean: Tensor,
+    L: Tensor,
+    u: Tensor,
+    weights: Tensor,
+    generator: torch.Generator | None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``init`` in the whitened coordinates of the cloud (mean m, covariance L L^T), as EM's
+    starting point. A component of weight zero (dropped by an earlier fit) is seeded afresh at
+    a point drawn by weight, with the cloud's volume split M ways, at weight 1 / M.
+
+    Shapes: init with [B, M] components, mean [B, d], L [B, d, d], u [B, n, d], weights [B, n]
+    -> (log_mix [B, M], loc [B, M, d], tril [B, M, d, d]), float64.
+    """
+    B, M, d = init.loc.shape
+    f64 = torch.float64
+    loc = torch.linalg.solve_triangular(
+        L, (init.loc.to(f64) - mean[:, None]).mT, upper=False
+    ).mT  # L^-1 (mu_j - m)
+    tril = torch.linalg.solve_triangular(L[:, None], init.scale_tril.to(f64), upper=False)
+    log_mix = init.log_mix.to(f64)
+    fresh = ~torch.isfinite(log_mix) | ~torch.isfinite(loc).all(-1)
+    fresh |= ~torch.isfinite(tril).flatten(-2).all(-1)
+    if bool(fresh.any()):
+        idx = systematic(torch.log(weights), M, generator=generator)  # [B, M]
+        seeds = torch.gather(u, 1, idx[..., None].expand(-1, -1, d))
+        eye = torch.eye(d, dtype=f64, device=u.device)
+        loc = torch.where(fresh[..., None], seeds, loc)
+        tril = torch.where(fresh[..., None, None], eye / M ** (1.0 / d), tril)
+        log_mix = torch.where(fresh, -math.log(M), log_mix)
+    return log_mix - torch.logsumexp(log_mix, -1, keepdim=True), loc, tril
+
+
 def fit_mixture(
     z: Tensor,
     log_weights: Tensor,
@@ -288,6 +494,8 @@ def fit_mixture(
     max_points: int | None = 4096,
     chol: Tensor | None = None,
     generator: torch.Generator | None = None,
+    init: GaussianMixture | None = None,
+    warm_iterations: int = WARM_ITERATIONS,
 ) -> GaussianMixture:
     """Fit a Gaussian mixture to each weighted particle cloud by regularized, weighted EM.
 
@@ -305,6 +513,10 @@ def fit_mixture(
             cloud by systematic resampling (None: always use every particle).
         chol: the Cholesky factor of the weighted cloud covariance, if already computed.
         generator: randomness of the subsampling and the seeding.
+        init: a mixture to start EM from instead of the k-means++ seeding (a warm start, e.g.
+            the fit to the previous stage's cloud); used only when it has the M components
+            this fit would have, else ignored. Its components of weight zero are seeded afresh.
+        warm_iterations: EM iterations after a warm start (at most ``num_iterations``).
 
     The fit runs in float64; the mixture has the dtype of ``z``.
 
@@ -335,52 +547,18 @@ def fit_mixture(
     f64 = torch.float64
     if chol is None:
         chol = weighted_cholesky(z, log_weights)
-    mean = weighted_mean(z, log_weights).to(f64)  # [B, d]
-    if max_points is not None and max_points < K:
-        idx = systematic(log_weights, max_points, generator=generator)  # [B, n]
-        points = torch.gather(z, 1, idx[..., None].expand(-1, -1, d))
-        weights = torch.full(idx.shape, 1.0 / max_points, dtype=f64, device=z.device)
-    else:
-        points = z
-        weights = torch.softmax(log_weights.to(f64), -1)  # [B, K]
-    L = chol.to(f64)
-    u = torch.linalg.solve_triangular(L, (points.to(f64) - mean[:, None]).mT, upper=False).mT
-    u = torch.where(weights[..., None] > 0, u, 0.0)  # zero-weight points may lie anywhere
+    mean, L, u, weights = _whitened_points(z, log_weights, chol, max_points, generator)
     uu = _outer(u) if d <= M else None  # [B, n, d * d], when cheaper than [B, M, n, d]
-    eye = torch.eye(d, dtype=f64, device=z.device)
-    tiny = torch.finfo(f64).tiny
-    absolute_ridge = 1e-12  # in whitened units, where the cloud's covariance is I
-
-    loc = _kmeans_plus_plus(u, weights, M, generator)  # [B, M, d]
-    tril = (eye / M ** (1.0 / d)).expand(B, M, d, d)  # the cloud's volume split M ways
-    log_mix = torch.full((B, M), -math.log(M), dtype=f64, device=z.device)
+    if init is not None and tuple(init.loc.shape) == (B, M, d):
+        log_mix, loc, tril = _whitened_start(init, mean, L, u, weights, generator)
+        num_iterations = min(num_iterations, warm_iterations)
+    else:
+        eye = torch.eye(d, dtype=f64, device=z.device)
+        loc = _kmeans_plus_plus(u, weights, M, generator)  # [B, M, d]
+        tril = (eye / M ** (1.0 / d)).expand(B, M, d, d)  # the cloud's volume split M ways
+        log_mix = torch.full((B, M), -math.log(M), dtype=f64, device=z.device)
     for _ in range(num_iterations):
-        # u is centred on the cloud's mean and whitened: no recentring, its outer products kept
-        resp = _log_density_by_component(u, loc, tril, uu, log_mix)  # [B, M, n]
-        # responsibilities times the weights, W_k r_kj, in place (softmax over the components)
-        resp.sub_(resp.amax(1, keepdim=True)).exp_()
-        resp.mul_(weights[:, None, :] / resp.sum(1, keepdim=True))
-        mass = resp.sum(2)  # [B, M], sums to 1
-        loc = (resp @ u) / mass.clamp_min(tiny)[..., None]
-        if uu is not None:
-            second = (resp @ uu).unflatten(-1, (d, d))  # sum_k W_k r_kj u_k u_k^T
-        else:
-            weighted = (resp.mT[..., :, None] * u[..., None, :]).flatten(-2)  # [B, n, M * d]
-            second = (weighted.mT @ u).unflatten(1, (M, d))
-        scatter = second - mass[..., None, None] * (loc[..., :, None] * loc[..., None, :])
-        cov = scatter / mass.clamp_min(tiny)[..., None, None]
-        # a ridge relative to the component's own scale (and a tiny absolute one): it keeps a
-        # component spanned by fewer than d + 1 distinct points regular without widening narrow
-        # modes, whatever their size and shape relative to the cloud
-        own = torch.diagonal(cov, dim1=-2, dim2=-1).mean(-1)[..., None, None]
-        cov = cov + (relative_ridge * own + absolute_ridge) * eye
-        tril = _safe_cholesky(0.5 * (cov + cov.mT))
-        # a component that lost (nearly) all its points: its moments are rounding noise; park
-        # it, finite, at weight zero, so it can neither poison the others nor be proposed from
-        alive = mass > _EMPTY_MASS
-        loc = torch.where(alive[..., None], loc, 0.0)
-        tril = torch.where(alive[..., None, None], tril, eye)
-        log_mix = torch.where(alive, torch.log(mass.clamp_min(tiny)), -math.inf)
+        log_mix, loc, tril = _em_step(u, uu, weights, log_mix, loc, tril, relative_ridge)
     return GaussianMixture(
         (log_mix - torch.logsumexp(log_mix, -1, keepdim=True)).to(z.dtype),
         (mean[:, None, :] + loc @ L.mT).to(z.dtype),

@@ -62,7 +62,7 @@ from torch import Tensor
 
 from smcwake.smc.base import make_kernel
 from smcwake.smc.composite import _put_rows, _rows
-from smcwake.smc.gmm import mixture_log_prob
+from smcwake.smc.gmm import PreviousFits, mixture_log_prob
 from smcwake.smc.mh import (
     Kernel,
     MoveInfo,
@@ -558,11 +558,13 @@ def mixture_independence(
         num_components, em_iterations, fit_points, defensive_weight, defensive_scale
     ).checked()
     rule = _step_rule(num_steps, min_moved, max_steps, max_oversampling, min_gain)
+    previous = PreviousFits()  # EM starts from the last stage's fits (exact: see PreviousFits)
 
     def move(
         state: SMCState, target: Target, generator: torch.Generator | None, chol: Tensor
     ) -> tuple[SMCState, MoveInfo]:
-        fit = settings.fit(state, generator)
+        fit = settings.fit(state, generator, init=previous.get(target.x, state.tau))
+        previous.keep(target.x, state.tau, (fit.first, fit.second), settings.defensive_weight > 0)
         return _independence_steps(
             state,
             target,

@@ -16,7 +16,7 @@ stayed above ``max_correlation`` (``SMCResult.mixed``), whatever the kernel.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 from torch import Tensor
@@ -25,6 +25,7 @@ from smcwake.smc.base import make_kernel
 from smcwake.smc.composite import _put_rows, _rows
 from smcwake.smc.crosswise import (
     NUM_FOLDS,
+    Folds,
     fold_count,
     fold_mean,
     fold_particles,
@@ -107,6 +108,137 @@ def start_end_correlation(start: Tensor, end: Tensor, log_weights: Tensor) -> Te
     return _correlation(start, end, w, _weighted_var(start, w))
 
 
+class _StopRule(NamedTuple):
+    """When :func:`until_decorrelated` stops stepping (its arguments of the same names)."""
+
+    target_correlation: float
+    max_steps: int
+    min_steps: int
+
+
+class _FoldRun(NamedTuple):
+    """What the local steps of one call did, per fold row (rows of :func:`_step_folds`)."""
+
+    work: SMCState  # each row's state at the step it was released
+    steps: Tensor  # [R] steps kept (until released)
+    made: Tensor  # [R] every step made, for the count of evaluations
+    acc_sum: Tensor  # [R] summed mean acceptance of the kept steps
+    jump_sum: Tensor  # [R] summed mean squared jump of the kept steps
+    correlation: Tensor  # [R] the correlation the rule saw last (at release)
+    folds: Folds | None  # how the particles were cut (None: not cut, R = B)
+
+
+def _step_folds(
+    stepper: Stepper,
+    state: SMCState,
+    target: Target,
+    chol: Tensor,
+    start: Tensor,
+    F: int,
+    generator: torch.Generator | None,
+    *,
+    rule: _StopRule,
+) -> _FoldRun:
+    """The local steps of :func:`until_decorrelated`: the particles cut into F folds (if F > 1)
+    each moved with the metric of the others, R = F B rows (fold-major), each row stepping
+    until released by the rule described there.
+
+    Shapes: state.z [B, K, d], start [B, K, d] (the positions at the start of the call).
+    """
+    B = state.z.shape[0]
+    R = F * B
+    folds = None
+    if F > 1:  # every fold moves with the metric of the others (smcwake.smc.crosswise)
+        folds = split_folds(state, target, F)
+        work, work_target, work_chol = folds.state, folds.target, folds.chol
+        start = fold_particles(start, F)
+    else:
+        work, work_target, work_chol = state, target, chol
+    device, dtype = work.z.device, work.scale.dtype
+    w = torch.softmax(work.log_weights, dim=-1)
+    start_var = _weighted_var(start, w)
+    # the measured correlation has a standard error; where it is below the target, a fold
+    # within one standard error of the target counts as there (waiting for noise to dip
+    # below it costs many steps on a slowly mixing tail, e.g. 28 instead of 8 per stage on
+    # two-moons); where it is not (a few particles), the target itself is kept
+    noise = correlation_noise(start, work.log_weights).to(dtype)
+    target_correlation = rule.target_correlation
+    goal = target_correlation + torch.where(noise <= target_correlation, noise, 0.0)
+    carry = stepper.start(work, work_target, work_chol)
+    steps = torch.zeros(R, dtype=dtype, device=device)  # kept steps (until released)
+    made = torch.zeros(R, dtype=dtype, device=device)  # every step made, for the count
+    acc_sum = torch.zeros(R, dtype=dtype, device=device)
+    jump_sum = torch.zeros(R, dtype=dtype, device=device)
+    correlation = torch.ones(R, dtype=dtype, device=device)
+    reached = torch.zeros(R, dtype=torch.bool, device=device)
+    released = torch.zeros(R, dtype=torch.bool, device=device)
+    active = torch.arange(R, device=device)
+    part, part_target, part_chol = work, work_target, work_chol
+    for i in range(rule.max_steps):
+        part, carry, acc, jump = stepper.step(part, carry, part_target, generator, part_chol)
+        kept = ~released[active]
+        made[active] += 1
+        steps[active] += kept.to(dtype)
+        acc_sum[active] += kept * acc.to(dtype).mean(-1)
+        jump_sum[active] += kept * jump.to(dtype).mean(-1)
+        r = _correlation(start[active], part.z, w[active], start_var[active]).to(dtype)
+        correlation[active] = torch.where(kept, r, correlation[active])
+        reached[active] |= r <= goal[active]
+        # A fold is released, and its state kept, once every *other* fold of its
+        # observation has reached the target: its number of steps then does not depend on
+        # its own moves. A released fold that has not reached the target itself keeps
+        # stepping (its moves discarded) only to time its own reach for the others.
+        reached_by_fold = reached.reshape(F, B)
+        others = reached_by_fold.sum(0)[None] - reached_by_fold.to(torch.int64)
+        release = ((others >= F - 1).reshape(R) if F > 1 else reached) & ~released
+        release &= i + 1 >= rule.min_steps
+        last = i + 1 == rule.max_steps
+        newly = release[active] | (last & ~released[active])
+        if bool(newly.any()):
+            rows = torch.nonzero(newly).flatten()
+            work = _put_rows(work, active[rows], _rows(part, rows))
+            released[active[rows]] = True
+        if last:
+            break
+        keep = torch.nonzero(~(released[active] & reached[active])).flatten()
+        if keep.numel() == 0:
+            break
+        if keep.numel() < active.numel():
+            active = active[keep]
+            part, carry = _rows(part, keep), carry_rows(carry, keep)
+            part_target, part_chol = work_target.select(active), work_chol[active]
+    return _FoldRun(work, steps, made, acc_sum, jump_sum, correlation, folds)
+
+
+def _per_observation(run: _FoldRun, B: int, F: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Acceptance and squared jump per kept step, kept steps and last correlation, each
+    averaged over the folds of an observation. Shapes: rows [F B] -> [B] each."""
+    steps_done = run.steps.clamp_min(1)
+    out = (run.acc_sum / steps_done, run.jump_sum / steps_done, run.steps, run.correlation)
+    return tuple(fold_mean(v, B, F) for v in out) if F > 1 else out
+
+
+def _jump_first(
+    jumps: Kernel | None,
+    name: str | None,
+    state: SMCState,
+    target: Target,
+    generator: torch.Generator | None,
+    chol: Tensor,
+) -> tuple[SMCState, Tensor, dict[str, Tensor]]:
+    """Run ``jumps`` (if any): the state after them, their evaluations per particle [B] and
+    their diagnostics (``"acceptance/<name>"`` and their own ``extra``), in the scale's dtype."""
+    dtype = state.scale.dtype
+    evals = torch.zeros(state.z.shape[0], dtype=torch.float64, device=state.z.device)
+    extra: dict[str, Tensor] = {}
+    if jumps is not None:
+        state, info = jumps(state, target, generator, chol)
+        evals += info.evals_per_particle
+        extra[f"acceptance/{name}"] = info.acceptance_rate.to(dtype)
+        extra.update({k: v.to(dtype) for k, v in (info.extra or {}).items()})
+    return state, evals, extra
+
+
 def until_decorrelated(
     stepper: Stepper,
     *,
@@ -174,90 +306,25 @@ def until_decorrelated(
             f"{max_steps!r}, {min_steps!r}"
         )
     jumps_name = str(getattr(jumps, "name", "jumps")) if jumps is not None else None
+    _rule = _StopRule(target_correlation, max_steps, min_steps)
 
     def move(
         state: SMCState, target: Target, generator: torch.Generator | None, chol: Tensor
     ) -> tuple[SMCState, MoveInfo]:
         B, num_particles, _ = state.z.shape
-        device, dtype = state.z.device, state.scale.dtype
+        dtype = state.scale.dtype
         start = state.z
-        evals = torch.zeros(B, dtype=torch.float64, device=device)
-        extra: dict[str, Tensor] = {}
-        if jumps is not None:
-            state, info = jumps(state, target, generator, chol)
-            evals += info.evals_per_particle
-            extra[f"acceptance/{jumps_name}"] = info.acceptance_rate.to(dtype)
-            extra.update({k: v.to(dtype) for k, v in (info.extra or {}).items()})
+        state, evals, extra = _jump_first(jumps, jumps_name, state, target, generator, chol)
         F = fold_count(num_particles, num_folds)
-        if F > 1:  # every fold moves with the metric of the others (smcwake.smc.crosswise)
-            folds = split_folds(state, target, F)
-            work, work_target, work_chol = folds.state, folds.target, folds.chol
-            start = fold_particles(start, F)
+        run = _step_folds(stepper, state, target, chol, start, F, generator, rule=_rule)
+        fold_evals = stepper.start_evals + run.made.to(torch.float64) * stepper.step_evals
+        if run.folds is not None:
+            state = join_folds(run.folds, run.work, state)
+            evals += fold_mean(fold_evals, B, F) * (F * run.folds.size / num_particles)
         else:
-            work, work_target, work_chol = state, target, chol
-        R = work.z.shape[0]
-        w = torch.softmax(work.log_weights, dim=-1)
-        start_var = _weighted_var(start, w)
-        # the measured correlation has a standard error; where it is below the target, a fold
-        # within one standard error of the target counts as there (waiting for noise to dip
-        # below it costs many steps on a slowly mixing tail, e.g. 28 instead of 8 per stage on
-        # two-moons); where it is not (a few particles), the target itself is kept
-        noise = correlation_noise(start, work.log_weights).to(dtype)
-        goal = target_correlation + torch.where(noise <= target_correlation, noise, 0.0)
-        carry = stepper.start(work, work_target, work_chol)
-        steps = torch.zeros(R, dtype=dtype, device=device)  # kept steps (until released)
-        made = torch.zeros(R, dtype=dtype, device=device)  # every step made, for the count
-        acc_sum = torch.zeros(R, dtype=dtype, device=device)
-        jump_sum = torch.zeros(R, dtype=dtype, device=device)
-        correlation = torch.ones(R, dtype=dtype, device=device)
-        reached = torch.zeros(R, dtype=torch.bool, device=device)
-        released = torch.zeros(R, dtype=torch.bool, device=device)
-        active = torch.arange(R, device=device)
-        part, part_target, part_chol = work, work_target, work_chol
-        for i in range(max_steps):
-            part, carry, acc, jump = stepper.step(part, carry, part_target, generator, part_chol)
-            kept = ~released[active]
-            made[active] += 1
-            steps[active] += kept.to(dtype)
-            acc_sum[active] += kept * acc.to(dtype).mean(-1)
-            jump_sum[active] += kept * jump.to(dtype).mean(-1)
-            r = _correlation(start[active], part.z, w[active], start_var[active]).to(dtype)
-            correlation[active] = torch.where(kept, r, correlation[active])
-            reached[active] |= r <= goal[active]
-            # A fold is released, and its state kept, once every *other* fold of its
-            # observation has reached the target: its number of steps then does not depend on
-            # its own moves. A released fold that has not reached the target itself keeps
-            # stepping (its moves discarded) only to time its own reach for the others.
-            reached_by_fold = reached.reshape(F, B)
-            others = reached_by_fold.sum(0)[None] - reached_by_fold.to(torch.int64)
-            release = ((others >= F - 1).reshape(R) if F > 1 else reached) & ~released
-            release &= i + 1 >= min_steps
-            last = i + 1 == max_steps
-            newly = release[active] | (last & ~released[active])
-            if bool(newly.any()):
-                rows = torch.nonzero(newly).flatten()
-                work = _put_rows(work, active[rows], _rows(part, rows))
-                released[active[rows]] = True
-            if last:
-                break
-            keep = torch.nonzero(~(released[active] & reached[active])).flatten()
-            if keep.numel() == 0:
-                break
-            if keep.numel() < active.numel():
-                active = active[keep]
-                part, carry = _rows(part, keep), carry_rows(carry, keep)
-                part_target, part_chol = work_target.select(active), work_chol[active]
-        fold_evals = stepper.start_evals + made.to(torch.float64) * stepper.step_evals
-        steps_done = steps.clamp_min(1)
-        acceptance, sq_jump = acc_sum / steps_done, jump_sum / steps_done
-        if F > 1:
-            state = join_folds(folds, work, state)
-            evals += fold_mean(fold_evals, B, F) * (F * folds.size / num_particles)
-            steps, correlation = fold_mean(steps, B, F), fold_mean(correlation, B, F)
-            acceptance, sq_jump = fold_mean(acceptance, B, F), fold_mean(sq_jump, B, F)
-        else:
-            state = work
+            state = run.work
             evals += fold_evals
+        acceptance, sq_jump, steps, correlation = _per_observation(run, B, F)
         extra.update(steps=steps.to(dtype), correlation=correlation.to(dtype))
         return state, MoveInfo(acceptance.to(dtype), evals, sq_jump.to(dtype), extra)
 

@@ -51,6 +51,7 @@ def cloud_mixture(
     defensive_scale: float,
     generator: torch.Generator | None,
     fit_points: int | None = 4096,
+    init: GaussianMixture | None = None,
 ) -> GaussianMixture:
     """A Gaussian mixture fitted to a weighted cloud, plus a broad defensive component.
 
@@ -75,6 +76,7 @@ def cloud_mixture(
         max_points=fit_points,
         chol=chol,
         generator=generator,
+        init=init,  # EM's start (see fit_mixture); the defensive component is not part of it
     )
     if defensive_weight > 0:
         mean = weighted_mean(z, log_weights)
@@ -139,6 +141,7 @@ def cross_fit(
     defensive_scale: float = 1.0,
     generator: torch.Generator | None = None,
     fit_points: int | None = 4096,
+    init: tuple[GaussianMixture, GaussianMixture] | None = None,
 ) -> CrossFit:
     """Fit :func:`cloud_mixture` to each half of the cloud, for use by the other half.
 
@@ -172,8 +175,9 @@ def cross_fit(
         defensive_scale=defensive_scale,
         generator=generator,
     )
-    first = cloud_mixture(z[:, half:], log_weights[:, half:], **options)
-    second = cloud_mixture(z[:, :half], log_weights[:, :half], **options)
+    first_init, second_init = (None, None) if init is None else init  # EM starts, no defensive
+    first = cloud_mixture(z[:, half:], log_weights[:, half:], init=first_init, **options)
+    second = cloud_mixture(z[:, :half], log_weights[:, :half], init=second_init, **options)
     return CrossFit(first, second, half, defensive_weight, defensive_scale)
 
 
@@ -205,9 +209,19 @@ class FitSettings(NamedTuple):
             raise ValueError(f"defensive_scale: expected > 0, received {self.defensive_scale!r}")
         return self
 
-    def fit(self, state: SMCState, generator: torch.Generator | None) -> CrossFit:
-        """:func:`cross_fit` to the state's weighted cloud. Shapes: state.z [B, K, d]."""
-        return cross_fit(state.z, state.log_weights, **self._asdict(), generator=generator)
+    def fit(
+        self,
+        state: SMCState,
+        generator: torch.Generator | None,
+        init: tuple[GaussianMixture, GaussianMixture] | None = None,
+    ) -> CrossFit:
+        """:func:`cross_fit` to the state's weighted cloud, EM started from ``init`` if given.
+
+        Shapes: state.z [B, K, d].
+        """
+        return cross_fit(
+            state.z, state.log_weights, **self._asdict(), generator=generator, init=init
+        )
 
 
 def held_out_gain(z: Tensor, log_weights: Tensor, fit: CrossFit) -> Tensor:
