@@ -18,14 +18,17 @@ K particles per run, R resampled particles per run and M = ``max_runs``:
 =========  ==================================  =====================================
 estimator  stored                              bytes per observation
 =========  ==================================  =====================================
-a          M runs x K particles and weights    M * K * (d + 1) * b + M * 16 + 25
+a          M runs x K particles and weights    M * K * (d + 2) * b + M * 16 + 25
 b          M runs x R particles (equal weight) M * R * d * b + M * 16 + 25
 c, naive   newest run: K particles, weights    K * (d + 1) * b + 16 + 25
 pimh       current run: K particles, weights   K * (d + 1) * b + 16 + 25
 =========  ==================================  =====================================
 
 (the last terms: a float64 log Zhat and an int64 creation step per retained run, then the
-running log-sum of Zhat, the run count, the ring position and an exclusion flag). When more than
+running log-sum of Zhat, the run count, the ring position and an exclusion flag). Estimator
+(a) also keeps each run's cumulative weights (the ``+ 2``: one float per particle besides its
+weight), so that drawing S particles for a step reads S of them instead of all M * K; they are
+derived from the weights and not checkpointed. When more than
 M runs arrive for (a) or (b), the oldest retained run is dropped; Zbar (used by (c)) averages
 every run ever made, unless :meth:`ParticleBank.drop_older_than` removed outdated runs.
 """
@@ -64,7 +67,7 @@ def bank_bytes_per_observation(
     """The documented memory of one observation's bank entry, in bytes (see the module table)."""
     K, d, M, R, b = num_particles, dim, max_runs, num_resampled, bytes_per_float
     if estimator == "a":
-        return M * K * (d + 1) * b + M * 16 + 25
+        return M * K * (d + 2) * b + M * 16 + 25
     if estimator == "b":
         return M * R * d * b + M * 16 + 25
     if estimator in ("c", "naive", "pimh"):
@@ -129,6 +132,9 @@ class ParticleBank:
         self.num_runs = torch.zeros(n, dtype=torch.int64, device=device)  # every run made
         self.position = torch.zeros(n, dtype=torch.int64, device=device)  # next ring slot
         self.excluded = torch.zeros(n, dtype=torch.bool, device=device)  # zero likelihood
+        # (a): each run's cumulative weights, for sampled views (derived from log_weights)
+        cdf_cols = per_run if estimator == "a" else 0
+        self.cumulative_weights = torch.zeros(n, slots, cdf_cols, **kw)
 
     # ------------------------------------------------------------------ state
     @property
@@ -147,7 +153,8 @@ class ParticleBank:
 
     def nbytes(self) -> int:
         """Bytes held by the bank's tensors."""
-        return sum(t.numel() * t.element_size() for t in self.state_dict().values())
+        tensors = [*self.state_dict().values(), self.cumulative_weights]
+        return sum(t.numel() * t.element_size() for t in tensors)
 
     def state_dict(self) -> dict[str, Tensor]:
         return {
@@ -170,6 +177,17 @@ class ParticleBank:
                     f"{list(current.shape)} (different data, num_particles or estimator?)"
                 )
             setattr(self, key, value.to(current.device))
+        self._update_cumulative()
+
+    def _update_cumulative(self, idx: Tensor | None = None, slot: Tensor | None = None) -> None:
+        """Recompute the cumulative weights of estimator (a) from the log weights: of runs
+        (idx, slot), of every run of ``idx`` (slot None), or of the whole bank (both None)."""
+        if self.estimator != "a":
+            return
+        rows = slice(None) if idx is None else idx
+        where = rows if slot is None else (rows, slot)
+        cdf = torch.exp(self.log_weights[where].double()).cumsum(-1)
+        self.cumulative_weights[where] = cdf.to(self.cumulative_weights.dtype)
 
     def reset(self, idx: Tensor | None = None) -> None:
         """Forget the runs of ``idx`` (all when None), e.g. after the likelihood changed."""
@@ -179,6 +197,7 @@ class ParticleBank:
         self.log_z_sum[idx] = -math.inf
         self.num_runs[idx] = 0
         self.position[idx] = 0
+        self._update_cumulative(None if isinstance(idx, slice) else idx)
 
     # ------------------------------------------------------------------- write
     def add(
@@ -220,6 +239,7 @@ class ParticleBank:
         )
         self.log_z_runs[idx, slot] = torch.where(replace, log_evidence, self.log_z_runs[idx, slot])
         self.created[idx, slot] = torch.where(replace, step, self.created[idx, slot])
+        self._update_cumulative(idx, slot)
         self.position[idx] += (self.z.shape[1] > 1) * 1
         self.log_z_sum[idx] = torch.logaddexp(self.log_z_sum[idx], log_evidence)
         self.num_runs[idx] += 1
@@ -238,6 +258,7 @@ class ParticleBank:
             self.log_weights = self.log_weights.masked_fill(old[..., None], -math.inf)
             self.log_z_sum = torch.logsumexp(self.log_z_runs, -1)
             self.num_runs = torch.isfinite(self.log_z_runs).sum(-1)
+            self._update_cumulative()
         return dropped
 
     # -------------------------------------------------------------------- read
@@ -332,6 +353,12 @@ class ParticleBank:
         if not isinstance(num_samples, int) or isinstance(num_samples, bool) or num_samples < 1:
             raise ValueError(f"num_samples: expected an integer >= 1, received {num_samples!r}")
         b = idx.shape[0]
+        if est == "a":
+            runs, particles = self._draw_from_runs(idx, log_run, num_samples, generator)
+            z = self.z[idx[:, None], runs, particles]  # [b, S, d]
+            usable = torch.isfinite(log_run).any(-1)
+            weight = torch.where(usable, 1.0, 0.0) / num_samples
+            return WeightedParticles(z, weight[:, None].to(z.dtype).expand(-1, num_samples))
         if est == "b":  # equal weights 1/R within each stored run
             R = self.z.shape[2]
             lw = (log_run - math.log(R))[..., None].expand(-1, -1, R)
@@ -347,3 +374,40 @@ class ParticleBank:
         z = self.z[idx[:, None], runs, picks % P]  # [b, S, d]
         weight = torch.where(usable, log_total, -math.inf).exp() / num_samples
         return WeightedParticles(z, weight[:, None].to(z.dtype).expand(-1, num_samples))
+
+    def _draw_from_runs(
+        self, idx: Tensor, log_run: Tensor, num_samples: int, generator: torch.Generator | None
+    ) -> tuple[Tensor, Tensor]:
+        """Systematic draws over every particle of every run of (a), in two levels.
+
+        The points (s + U) / S fall in the run whose share omega_m of the cumulative evidence
+        weights covers them, then in the particle of that run whose share of the run's
+        cumulative weights covers the point's relative position within the run's interval:
+        the same draws as systematic resampling over all M * K weights, but reading only the
+        S rows of cumulative weights drawn (kept up to date by ``add``).
+
+        Shapes: idx [b], log_run [b, M] -> runs [b, S], particles [b, S].
+        """
+        b, M = log_run.shape
+        usable = torch.isfinite(log_run).any(-1, keepdim=True)
+        omega = torch.where(usable, torch.exp(log_run), 1.0 / M)  # [b, M], rows sum to 1
+        run_cdf = omega.cumsum(-1)
+        u = torch.rand(b, 1, generator=generator, dtype=torch.float64, device=idx.device)
+        steps = torch.arange(num_samples, dtype=torch.float64, device=idx.device)
+        points = (steps + u) / num_samples * run_cdf[:, -1:]  # [b, S]
+        runs = torch.searchsorted(run_cdf, points, right=True).clamp_(max=M - 1)
+        start = torch.gather(run_cdf, 1, runs) - torch.gather(omega, 1, runs)
+        share = torch.gather(omega, 1, runs)
+        within = ((points - start) / share.clamp_min(1e-300)).clamp_(0.0, 1.0)  # [b, S]
+        cdf = self.cumulative_weights
+        K = cdf.shape[-1]
+        if num_samples <= M:  # search the drawn runs' rows only
+            rows = cdf[idx[:, None], runs]  # [b, S, K]
+            values = within[..., None].to(cdf.dtype) * rows[..., -1:]
+            particles = torch.searchsorted(rows, values, right=True)[..., 0]
+        else:  # every run's row once, searched for every point; keep each point's own run
+            rows = cdf[idx]  # [b, M, K]
+            values = within[:, None, :].to(cdf.dtype) * rows[..., -1:]  # [b, M, S]
+            found = torch.searchsorted(rows, values, right=True)
+            particles = torch.gather(found, 1, runs[:, None, :])[:, 0]
+        return runs, particles.clamp_(max=K - 1)
