@@ -359,7 +359,8 @@ def main(argv: list[str] | None = None) -> None:
         if (args.model, args.name) in done:
             print(f"{args.name}: already recorded, skipped", file=sys.stderr)  # noqa: T201
             return
-        run_one(args.name, _parse_settings(args.set), args.eval_every, args.current, args.results)
+        settings = _parse_settings(args.set)
+        run_one(args.name, settings, args.eval_every, args.current, args.results, args.model)
     else:
         write(args.base, args.results, args.out)
 

@@ -87,8 +87,12 @@ def test_script_runs_and_writes_a_section(tmp_path):
     tiny = ["--set", "steps=4", "--set", "num_particles=50", "--set", "log_every=1"]
     tiny += ["--eval-every", "2"]
     tiny += ["--set", 'encoder_options={"transforms": 1, "hidden": [8]}']
-    for name in ("previous defaults", "fewer particles"):
-        extra = ["--set", "particles_per_step=8"] if name != "previous defaults" else []
+    runs = [
+        ("previous defaults", []),
+        ("fewer particles", ["--set", "particles_per_step=8"]),
+        ("fewer particles", ["--model", "gamma-poisson"]),
+    ]
+    for name, extra in runs:
         done = subprocess.run(
             [sys.executable, str(BENCH / "training_speed.py"), "--results", str(results)]
             + ["run", name, *tiny, *extra],
@@ -99,7 +103,11 @@ def test_script_runs_and_writes_a_section(tmp_path):
         )
         assert done.returncode == 0, done.stderr[-3000:]
     records = [json.loads(line) for line in results.read_text().splitlines()]
-    assert [r["name"] for r in records] == ["previous defaults", "fewer particles"]
+    assert [(r["model"], r["name"]) for r in records] == [
+        ("box-10d", "previous defaults"),
+        ("box-10d", "fewer particles"),
+        ("gamma-poisson", "fewer particles"),
+    ]
     assert records[1]["settings"]["particles_per_step"] == 8
     assert [p["step"] for p in records[0]["curve"]] == [2, 4]
     assert all(math.isfinite(p["forward_kl"]) for p in records[0]["curve"])
@@ -107,3 +115,4 @@ def test_script_runs_and_writes_a_section(tmp_path):
     text = doc.read_text()
     assert "<!-- begin training-speed -->" in text
     assert "fewer particles" in text
+    assert "**gamma-poisson**" in text
