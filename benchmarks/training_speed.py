@@ -270,10 +270,13 @@ def _paired(record: dict[str, Any], base: dict[str, Any]) -> tuple[float, float]
     return statistics.fmean(diff), statistics.stdev(diff) / math.sqrt(len(diff))
 
 
-def _at(curve: list[dict[str, Any]], minutes: float) -> str:
-    """The forward KL of the last evaluation within ``minutes`` of CPU time."""
+def _at(curve: list[dict[str, Any]], minutes: float, previous: float) -> str:
+    """The forward KL of the last evaluation within ``minutes`` of CPU time (blank once the
+    run had ended by the ``previous`` mark)."""
     within = [p for p in curve if p["cpu_time"] <= 60 * minutes]
-    return f"{within[-1]['forward_kl']:.3f}" if within else ""
+    if not within or curve[-1]["cpu_time"] <= 60 * previous:
+        return ""
+    return f"{within[-1]['forward_kl']:.3f}"
 
 
 def _settings(settings: dict[str, Any]) -> str:
@@ -300,7 +303,8 @@ def _model_table(records: list[dict[str, Any]], base_name: str) -> list[str]:
                 f"{statistics.fmean(r['bank_ess']):.2f}" if r["bank_ess"] else "",
             ]
         )
-        curves.append([r["name"], *(_at(r["curve"], m) for m in CPU_MARKS)])
+        marks = zip(CPU_MARKS, (0, *CPU_MARKS[:-1]), strict=True)
+        curves.append([r["name"], *(_at(r["curve"], m, prev) for m, prev in marks)])
     header = ["row", "settings", "steps", "CPU min", "forward KL", "minus base", "bank ESS"]
     return [
         table(header, rows),
@@ -316,7 +320,7 @@ def write(base_name: str, results: Path = RESULTS, out: Path = DOC) -> None:
     """Render every recorded run into ``out`` (differences paired with ``base_name``)."""
     records = _records(results)
     lines = [
-        f"Rows start from the previous defaults (`{_settings(PREVIOUS_DEFAULTS)}`) and change "
+        f"Rows start from the previous defaults ({_settings(PREVIOUS_DEFAULTS)}) and change "
         f"what their settings say. Forward KL: mean over the 100 observations of KL(p || q), "
         f'{DRAWS} exact draws each; "minus base" is the mean difference to the row '
         f"{base_name!r} over the same observations, with its standard error. Bank ESS: mean of "
