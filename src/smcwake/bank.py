@@ -383,8 +383,9 @@ class ParticleBank:
         The points (s + U) / S fall in the run whose share omega_m of the cumulative evidence
         weights covers them, then in the particle of that run whose share of the run's
         cumulative weights covers the point's relative position within the run's interval:
-        the same draws as systematic resampling over all M * K weights, but reading only the
-        S rows of cumulative weights drawn (kept up to date by ``add``).
+        the same draws as systematic resampling over all M * K weights (up to the rounding
+        of the stored cumulative weights, kept in the bank's dtype and up to date by ``add``),
+        reading only the rows of the runs drawn.
 
         Shapes: idx [b], log_run [b, M] -> runs [b, S], particles [b, S].
         """
