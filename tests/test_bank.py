@@ -183,20 +183,3 @@ def test_sampled_view_a_draws_the_flat_systematic_resample(num_samples):
     assert bool(
         (torch.gather(bank.log_weights[idx].reshape(len(idx), -1), 1, picks) > -1e30).all()
     )
-
-
-def test_cumulative_weights_follow_every_change_of_the_bank():
-    bank = _filled_bank()
-
-    def expected(b: ParticleBank) -> torch.Tensor:
-        return torch.exp(b.log_weights.double()).cumsum(-1).to(b.cumulative_weights.dtype)
-
-    torch.testing.assert_close(bank.cumulative_weights, expected(bank))
-    other = ParticleBank(6, 50, 2, estimator="a", max_runs=4)
-    other.load_state_dict(bank.state_dict())  # not checkpointed: rebuilt on load
-    torch.testing.assert_close(other.cumulative_weights, bank.cumulative_weights)
-    bank.created[:, :2] = -5
-    bank.drop_older_than(0)
-    torch.testing.assert_close(bank.cumulative_weights, expected(bank))
-    bank.reset(torch.tensor([1, 3]))
-    torch.testing.assert_close(bank.cumulative_weights, expected(bank))

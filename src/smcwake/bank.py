@@ -18,17 +18,14 @@ K particles per run, R resampled particles per run and M = ``max_runs``:
 =========  ==================================  =====================================
 estimator  stored                              bytes per observation
 =========  ==================================  =====================================
-a          M runs x K particles and weights    M * K * (d + 2) * b + M * 16 + 25
+a          M runs x K particles and weights    M * K * (d + 1) * b + M * 16 + 25
 b          M runs x R particles (equal weight) M * R * d * b + M * 16 + 25
 c, naive   newest run: K particles, weights    K * (d + 1) * b + 16 + 25
 pimh       current run: K particles, weights   K * (d + 1) * b + 16 + 25
 =========  ==================================  =====================================
 
 (the last terms: a float64 log Zhat and an int64 creation step per retained run, then the
-running log-sum of Zhat, the run count, the ring position and an exclusion flag). Estimator
-(a) also keeps each run's cumulative weights (the ``+ 2``: one float per particle besides its
-weight), so that drawing S particles for a step reads S of them instead of all M * K; they are
-derived from the weights and not checkpointed. When more than
+running log-sum of Zhat, the run count, the ring position and an exclusion flag). When more than
 M runs arrive for (a) or (b), the oldest retained run is dropped; Zbar (used by (c)) averages
 every run ever made, unless :meth:`ParticleBank.drop_older_than` removed outdated runs.
 """
@@ -67,7 +64,7 @@ def bank_bytes_per_observation(
     """The documented memory of one observation's bank entry, in bytes (see the module table)."""
     K, d, M, R, b = num_particles, dim, max_runs, num_resampled, bytes_per_float
     if estimator == "a":
-        return M * K * (d + 2) * b + M * 16 + 25
+        return M * K * (d + 1) * b + M * 16 + 25
     if estimator == "b":
         return M * R * d * b + M * 16 + 25
     if estimator in ("c", "naive", "pimh"):
@@ -132,9 +129,6 @@ class ParticleBank:
         self.num_runs = torch.zeros(n, dtype=torch.int64, device=device)  # every run made
         self.position = torch.zeros(n, dtype=torch.int64, device=device)  # next ring slot
         self.excluded = torch.zeros(n, dtype=torch.bool, device=device)  # zero likelihood
-        # (a): each run's cumulative weights, for sampled views (derived from log_weights)
-        cdf_cols = per_run if estimator == "a" else 0
-        self.cumulative_weights = torch.zeros(n, slots, cdf_cols, **kw)
 
     # ------------------------------------------------------------------ state
     @property
@@ -153,8 +147,7 @@ class ParticleBank:
 
     def nbytes(self) -> int:
         """Bytes held by the bank's tensors."""
-        tensors = [*self.state_dict().values(), self.cumulative_weights]
-        return sum(t.numel() * t.element_size() for t in tensors)
+        return sum(t.numel() * t.element_size() for t in self.state_dict().values())
 
     def state_dict(self) -> dict[str, Tensor]:
         return {
@@ -177,17 +170,6 @@ class ParticleBank:
                     f"{list(current.shape)} (different data, num_particles or estimator?)"
                 )
             setattr(self, key, value.to(current.device))
-        self._update_cumulative()
-
-    def _update_cumulative(self, idx: Tensor | None = None, slot: Tensor | None = None) -> None:
-        """Recompute the cumulative weights of estimator (a) from the log weights: of runs
-        (idx, slot), of every run of ``idx`` (slot None), or of the whole bank (both None)."""
-        if self.estimator != "a":
-            return
-        rows = slice(None) if idx is None else idx
-        where = rows if slot is None else (rows, slot)
-        cdf = torch.exp(self.log_weights[where].double()).cumsum(-1)
-        self.cumulative_weights[where] = cdf.to(self.cumulative_weights.dtype)
 
     def reset(self, idx: Tensor | None = None) -> None:
         """Forget the runs of ``idx`` (all when None), e.g. after the likelihood changed."""
@@ -197,7 +179,6 @@ class ParticleBank:
         self.log_z_sum[idx] = -math.inf
         self.num_runs[idx] = 0
         self.position[idx] = 0
-        self._update_cumulative(None if isinstance(idx, slice) else idx)
 
     # ------------------------------------------------------------------- write
     def add(
@@ -239,7 +220,6 @@ class ParticleBank:
         )
         self.log_z_runs[idx, slot] = torch.where(replace, log_evidence, self.log_z_runs[idx, slot])
         self.created[idx, slot] = torch.where(replace, step, self.created[idx, slot])
-        self._update_cumulative(idx, slot)
         self.position[idx] += (self.z.shape[1] > 1) * 1
         self.log_z_sum[idx] = torch.logaddexp(self.log_z_sum[idx], log_evidence)
         self.num_runs[idx] += 1
@@ -258,7 +238,6 @@ class ParticleBank:
             self.log_weights = self.log_weights.masked_fill(old[..., None], -math.inf)
             self.log_z_sum = torch.logsumexp(self.log_z_runs, -1)
             self.num_runs = torch.isfinite(self.log_z_runs).sum(-1)
-            self._update_cumulative()
         return dropped
 
     # -------------------------------------------------------------------- read
@@ -383,9 +362,9 @@ class ParticleBank:
         The points (s + U) / S fall in the run whose share omega_m of the cumulative evidence
         weights covers them, then in the particle of that run whose share of the run's
         cumulative weights covers the point's relative position within the run's interval:
-        the same draws as systematic resampling over all M * K weights (up to the rounding
-        of the stored cumulative weights, kept in the bank's dtype and up to date by ``add``),
-        reading only the rows of the runs drawn.
+        the same draws as systematic resampling over all M * K weights (up to rounding), with
+        cumulative weights formed for the drawn runs only when S <= M (S * K weights per
+        observation instead of M * K, with no pass over the rest).
 
         Shapes: idx [b], log_run [b, M] -> runs [b, S], particles [b, S].
         """
@@ -397,18 +376,17 @@ class ParticleBank:
         steps = torch.arange(num_samples, dtype=torch.float64, device=idx.device)
         points = (steps + u) / num_samples * run_cdf[:, -1:]  # [b, S]
         runs = torch.searchsorted(run_cdf, points, right=True).clamp_(max=M - 1)
-        start = torch.gather(run_cdf, 1, runs) - torch.gather(omega, 1, runs)
         share = torch.gather(omega, 1, runs)
+        start = torch.gather(run_cdf, 1, runs) - share
         within = ((points - start) / share.clamp_min(1e-300)).clamp_(0.0, 1.0)  # [b, S]
-        cdf = self.cumulative_weights
-        K = cdf.shape[-1]
-        if num_samples <= M:  # search the drawn runs' rows only
-            rows = cdf[idx[:, None], runs]  # [b, S, K]
-            values = within[..., None].to(cdf.dtype) * rows[..., -1:]
-            particles = torch.searchsorted(rows, values, right=True)[..., 0]
-        else:  # every run's row once, searched for every point; keep each point's own run
-            rows = cdf[idx]  # [b, M, K]
-            values = within[:, None, :].to(cdf.dtype) * rows[..., -1:]  # [b, M, S]
-            found = torch.searchsorted(rows, values, right=True)
+        K = self.log_weights.shape[-1]
+        if num_samples <= M:  # the cumulative weights of the drawn runs only
+            cdf = torch.exp(self.log_weights[idx[:, None], runs]).cumsum(-1)  # [b, S, K]
+            values = within[..., None].to(cdf.dtype) * cdf[..., -1:]
+            particles = torch.searchsorted(cdf, values, right=True)[..., 0]
+        else:  # every run's once, searched for every point; keep each point's own run
+            cdf = torch.exp(self.log_weights[idx]).cumsum(-1)  # [b, M, K]
+            values = within[:, None, :].to(cdf.dtype) * cdf[..., -1:]  # [b, M, S]
+            found = torch.searchsorted(cdf, values, right=True)
             particles = torch.gather(found, 1, runs[:, None, :])[:, 0]
         return runs, particles.clamp_(max=K - 1)
