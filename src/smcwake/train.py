@@ -108,16 +108,11 @@ LR_SCHEDULES = ("constant", "cosine", "step")
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Every setting of a training run. The defaults were chosen by measurement
-    (docs/RESULTS.md). The training ablation: 4,000 steps with a cosine-decayed learning rate
-    bring the encoder within 0.02 C2ST of its own SMC's particles on two-moons and a
-    spike-and-slab model (from 0.03 and 0.06 at the old 2,000 constant-rate steps). The
-    training-speed benchmark: scoring 32 particles per observation and step (was 256) and
-    refreshing every 100 steps (was 10) keeps that accuracy at a sixth of the cost (C2ST
-    0.509 against 0.515 on two-moons, paired difference -0.007 +- 0.005, in 2.1 CPU minutes
-    instead of 14.3; spike-slab 0.522 against 0.527, -0.004 +- 0.003, 1.4 instead of 8.5). On
-    100 observations of a 10-d model a default fit took 4.3 to 4.5 CPU minutes on one thread
-    of a busy machine, where the earlier defaults ran at 0.47 s per step (about 31 minutes).
+    """Every setting of a training run. The defaults were chosen by a training ablation
+    (docs/RESULTS.md): 4,000 steps with a cosine-decayed learning rate bring the encoder within
+    0.02 C2ST of its own SMC's particles on two-moons and a spike-and-slab model (from 0.03 and
+    0.06 at the old 2,000 constant-rate steps), in 9 to 14 CPU minutes on one core for 100
+    observations in 2-D.
 
     Args:
         method: one of :data:`smcwake.objectives.METHOD_NAMES`, or a name registered with
@@ -128,11 +123,7 @@ class TrainConfig:
         num_particles: K, particles per SMC run.
         num_proposals: proposals per observation for the importance-sampling baselines (wake,
             defensive-wake, iwae, msc), samples for elbo, simulations per observation for sleep.
-        refresh_every: steps between SMC refreshes (SMC-Wake methods). 100 (was 10): on the
-            10-d model above a refresh of 32 observations (K = 1000) cost about 2.7 CPU s,
-            more than half of every step's time at 10; with a fixed likelihood the bank's
-            runs do not go stale, and 40 refreshes over 4,000 steps still give each
-            observation about 13 runs besides its initial one.
+        refresh_every: steps between SMC refreshes (SMC-Wake methods).
         refresh_size: observations per refresh (default: batch_size).
         lr: Adam learning rate (the peak of the schedule).
         lr_schedule: "cosine" (the default: from ``lr`` down to 0 at the last step, after
@@ -159,9 +150,9 @@ class TrainConfig:
             step, drawn in proportion to the estimator's weights from everything it keeps
             (same expected gradient; the encoder's cost per step no longer grows with the
             bank). None: every weighted particle (M * R per observation for (b), up to
-            M * K for (a)). 32 (was 256): the flow's log_prob and backward cost about 7
-            times less per step, and the extra gradient noise is averaged out by the
-            cosine schedule's last steps.
+            M * K for (a)). Faster: 32 with ``refresh_every=100`` made a 4,000-step fit of a
+            10-d model 7 times cheaper in CPU time (4.5 minutes against 31) but left its
+            forward KL at 0.045 against 0.033 nats (docs/RESULTS.md, "Training speed").
         smc: SMC settings.
         smc_batch_size: observations per batched SMC call.
         use_unconverged: store SMC runs that stopped at max_stages, or whose particles did not
@@ -190,7 +181,7 @@ class TrainConfig:
     batch_size: int = 32
     num_particles: int = 1000
     num_proposals: int = 100
-    refresh_every: int = 100
+    refresh_every: int = 10
     refresh_size: int | None = None
     lr: float = 1e-3
     lr_schedule: str = "cosine"
@@ -202,7 +193,7 @@ class TrainConfig:
     max_runs: int = 50
     num_resampled: int = 100
     runs_per_step: int | None = 4
-    particles_per_step: int | None = 32
+    particles_per_step: int | None = 256
     smc: SMCOptions = field(default_factory=SMCOptions)
     smc_batch_size: int = 256
     use_unconverged: bool = False
