@@ -53,9 +53,9 @@ from _peers.amortized import (  # noqa: E402
     train_npe,
     train_smc_wake,
 )
-from torch.distributions import Independent, Normal, Uniform  # noqa: E402
+from training_speed import box_model  # noqa: E402
 
-from smcwake import Model, fit  # noqa: E402
+from smcwake import fit  # noqa: E402
 from smcwake.bench.evaluate import Reference  # noqa: E402
 from smcwake.tasks import get  # noqa: E402
 from smcwake.tasks.linear_gaussian import linear_gaussian  # noqa: E402
@@ -318,20 +318,6 @@ def ood_section(res: dict) -> str:
 
 
 # ------------------------------------------------------------------------------------ part 3
-
-
-def box_model(n: int, seed: int):
-    """U[-1, 1]^10 prior, x | z ~ N(z, 0.32^2 I), n observations, as a user would write it."""
-    d, sd = 10, 0.32
-    prior = Independent(Uniform(-torch.ones(d), torch.ones(d)), 1)
-
-    def log_likelihood(z, x):
-        return Normal(z, sd).log_prob(x[:, None, :]).sum(-1)
-
-    g = torch.Generator().manual_seed(seed)
-    z = 2 * torch.rand(n, d, generator=g) - 1
-    x = z + sd * torch.randn(n, d, generator=g)
-    return Model(prior, log_likelihood, name="box-10d"), x
 
 
 # (label, function names whose cumulative time is summed, counting each call tree once)

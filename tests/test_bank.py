@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from smcwake.bank import ESTIMATORS, ParticleBank, bank_bytes_per_observation
+from smcwake.smc.resampling import systematic
 
 
 def _run(K: int, d: int, value: float, log_z: float, r: int = 1):
@@ -152,3 +153,33 @@ def test_sampled_view_has_the_full_views_expectation(estimator):
     assert float(sampled.weights[3].sum()) == 0.0
     with pytest.raises(ValueError, match="num_samples"):
         bank.view(rows, num_samples=0)
+
+
+def _filled_bank(seed: int = 5, n: int = 6, K: int = 50, M: int = 4) -> ParticleBank:
+    g = torch.Generator().manual_seed(seed)
+    bank = ParticleBank(n, K, 2, estimator="a", max_runs=M)
+    for _ in range(M + 2):  # the ring wraps: the oldest runs are replaced
+        rows = torch.randperm(n, generator=g)[: n - 1]  # one observation lags behind
+        lw = torch.log_softmax(torch.randn(n - 1, K, generator=g) * 3, -1)
+        lw[:, :5] = -math.inf  # particles of zero weight are never drawn
+        z = torch.randn(n - 1, K, 2, generator=g)
+        bank.add(rows, z, lw, torch.randn(n - 1, generator=g, dtype=torch.float64) * 2)
+    return bank
+
+
+@pytest.mark.parametrize("num_samples", [3, 64])  # fewer and more draws than runs (M = 4)
+def test_sampled_view_a_draws_the_flat_systematic_resample(num_samples):
+    # the two-level draw of (a) must pick exactly the particles that systematic resampling over
+    # all M * K weights (omega_m W_mk) picks with the same uniform
+    bank = _filled_bank()
+    idx = torch.tensor([4, 0, 2, 5])
+    view = bank.view(idx, num_samples=num_samples, generator=torch.Generator().manual_seed(9))
+    slots, log_run, _ = bank._run_weights(idx, "a")
+    flat = (bank.log_weights[idx].double() + log_run[..., None]).reshape(len(idx), -1)
+    picks = systematic(flat, num_samples, generator=torch.Generator().manual_seed(9))
+    K = bank.log_weights.shape[-1]
+    expected = bank.z[idx[:, None], picks // K, picks % K]
+    torch.testing.assert_close(view.z, expected, rtol=0, atol=0)
+    assert bool(
+        (torch.gather(bank.log_weights[idx].reshape(len(idx), -1), 1, picks) > -1e30).all()
+    )

@@ -332,6 +332,12 @@ class ParticleBank:
         if not isinstance(num_samples, int) or isinstance(num_samples, bool) or num_samples < 1:
             raise ValueError(f"num_samples: expected an integer >= 1, received {num_samples!r}")
         b = idx.shape[0]
+        if est == "a":
+            runs, particles = self._draw_from_runs(idx, log_run, num_samples, generator)
+            z = self.z[idx[:, None], runs, particles]  # [b, S, d]
+            usable = torch.isfinite(log_run).any(-1)
+            weight = torch.where(usable, 1.0, 0.0) / num_samples
+            return WeightedParticles(z, weight[:, None].to(z.dtype).expand(-1, num_samples))
         if est == "b":  # equal weights 1/R within each stored run
             R = self.z.shape[2]
             lw = (log_run - math.log(R))[..., None].expand(-1, -1, R)
@@ -347,3 +353,40 @@ class ParticleBank:
         z = self.z[idx[:, None], runs, picks % P]  # [b, S, d]
         weight = torch.where(usable, log_total, -math.inf).exp() / num_samples
         return WeightedParticles(z, weight[:, None].to(z.dtype).expand(-1, num_samples))
+
+    def _draw_from_runs(
+        self, idx: Tensor, log_run: Tensor, num_samples: int, generator: torch.Generator | None
+    ) -> tuple[Tensor, Tensor]:
+        """Systematic draws over every particle of every run of (a), in two levels.
+
+        The points (s + U) / S fall in the run whose share omega_m of the cumulative evidence
+        weights covers them, then in the particle of that run whose share of the run's
+        cumulative weights covers the point's relative position within the run's interval:
+        the same draws as systematic resampling over all M * K weights (up to rounding), with
+        cumulative weights formed for the drawn runs only when S <= M (S * K weights per
+        observation instead of M * K, with no pass over the rest).
+
+        Shapes: idx [b], log_run [b, M] -> runs [b, S], particles [b, S].
+        """
+        b, M = log_run.shape
+        usable = torch.isfinite(log_run).any(-1, keepdim=True)
+        omega = torch.where(usable, torch.exp(log_run), 1.0 / M)  # [b, M], rows sum to 1
+        run_cdf = omega.cumsum(-1)
+        u = torch.rand(b, 1, generator=generator, dtype=torch.float64, device=idx.device)
+        steps = torch.arange(num_samples, dtype=torch.float64, device=idx.device)
+        points = (steps + u) / num_samples * run_cdf[:, -1:]  # [b, S]
+        runs = torch.searchsorted(run_cdf, points, right=True).clamp_(max=M - 1)
+        share = torch.gather(omega, 1, runs)
+        start = torch.gather(run_cdf, 1, runs) - share
+        within = ((points - start) / share.clamp_min(1e-300)).clamp_(0.0, 1.0)  # [b, S]
+        K = self.log_weights.shape[-1]
+        if num_samples <= M:  # the cumulative weights of the drawn runs only
+            cdf = torch.exp(self.log_weights[idx[:, None], runs]).cumsum(-1)  # [b, S, K]
+            values = within[..., None].to(cdf.dtype) * cdf[..., -1:]
+            particles = torch.searchsorted(cdf, values, right=True)[..., 0]
+        else:  # every run's once, searched for every point; keep each point's own run
+            cdf = torch.exp(self.log_weights[idx]).cumsum(-1)  # [b, M, K]
+            values = within[:, None, :].to(cdf.dtype) * cdf[..., -1:]  # [b, M, S]
+            found = torch.searchsorted(cdf, values, right=True)
+            particles = torch.gather(found, 1, runs[:, None, :])[:, 0]
+        return runs, particles.clamp_(max=K - 1)

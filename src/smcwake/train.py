@@ -150,7 +150,9 @@ class TrainConfig:
             step, drawn in proportion to the estimator's weights from everything it keeps
             (same expected gradient; the encoder's cost per step no longer grows with the
             bank). None: every weighted particle (M * R per observation for (b), up to
-            M * K for (a)).
+            M * K for (a)). Faster: 32 with ``refresh_every=100`` made a 4,000-step fit of a
+            10-d model 7 times cheaper in CPU time (4.5 minutes against 31) but left its
+            forward KL at 0.045 against 0.033 nats (docs/RESULTS.md, "Training speed").
         smc: SMC settings.
         smc_batch_size: observations per batched SMC call.
         use_unconverged: store SMC runs that stopped at max_stages, or whose particles did not
