@@ -152,7 +152,9 @@ class TrainConfig:
             bank). None: every weighted particle (M * R per observation for (b), up to
             M * K for (a)). Faster: 32 with ``refresh_every=100`` made a 4,000-step fit of a
             10-d model 7 times cheaper in CPU time (4.5 minutes against 31) but left its
-            forward KL at 0.045 against 0.033 nats (docs/RESULTS.md, "Training speed").
+            forward KL at 0.045 against 0.033 nats; 64 with ``refresh_every=25`` and 6,000
+            steps matched the 0.033 in about half the CPU time (docs/RESULTS.md, "Training
+            speed").
         smc: SMC settings.
         smc_batch_size: observations per batched SMC call.
         use_unconverged: store SMC runs that stopped at max_stages, or whose particles did not
