@@ -109,16 +109,21 @@ LR_SCHEDULES = ("constant", "cosine", "step")
 @dataclass(frozen=True)
 class TrainConfig:
     """Every setting of a training run. The defaults were chosen by a training ablation
-    (docs/RESULTS.md): 4,000 steps with a cosine-decayed learning rate bring the encoder within
+    (docs/RESULTS.md): a cosine-decayed learning rate and enough steps bring the encoder within
     0.02 C2ST of its own SMC's particles on two-moons and a spike-and-slab model (from 0.03 and
-    0.06 at the old 2,000 constant-rate steps), in 9 to 14 CPU minutes on one core for 100
-    observations in 2-D.
+    0.06 at the old 2,000 constant-rate steps); then a training-speed comparison set how a step
+    spends its time: 6,000 steps scoring 64 particles per observation, with an SMC refresh every
+    25, reach the forward KL of the earlier 4,000 steps of 256 particles refreshed every 10
+    (0.033 nats on a 10-d box-prior model, paired difference -0.0001 +- 0.0004; lower on
+    two-moons and spike-slab, C2ST level) in about half the CPU time (15.8 against 31.0 CPU
+    minutes on the 10-d model, 7.0 against 14.3 and 4.9 against 8.5 in 2-D).
 
     Args:
         method: one of :data:`smcwake.objectives.METHOD_NAMES`, or a name registered with
             :func:`smcwake.objectives.register_method`.
-        steps: optimizer steps (4,000: at 2,000 the encoder was 0.03-0.06 C2ST short of its
-            SMC's particles in the ablation; 4,000 with the cosine schedule came within 0.02).
+        steps: optimizer steps (at 2,000 the encoder was 0.03-0.06 C2ST short of its SMC's
+            particles in the ablation; 4,000 with the cosine schedule came within 0.02, and
+            6,000 of the cheaper steps of 64 particles match those 4,000 at half their cost).
         batch_size: observations per minibatch.
         num_particles: K, particles per SMC run.
         num_proposals: proposals per observation for the importance-sampling baselines (wake,
@@ -150,11 +155,11 @@ class TrainConfig:
             step, drawn in proportion to the estimator's weights from everything it keeps
             (same expected gradient; the encoder's cost per step no longer grows with the
             bank). None: every weighted particle (M * R per observation for (b), up to
-            M * K for (a)). Faster: 32 with ``refresh_every=100`` made a 4,000-step fit of a
-            10-d model 7 times cheaper in CPU time (4.5 minutes against 31) but left its
-            forward KL at 0.045 against 0.033 nats; 64 with ``refresh_every=25`` and 6,000
-            steps matched the 0.033 in about half the CPU time (docs/RESULTS.md, "Training
-            speed").
+            M * K for (a)). 64 (the default, with ``refresh_every=25`` and 6,000 steps)
+            matched the forward KL of 256 (``refresh_every=10``, 4,000 steps) in about half the
+            CPU time; 32 with ``refresh_every=100`` and 4,000 steps was 7 times cheaper than
+            that but left the forward KL of a 10-d model at 0.045 against 0.033 nats
+            (docs/RESULTS.md, "Training speed").
         smc: SMC settings.
         smc_batch_size: observations per batched SMC call.
         use_unconverged: store SMC runs that stopped at max_stages, or whose particles did not
@@ -179,11 +184,11 @@ class TrainConfig:
     """
 
     method: str = "smc-wake-a"
-    steps: int = 4000
+    steps: int = 6000
     batch_size: int = 32
     num_particles: int = 1000
     num_proposals: int = 100
-    refresh_every: int = 10
+    refresh_every: int = 25
     refresh_size: int | None = None
     lr: float = 1e-3
     lr_schedule: str = "cosine"
@@ -195,7 +200,7 @@ class TrainConfig:
     max_runs: int = 50
     num_resampled: int = 100
     runs_per_step: int | None = 4
-    particles_per_step: int | None = 256
+    particles_per_step: int | None = 64
     smc: SMCOptions = field(default_factory=SMCOptions)
     smc_batch_size: int = 256
     use_unconverged: bool = False
