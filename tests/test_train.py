@@ -564,3 +564,30 @@ def test_fit_refuses_half_precision_observations_before_any_smc(dtype):
     with pytest.raises(TypeError, match=rf"torch.float32 or torch.float64; received {dtype}"):
         fit(model, x.to(dtype), **faults.small())
     assert counted.calls == 0
+
+
+def test_a_built_encoder_is_standardized_by_the_first_smc_pass():
+    """Observations far in the prior's tails: the z buffers follow the pooled posteriors.
+
+    Exact posteriors N(m_i, v); the pooled moments are mean_i m_i and sqrt(var_i m_i + v). The
+    buffers come from about 20,000 pooled draws over n SMC runs of K particles (ESS >= K / 2
+    per run, say), so a moment's standard error is below sd * sqrt(1 / (n K / 2)); the tolerance
+    is five of those. Prior draws (what the encoder held before) would give loc 0, scale ~2.
+    """
+    model, _ = conjugate()
+    g = torch.Generator().manual_seed(3)
+    n, K = 40, 500
+    z_true = 6.0 + 0.5 * torch.randn(n, D, generator=g)  # 3 prior sd out
+    x = z_true + NOISE_SD * torch.randn(n, D, generator=g)
+    out = fit(model, x, encoder="gaussian", steps=0, num_particles=K, progress=False)
+    v = 1 / (1 / PRIOR_SD**2 + 1 / NOISE_SD**2)
+    means = v * x / NOISE_SD**2
+    loc, sd = means.mean(0), (means.var(0, unbiased=False) + v).sqrt()
+    tol = 5 * sd * math.sqrt(1 / (n * K / 2))
+    torch.testing.assert_close(out.encoder.z_loc, loc, atol=float(tol.max()), rtol=0)
+    torch.testing.assert_close(out.encoder.z_scale, sd, atol=float(tol.max()), rtol=0)
+    # an encoder the user gives is used as it is
+    mine = GaussianEncoder(D, D)
+    out = fit(model, x, encoder=mine, steps=0, num_particles=K, progress=False)
+    assert torch.equal(out.encoder.z_loc, torch.zeros(D))
+    assert torch.equal(out.encoder.z_scale, torch.ones(D))

@@ -45,6 +45,7 @@ __all__ = [
     "initial_smc",
     "learning_rate",
     "record_history",
+    "standardize_from_bank",
     "train_step",
 ]
 
@@ -112,6 +113,9 @@ class TrainState:
     """Steps skipped for a non-finite loss or gradient."""
     elapsed: float = 0.0
     """Seconds of training, over every session of a resumed run."""
+    restandardize: bool = False
+    """Set the encoder's z standardization from the first SMC pass when it completes (an
+    encoder built by :func:`initial_encoder`; one given by the user is used as it is)."""
     initial_next: int = 0
     """The next observation of the initial SMC pass (n once it is done)."""
     unmixed: int = 0
@@ -142,6 +146,7 @@ def init_training(
     n, p = x.shape
     method = get_method(config.method)
     generator = torch.Generator(device=x.device).manual_seed(config.seed)
+    built = encoder is None
     if encoder is None:
         encoder = initial_encoder(model, x, config, generator)
     elif not isinstance(encoder, Encoder):
@@ -173,7 +178,9 @@ def init_training(
         )
     if method.chains:
         chains = model.sample_prior((n,), generator=generator, dtype=x.dtype, device=x.device)
-    return TrainState(config, encoder, optimizer, generator, bank, chains, decoder, dec_optimizer)
+    state = TrainState(config, encoder, optimizer, generator, bank, chains, decoder, dec_optimizer)
+    state.restandardize = built
+    return state
 
 
 def initial_smc(
@@ -196,8 +203,43 @@ def initial_smc(
         chunk = torch.arange(state.initial_next, end, device=x.device)
         _run_and_store(state, model, x, chunk)
         state.initial_next = int(chunk[-1]) + 1
+        if state.initial_next == n and state.restandardize and state.step == 0:
+            draws = torch.Generator(device=x.device).manual_seed(state.config.seed + 1)
+            standardize_from_bank(state.encoder, state.bank, generator=draws)
         if state.initial_next == n or stopped():
             save(state)
+
+
+STANDARDIZATION_DRAWS = 20_000
+"""Particles pooled over the observations to set the encoder's z standardization."""
+
+
+def standardize_from_bank(
+    encoder: Encoder, bank: ParticleBank, *, generator: torch.Generator | None = None
+) -> bool:
+    """Set ``encoder``'s z location and scale from the bank's posteriors, pooled over observations.
+
+    Each observation with a usable run contributes the same number of draws from its
+    posterior (about :data:`STANDARDIZATION_DRAWS` in all), so the buffers are the moments of
+    the aggregate posterior of the dataset. For data drawn from the model this is close to the
+    prior's moments, which :func:`initial_encoder` uses before any SMC has run; where the
+    posteriors sit far out in the prior's tails, or are much narrower than a vague prior, it
+    puts them where the encoder's flow acts (a spline flow is the identity outside [-5, 5]
+    standardized units) and at unit scale. Returns False (buffers unchanged) when no
+    observation has a usable run.
+    """
+    idx = torch.nonzero(bank.has_runs & ~bank.excluded).flatten()
+    if idx.numel() == 0:
+        return False
+    per_row = max(10, min(bank.num_particles, math.ceil(STANDARDIZATION_DRAWS / idx.numel())))
+    view = bank.view(idx, num_samples=per_row, generator=generator)
+    weights = (view.weights > 0).to(view.z.dtype)  # every usable observation counts the same
+    if not bool(weights.any()):
+        return False
+    encoder.set_standardization(
+        z=view.z.reshape(-1, view.z.shape[-1]), z_weights=weights.flatten()
+    )
+    return True
 
 
 def train_step(
@@ -380,7 +422,8 @@ def initial_encoder(
 ) -> Encoder:
     """The encoder :func:`fit` builds when none is given: ``config.encoder`` with
     ``config.encoder_options``, on the prior's support (``config.support_transform``),
-    initialised from ``generator`` and standardized with x and 10,000 prior draws.
+    initialised from ``generator`` and standardized with x and 10,000 prior draws (``fit``
+    re-sets z's standardization from the first SMC pass, :func:`standardize_from_bank`).
 
     Shapes: x [n, p] (the rows that set x's standardization; x's dtype and device).
     """

@@ -421,7 +421,10 @@ def fit(
             :func:`~smcwake.encoders.build_encoder` ("flow", "mdn", "gaussian", ...); by default
             ``config.encoder``. A built one (:func:`initial_encoder`) lives on the prior's
             support, is initialised from ``seed`` and standardized with x and 10,000 prior
-            draws; a given one is used as it is.
+            draws, and once the first SMC pass is done, with the pooled posteriors of that
+            pass instead (:func:`~smcwake.loop.standardize_from_bank`: posteriors far in the
+            prior's tails or much narrower than a vague prior then sit where the flow acts);
+            a given one is used as it is.
         config: a :class:`TrainConfig`; keyword ``overrides`` replace its fields, e.g.
             ``fit(model, x, method="smc-wake-c", steps=500)``.
         run_dir: folder for checkpoints and ``history.json`` (created if missing). A folder
@@ -468,6 +471,8 @@ def fit(
     device = torch.device(config.device) if config.device else x.device
     x = x.to(device)
     state, save = _start(model, x, config, run_path, resume, encoder, decoder)
+    if sync is not None:  # each process holds a shard of the bank: keep the prior's moments
+        state.restandardize = False
     start = time.perf_counter() - state.elapsed
     order = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(config.seed))
     monitored = order[: config.monitor_size].to(device)  # fixed: comparable along the run
