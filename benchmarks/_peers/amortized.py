@@ -17,8 +17,8 @@ from torch.distributions import constraints
 
 from _peers import import_failure
 from smcwake import fit
+from smcwake._rng import forked_rng
 from smcwake.bench.evaluate import EvalOptions, Reference, evaluate
-from smcwake.model import forked_rng
 from smcwake.tasks import Task
 
 __all__ = ["SbiPosterior", "sbi_unavailable", "score", "train_npe", "train_smc_wake"]
