@@ -7,23 +7,28 @@ Three parts, each its own section of docs/PEERS.md:
 1. ``amortized``: two-moons (grid reference) and the linear-Gaussian task with d = 10, p = 20
    (exact posterior), 100 observations each (z_true, x drawn from the prior predictive).
    SMC-Wake is ``fit(model, x)`` with every default (estimator (a), flow encoder, K = 1000),
-   scored each time its training time passes a mark (``--marks``, minutes). NPE is sbi's ``NPE``
-   with its defaults (MAF, early stopping) trained on ``N`` prior simulations for each ``N`` of
-   ``--simulations`` (stopping before a run whose time, extrapolated linearly in N from the
-   previous one, would exceed 1.5 times the largest mark); its time includes simulating.
+   scored each time its training time passes a mark (``--marks``, CPU minutes). NPE is sbi's
+   ``NPE`` with its defaults (MAF, early stopping) trained on ``N`` prior simulations for each
+   ``N`` of ``--simulations`` (stopping before a run whose time, extrapolated linearly in N
+   from the previous one, would exceed 1.5 times the largest mark); its time includes
+   simulating.
    Scores from smcwake's ``evaluate`` on the same data: C2ST (first 5 observations, 1,000
    draws), forward KL (exact posterior, or the grid for two-moons), expected-coverage error
-   (100 observations). Matched budgets are read off one table: a wall-clock budget takes the
+   (100 observations). Matched budgets are read off one table: a time budget takes the
    best NPE run that finished within it; model calls are likelihood evaluations for SMC-Wake
    and simulations for NPE.
 2. ``out-of-distribution``: the linear-Gaussian task with observations about 4 prior-predictive
-   sd from the mean (x simulated from z_true = 4 eps, eps ~ N(0, I)). SMC-Wake trains on these
-   x; NPE, trained on prior simulations in part 1, is evaluated on them as it is.
+   sd from the mean (x simulated from z_true = c eps, eps ~ N(0, I), c set for that distance).
+   SMC-Wake trains on these x; NPE, trained on prior simulations in part 1, is evaluated on
+   them as it is.
 3. ``fit-speed``: steps per second of a default ``fit`` on a 10-d model built as a user would
    (box prior U[-1, 1]^10, x | z ~ N(z, 0.32^2 I), 100 observations), and a cProfile of
    ``--profile-seconds`` of training, grouped by what the time is spent on.
 
-All on one thread (``torch.set_num_threads(1)``). ``--parts`` runs a subset.
+All on one thread (``torch.set_num_threads(1)``); times are the process's CPU time (on one
+thread, the wall time on an otherwise idle core), so a shared machine slows the run but does not
+move the figures much. ``--parts`` runs a subset. The raw rows go to
+docs/results/peers_amortized.json and the time-to-accuracy figure to docs/peers-amortized.png.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ one_thread()
 
 import argparse  # noqa: E402
 import cProfile  # noqa: E402
+import json  # noqa: E402
 import math  # noqa: E402
 import pstats  # noqa: E402
 import time  # noqa: E402
@@ -76,8 +82,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--parts", default="amortized,out-of-distribution,fit-speed")
     p.add_argument("--tasks", default=",".join(TASKS))
-    p.add_argument("--marks", default="0.5,1,2,5", help="SMC-Wake scoring marks, minutes")
-    p.add_argument("--budgets", default="1,5", help="wall-clock budgets compared, minutes")
+    p.add_argument("--marks", default="0.5,1,2,5,10,20", help="SMC-Wake scoring marks, CPU min")
+    p.add_argument("--ood-marks", default="1,5", help="marks on the out-of-distribution x")
+    p.add_argument("--budgets", default="1,5,20", help="time budgets compared, CPU minutes")
     p.add_argument("--simulations", default="1000,3000,10000,30000,100000", help="NPE's N")
     p.add_argument("--observations", type=int, default=100)
     p.add_argument("--profile-seconds", type=float, default=60.0)
@@ -210,7 +217,7 @@ def winner(npe: dict | None, smc: dict | None, key: str = "in") -> str:
 def amortized_section(args, task_name: str, res: dict, sbi_reason: str | None) -> str:
     """The section of one task: every run, then the comparisons at matched budgets."""
     budgets = [float(b) for b in args.budgets.split(",")]
-    head = "| method | N / mark | minutes | model calls | C2ST | forward KL | coverage err |"
+    head = "| method | N / mark | CPU min | model calls | C2ST | forward KL | coverage err |"
     lines = [
         f"## Amortized inference on {task_name}: SMC-Wake against sbi's NPE",
         "",
@@ -218,12 +225,12 @@ def amortized_section(args, task_name: str, res: dict, sbi_reason: str | None) -
         "with every default, scored when its training time passed each mark (scoring time "
         "excluded); NPE: sbi's "
         "`NPE(prior)` with its defaults on N prior simulations (time includes simulating). "
+        "Times are CPU minutes of the one-thread process. "
         "C2ST on the first 5 observations (0.5 is perfect), forward KL KL(p || q) per "
         "observation (exact posterior; two-moons: 1024^2 grid), expected-coverage error = mean "
         f"|coverage - level| over levels ({args.observations} observations). Model calls: "
         "likelihood evaluations for SMC-Wake, simulations for NPE. Budgets compared: "
-        f"{', '.join(f'{b:g}' for b in budgets)} minutes on one thread (the 20-minute budget is "
-        "not run in this pass).",
+        f"{', '.join(f'{b:g}' for b in budgets)} CPU minutes.",
         "",
     ]
     lines += [head, "|---|---|---|---|---|---|---|"]
@@ -241,7 +248,7 @@ def amortized_section(args, task_name: str, res: dict, sbi_reason: str | None) -
         )
     lines += [
         "",
-        "At matched wall-clock budgets:",
+        "At matched time budgets:",
         "",
         "| budget (min) | NPE (best within budget) forward KL / C2ST / cov. err | "
         "SMC-Wake forward KL / C2ST / cov. err | lower forward KL |",
@@ -289,7 +296,7 @@ def ood_section(res: dict) -> str:
         "z_true is not drawn from the prior, so even the exact posterior is not calibrated "
         "against it.",
         "",
-        "| method | N / mark | minutes | forward KL | C2ST |",
+        "| method | N / mark | CPU min | forward KL | C2ST |",
         "|---|---|---|---|---|",
     ]
     for r in res["npe"]:
@@ -420,6 +427,35 @@ def fit_speed_section(args) -> str:
     )
 
 
+def time_to_accuracy(results: dict, ood: dict, path: Path) -> None:
+    """Forward KL against CPU minutes, one panel per task (and the out-of-distribution x)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [(name, res["npe"], res["smc"], "in") for name, res in results.items()]
+    if ood:
+        panels.append(("linear-gaussian-10d, x far out", ood["npe"], ood["smc"], "ood"))
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), squeeze=False)
+    for ax, (title, npe, smc, key) in zip(axes[0], panels, strict=True):
+        for label, rows, style, data in (
+            ("NPE (N simulations)", npe, "s--", key),
+            ("SMC-Wake (fit)", smc, "o-", "in"),
+        ):
+            pts = [(r["minutes"], r["scores"].get(data, {}).get("forward_kl")) for r in rows]
+            pts = [(m, k) for m, k in pts if k is not None and math.isfinite(k)]
+            if pts:
+                ax.plot(*zip(*pts, strict=True), style, label=label)
+        ax.set(xscale="log", yscale="log", title=title, xlabel="CPU minutes (one thread)")
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0][0].set_ylabel("forward KL(p || q), nats per observation")
+    axes[0][0].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     torch.set_num_threads(1)
@@ -449,7 +485,7 @@ def main(argv: list[str] | None = None) -> None:
             results[name] = {"npe": npe, "smc": smc}
             if with_ood:
                 print(f"{name}: SMC-Wake on out-of-distribution x", flush=True)
-                ood_marks = [m for m in marks if m in (1.0, 5.0)] or marks
+                ood_marks = [float(m) for m in args.ood_marks.split(",")]
                 smc_o, _ = run_smc_wake(
                     task, z_o, x_o, data["ood"][2], opts, ood_marks, fit_options
                 )
@@ -469,6 +505,11 @@ def main(argv: list[str] | None = None) -> None:
             write_section(f"amortized-{name}", section, args.out, write=write)
     if ood:
         write_section("out-of-distribution", ood_section(ood), args.out, write=write)
+    if write and (results or ood):
+        rows = args.out.parent / "results" / "peers_amortized.json"
+        rows.parent.mkdir(exist_ok=True)
+        rows.write_text(json.dumps({"tasks": results, "out_of_distribution": ood}, indent=1))
+        time_to_accuracy(results, ood, args.out.parent / "peers-amortized.png")
     if "fit-speed" in parts:
         write_section("fit-speed", fit_speed_section(args), args.out, write=write)
 
