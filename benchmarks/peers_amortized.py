@@ -28,7 +28,8 @@ Three parts, each its own section of docs/PEERS.md:
 All on one thread (``torch.set_num_threads(1)``); times are the process's CPU time (on one
 thread, the wall time on an otherwise idle core), so a shared machine slows the run but does not
 move the figures much. ``--parts`` runs a subset. The raw rows go to
-docs/results/peers_amortized.json and the time-to-accuracy figure to docs/peers-amortized.png.
+docs/results/peers_amortized-<tasks>.json; the time-to-accuracy figure, docs/peers-amortized.png,
+is drawn from every such file (so runs of one task at a time add up to one figure).
 """
 
 from __future__ import annotations
@@ -506,9 +507,15 @@ def main(argv: list[str] | None = None) -> None:
     if ood:
         write_section("out-of-distribution", ood_section(ood), args.out, write=write)
     if write and (results or ood):
-        rows = args.out.parent / "results" / "peers_amortized.json"
-        rows.parent.mkdir(exist_ok=True)
-        rows.write_text(json.dumps({"tasks": results, "out_of_distribution": ood}, indent=1))
+        folder = args.out.parent / "results"
+        folder.mkdir(exist_ok=True)
+        rows = {"tasks": results, "out_of_distribution": ood}
+        (folder / f"peers_amortized-{'-'.join(results)}.json").write_text(json.dumps(rows))
+        results, ood = {}, {}  # the figure shows every task's latest rows, this run's included
+        for path in sorted(folder.glob("peers_amortized-*.json")):
+            rows = json.loads(path.read_text())
+            results.update(rows["tasks"])
+            ood = rows["out_of_distribution"] or ood
         time_to_accuracy(results, ood, args.out.parent / "peers-amortized.png")
     if "fit-speed" in parts:
         write_section("fit-speed", fit_speed_section(args), args.out, write=write)

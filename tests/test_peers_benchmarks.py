@@ -139,6 +139,8 @@ def test_amortized_tiny(tmp_path):
     assert "<!-- begin amortized-linear-gaussian-10d -->" in doc
     assert "| NPE | N = 300 |" in doc
     assert "| SMC-Wake | step" in doc
-    rows = json.loads((tmp_path / "results" / "peers_amortized.json").read_text())
+    rows = json.loads(
+        (tmp_path / "results" / "peers_amortized-linear-gaussian-10d.json").read_text()
+    )
     assert rows["tasks"]["linear-gaussian-10d"]["npe"][0]["N"] == 300
     assert (tmp_path / "peers-amortized.png").stat().st_size > 0
