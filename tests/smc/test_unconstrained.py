@@ -160,6 +160,9 @@ def test_auto_chooses_by_support_and_kernel(caplog):
     gaussian = Model(Independent(Normal(torch.zeros(2), 1.0), 1), lambda z, x: z.sum(-1))
     assert choose_space("auto", model) == "unconstrained"
     assert choose_space("auto", gaussian) == "constrained"  # R^d: nothing to transform
+    box, *_ = box_normal(2, torch.zeros(1, 2, dtype=F64))
+    assert choose_space("auto", box) == "constrained"  # see AUTO_KINDS: boxes stay in z
+    assert choose_space("unconstrained", box) == "unconstrained"
     assert choose_space("constrained", model) == "constrained"
     with caplog.at_level(logging.INFO, logger="smcwake.smc.unconstrained"):
         assert choose_space("auto", model, get_kernel("rwmh")) == "constrained"
@@ -269,7 +272,7 @@ def test_beta_binomial_float32_against_the_closed_form():
     k = torch.tensor([[0.0, 10.0, 3.0], [7.0, 0.0, 10.0]])
     prior = Independent(Beta(torch.full((3,), a), torch.full((3,), a)), 1)
     model = Model(prior, lambda z, x: Binomial(10, probs=z).log_prob(x[:, None, :]).sum(-1))
-    result = run_smc(model, k, 1000, seed=0)
+    result = run_smc(model, k, 1000, seed=0, space="unconstrained")
     assert result.particles.dtype == torch.float32
     assert result.mixed.all()
     pa, pb = (a + k).double(), (a + 10 - k).double()
@@ -293,7 +296,7 @@ def test_a_likelihood_without_gradients_runs_with_random_walk_steps(caplog):
     model, log_z, mean, _ = box_normal(2, x)
     plain = Model(model.prior, lambda z, xx: model.log_likelihood(z.detach(), xx))
     with caplog.at_level(logging.INFO, logger="smcwake.smc.sampler"):
-        result = run_smc(plain, x, 1000, seed=0)
+        result = run_smc(plain, x, 1000, seed=0, space="unconstrained")
     assert "gradient-free moves" in caplog.text
     assert result.mixed.all()
     # over 12 seeds the sd of log Zhat was 0.07; 4 sd
@@ -430,5 +433,7 @@ def test_space_in_options_is_the_space_keyword():
         model, x, 50, seed=0, kernel="rwmh", num_mcmc_steps=2, space="constrained"
     )
     auto = run_smc(model, x, 50, seed=0, kernel="rwmh", num_mcmc_steps=2)
+    in_u = run_smc(model, x, 50, seed=0, kernel="rwmh", num_mcmc_steps=2, space="unconstrained")
     assert torch.equal(by_options.particles, by_keyword.particles)
-    assert not torch.equal(auto.particles, by_keyword.particles)  # "auto" moves in u here
+    assert torch.equal(auto.particles, by_keyword.particles)  # "auto" keeps a box in z
+    assert not torch.equal(in_u.particles, by_keyword.particles)
