@@ -78,9 +78,10 @@ d = 1 to 100): in z every run at d = 40 and 100 was unmixed and log Z was off by
 nats at d = 40 on half-lines (Exponential, Gamma, HalfNormal priors); in u no
 |log Zhat - log Z| exceeded 0.39. Intervals gain as much on unimodal posteriors (Beta, uniform
 boxes: up to 40 nats off in z at d = 40), but on the multimodal SLCP box problem at K = 5000
-the mode masses were further from exact in u (largest standardized error 3.7 to 6.0 over four
-seeds, against 2.2 to 2.7 in z), so boxes stay in z unless ``space="unconstrained"`` is asked
-for. Other supports (concatenations, users' own constraints) stay in z; see docs/KERNELS.md."""
+the mode masses were further from exact in u (``--slcp-check``: largest standardized error
+above 4 in two of four seeds, up to 6.4, against at most 2.9 in z), so boxes stay in z unless
+``space="unconstrained"`` is asked for. Other supports (concatenations, users' own
+constraints) stay in z; see docs/KERNELS.md."""
 
 
 ROUND_TRIP_TOLERANCE = 0.5
