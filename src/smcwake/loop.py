@@ -31,6 +31,7 @@ from smcwake.model import Model
 from smcwake.objectives import Batch, Context, get_method
 from smcwake.smc.kernels import get_kernel
 from smcwake.smc.sampler import run_smc
+from smcwake.smc.unconstrained import choose_space, unconstrained_encoder
 
 if TYPE_CHECKING:
     from smcwake.train import TrainConfig
@@ -382,8 +383,12 @@ def record_history(
 
 def _smc(model: Model, x: Tensor, rows: Tensor, config: TrainConfig, generator, encoder: Encoder):
     opts = config.smc  # an encoder kernel is built with the encoder being trained
+    # the coordinates are chosen from the kernel's name: in u, the encoder's density is in u too
+    space = choose_space(opts.space, model, opts.kernel)
+    if space == "unconstrained" and isinstance(opts.kernel, str):
+        encoder = unconstrained_encoder(encoder, model)
     kernel = get_kernel(opts.kernel, opts.num_mcmc_steps, encoder=encoder)
-    options = replace(opts, kernel=kernel)
+    options = replace(opts, kernel=kernel, space=space)
     return run_smc(model, x, config.num_particles, options=options, generator=generator, rows=rows)
 
 

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from smcwake.smc.kernels import DEFAULT_KERNEL, ENCODER_KERNEL_NAMES, get_kernel
 from smcwake.smc.resampling import get_resampler
+from smcwake.smc.unconstrained import DEFAULT_SPACE, check_space
 
 if TYPE_CHECKING:
     import torch
@@ -30,6 +31,12 @@ class SMCOptions:
     ``"encoder+mala"``, which also propose from the encoder being trained (defensively mixed
     with a mixture fitted to the particles; see docs/KERNELS.md), or a built kernel.
 
+    ``space`` says in which coordinates the particles move: "auto" (the default) moves them in
+    u = T^{-1}(z), T = ``torch.distributions.biject_to(prior.support)``, when the prior's
+    support is a half-line per coordinate and the kernel is given by name, and in the prior's
+    own coordinates z otherwise (boxes included); "unconstrained" and "constrained" force one of
+    the two (see :mod:`smcwake.smc.unconstrained` and docs/KERNELS.md).
+
     >>> SMCOptions(kernel="mala", num_mcmc_steps=5).max_stages
     500
     >>> SMCOptions(kernel="rwm")  # doctest: +ELLIPSIS
@@ -44,8 +51,10 @@ class SMCOptions:
     kernel: str | Kernel = DEFAULT_KERNEL
     num_mcmc_steps: int | None = None
     max_stages: int = 500
+    space: str = DEFAULT_SPACE
 
     def __post_init__(self) -> None:
+        check_space(self.space)
         _check_fraction("smc.ess_target", self.ess_target, open_interval=True)
         _check_fraction("smc.resample_threshold", self.resample_threshold, open_interval=False)
         if (

@@ -23,6 +23,9 @@ the cloud, and makes local steps until the particles have decorrelated, per obse
 
 Observations that reach tau = 1 leave the batch: later stages evaluate the likelihood only for the
 ones still running. The product of the evidence increments is an unbiased estimate of p(x_b).
+
+For a prior on a half-line (per coordinate) the particles move, by default, in unconstrained
+coordinates u = T^{-1}(z) (:mod:`smcwake.smc.unconstrained`) and are mapped back to z at the end.
 """
 
 from __future__ import annotations
@@ -54,6 +57,7 @@ from smcwake.smc.precondition import shrunk_cholesky
 from smcwake.smc.resampling import Resampler, ess, get_resampler, normalize_with_log_norm
 from smcwake.smc.run_settings import check_run_arguments, resolve_settings
 from smcwake.smc.tempering import conditional_ess, next_temperature, tempered
+from smcwake.smc.unconstrained import UnconstrainedModel, choose_space, support_kind
 
 __all__ = ["SMCState", "SMCResult", "distinct_fraction", "run_smc", "smc_stage"]
 
@@ -425,6 +429,31 @@ def _advance(run: _Run, state: SMCState, trace: _Trace) -> tuple[SMCState, int] 
     return state, trace.record(idx, info, state.z, run.max_correlation)
 
 
+def _mixing_advice(
+    settings: dict[str, Any], space: str, model: Model, kernel: Kernel, user_kernel: object
+) -> str:
+    """What a user can change when a run's particles did not decorrelate (for the warning)."""
+    advice = []
+    if space == "constrained" and support_kind(model.prior.support) != "real":
+        try:
+            choose_space("unconstrained", model)
+            advice.append(
+                "the particles moved in the prior's own coordinates, where proposals beyond "
+                "the support's boundary are rejected: pass space='unconstrained'"
+            )
+        except ValueError:
+            pass
+    steps = getattr(kernel, "num_steps", None)
+    now = f", now {steps}" if isinstance(steps, int) else ""
+    advice.append(
+        f"raise num_mcmc_steps (MCMC steps per stage{now}) or ess_target (now "
+        f"{settings['ess_target']:g}; closer to 1 makes smaller tempering steps)"
+    )
+    if not (isinstance(user_kernel, str) and user_kernel == "auto"):
+        advice.append("try kernel='auto'")
+    return "; ".join(advice)
+
+
 def _warn_flagged(
     run: _Run,
     converged: Tensor,
@@ -432,8 +461,12 @@ def _warn_flagged(
     mixed: Tensor,
     correlation_history: Tensor,
     distinct: Tensor,
+    advice: str,
 ) -> None:
-    """Log a warning for each kind of flagged observation. Shapes: [B] each, history [B, T]."""
+    """Log a warning for each kind of flagged observation. Shapes: [B] each, history [B, T].
+
+    ``advice``: what to change when the particles did not decorrelate (:func:`_mixing_advice`).
+    """
     B = converged.shape[0]
     if bool(zero_likelihood.any()):
         bad = torch.nonzero(zero_likelihood).flatten()
@@ -460,11 +493,12 @@ def _warn_flagged(
             "%d of %d runs reached tau=1 with particles that did not decorrelate from their "
             "starting points in some stage (start/end correlation up to %.2f > "
             "max_correlation=%.2f; see SMCResult.mixed): the sample may not represent the "
-            "posterior; use more MCMC steps, a gradient-based kernel or the default kernel",
+            "posterior; %s",
             int(unmixed.sum()),
             B,
             float(worst.max()),
             run.max_correlation,
+            advice,
         )
     degenerate = converged & (distinct < DEGENERATE_FRACTION)
     if bool(degenerate.any()):
@@ -477,8 +511,11 @@ def _warn_flagged(
         )
 
 
-def _result(run: _Run, state: SMCState, trace: _Trace) -> SMCResult:
-    """The run's result from its final state and records, after logging what is flagged."""
+def _result(run: _Run, state: SMCState, trace: _Trace, advice: str) -> SMCResult:
+    """The run's result from its final state and records, after logging what is flagged.
+
+    ``advice``: what to change if the particles did not decorrelate (for the warning).
+    """
     B = state.z.shape[0]
     like = dict(dtype=state.z.dtype, device=state.z.device)
     converged = (state.tau >= 1.0) & ~trace.zero_likelihood
@@ -487,7 +524,7 @@ def _result(run: _Run, state: SMCState, trace: _Trace) -> SMCResult:
     # two standard errors (NaN, a stage of a row with zero likelihood everywhere, does not)
     mixed = ~trace.unmixed_stage
     distinct = distinct_fraction(state.z)
-    _warn_flagged(run, converged, trace.zero_likelihood, mixed, corr_hist, distinct)
+    _warn_flagged(run, converged, trace.zero_likelihood, mixed, corr_hist, distinct, advice)
     acc_hist = torch.stack(trace.accs, 1) if trace.accs else torch.empty(B, 0, **like)
     return SMCResult(
         particles=state.z,
@@ -524,6 +561,7 @@ def run_smc(
     kernel: str | Kernel | None = None,
     num_mcmc_steps: int | None = None,
     max_stages: int | None = None,
+    space: str | None = None,
     max_correlation: float = 0.5,
     min_increment: float = 1e-9,
     generator: torch.Generator | None = None,
@@ -539,7 +577,7 @@ def run_smc(
         model: prior and batched likelihood.
         x: observations [B, p]; each gets its own sampler and temperature schedule.
         num_particles: K particles per observation, drawn from the prior.
-        options: the six settings below as one :class:`~smcwake.smc.options.SMCOptions` (as
+        options: the seven settings below as one :class:`~smcwake.smc.options.SMCOptions` (as
             ``fit`` stores them in ``TrainConfig.smc``). Give each setting either here or as a
             keyword, not both (a ``ValueError`` naming it); a setting given in neither place
             takes its default, the same as SMCOptions'.
@@ -558,6 +596,18 @@ def run_smc(
             for "auto", the most local steps per stage).
         max_stages: cap on the number of stages (default 500); observations that hit it are
             flagged ``converged = False`` and a warning is logged.
+        space: the coordinates the particles move in. "auto" (default): in u = T^{-1}(z),
+            T = ``torch.distributions.biject_to(prior.support)`` (exp for a half-line), when
+            the prior's support is a half-line per coordinate and ``kernel`` is a name; in z
+            otherwise (R^d, an interval or box, a support ``biject_to`` does not know, a built
+            kernel, which may carry densities in z). "unconstrained": in u (a scaled sigmoid
+            for an interval; a built kernel then acts on u; give an encoder kernel an
+            encoder on u, :func:`~smcwake.smc.unconstrained.unconstrained_encoder`).
+            "constrained": in z, proposals outside the support rejected. The target in u is
+            log p(T(u)) + log |det J_T(u)| + tau log p(x | T(u)); the evidence is the same in
+            both, and ``particles`` are always in z. In u, the diagnostics measured on the
+            particles (``correlation_history``, ``mixed``, ``distinct_fraction``,
+            ``kernel_info``'s squared jumps) are measured in u.
         max_correlation: observations in which some stage's start/end correlation exceeds this
             by more than two of its standard errors (which are large only for clouds of a few
             particles, see :func:`~smcwake.smc.mixing.correlation_noise`) are flagged
@@ -592,10 +642,19 @@ def run_smc(
     (True, -4.0)
     """
     settings = resolve_settings(
-        options, ess_target, resample_threshold, resampling, kernel, num_mcmc_steps, max_stages
+        options,
+        ess_target,
+        resample_threshold,
+        resampling,
+        kernel,
+        num_mcmc_steps,
+        max_stages,
+        space,
     )
+    chosen = choose_space(settings["space"], model, settings["kernel"])
+    moved = UnconstrainedModel(model) if chosen == "unconstrained" else model
     run, state, first_evals = _start(
-        model, x, num_particles, settings, min_increment, max_correlation, generator, seed,
+        moved, x, num_particles, settings, min_increment, max_correlation, generator, seed,
         device, dtype, rows,
     )  # fmt: skip
     trace = _Trace.start(state, first_evals)
@@ -607,4 +666,8 @@ def run_smc(
         state, finished = stepped
         bar.update(finished)
     bar.close()
-    return _result(run, state, trace)
+    advice = _mixing_advice(settings, chosen, model, run.kernel, settings["kernel"])
+    result = _result(run, state, trace, advice)
+    if isinstance(moved, UnconstrainedModel):
+        result = result._replace(particles=moved.to_constrained(result.particles))
+    return result
