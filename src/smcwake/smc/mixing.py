@@ -108,28 +108,12 @@ def start_end_correlation(start: Tensor, end: Tensor, log_weights: Tensor) -> Te
     return _correlation(start, end, w, _weighted_var(start, w))
 
 
-STALL_STEPS = 10
-"""Window of the stall rule of :func:`until_decorrelated`: a fold whose lowest start/end
-correlation over its last ``STALL_STEPS`` steps is not at least :data:`STALL_FALL` below the
-lowest before them has stopped decorrelating, and counts as done."""
-
-STALL_FALL = 0.01
-"""Least fall of the start/end correlation over :data:`STALL_STEPS` steps for a fold to count
-as still decorrelating. On two-moons (B = 32, K = 1000) the folds that missed the target sat
-at a correlation between -0.1 and 0.2 that moved by under 0.01 in 40 steps, while the local
-steps ran on to their cap of 50 for them; a fold that is still mixing falls by more: 0.02 or
-more per 10 steps for a random walk at 1/6 of its optimal scale in 4 dimensions, just above
-its target (``tests/smc/test_mixing.py``)."""
-
-
 class _StopRule(NamedTuple):
     """When :func:`until_decorrelated` stops stepping (its arguments of the same names)."""
 
     target_correlation: float
     max_steps: int
     min_steps: int
-    stall_steps: int = STALL_STEPS
-    stall_fall: float = STALL_FALL
 
 
 class _FoldRun(NamedTuple):
@@ -187,11 +171,6 @@ def _step_folds(
     jump_sum = torch.zeros(R, dtype=dtype, device=device)
     correlation = torch.ones(R, dtype=dtype, device=device)
     reached = torch.zeros(R, dtype=torch.bool, device=device)
-    # the stall rule: the lowest correlation before the last stall_steps steps, and those
-    # steps' correlations (slot i % stall_steps holds step i's)
-    W = rule.stall_steps
-    lowest_before = torch.ones(R, dtype=dtype, device=device)
-    recent = torch.ones(W, R, dtype=dtype, device=device)
     released = torch.zeros(R, dtype=torch.bool, device=device)
     active = torch.arange(R, device=device)
     part, part_target, part_chol = work, work_target, work_chol
@@ -205,12 +184,6 @@ def _step_folds(
         r = _correlation(start[active], part.z, w[active], start_var[active]).to(dtype)
         correlation[active] = torch.where(kept, r, correlation[active])
         reached[active] |= r <= goal[active]
-        if i >= W:  # step i - W leaves the window
-            lowest_before[active] = torch.minimum(lowest_before[active], recent[i % W, active])
-        recent[i % W, active] = r
-        if i + 1 >= 2 * W:  # a fold that stopped decorrelating counts as done
-            low = recent[:, active].amin(0)
-            reached[active] |= low > lowest_before[active] - rule.stall_fall
         # A fold is released, and its state kept, once every *other* fold of its
         # observation has reached the target: its number of steps then does not depend on
         # its own moves. A released fold that has not reached the target itself keeps
@@ -285,11 +258,7 @@ def until_decorrelated(
     ``target_correlation`` plus one standard error of the measure,
     :func:`correlation_noise`, when that is smaller than the target) and that has made at
     least ``min_steps`` steps stops; the others
-    continue, up to ``max_steps`` steps; a fold whose correlation has stopped falling (by less
-    than :data:`STALL_FALL` over its last :data:`STALL_STEPS` steps, from step
-    2 :data:`STALL_STEPS` on) counts as done where it is: more steps of the same kernel would
-    not decorrelate it, and the sampler's ``mixed`` flag still reads the correlation it was
-    left at. Observations that stop are no longer evaluated, and
+    continue, up to ``max_steps`` steps. Observations that stop are no longer evaluated, and
     the likelihood evaluations are counted per observation. This is the rule of PyMC's SMC
     (steps until the correlation between start and end positions is small), measured per
     observation.
