@@ -8,9 +8,11 @@ import torch
 from smcwake.smc.gmm import (
     GaussianMixture,
     PreviousFits,
+    _log_sum_components,
     add_component,
     component_log_prob,
     fit_mixture,
+    mixture_density,
     mixture_log_prob,
     remove_last_component,
     sample_mixture,
@@ -90,6 +92,40 @@ def test_mixture_densities_match_torch(d, m):
         sel = draws[0][comp[0] == j]
         sd = torch.diagonal(tril[0, j] @ tril[0, j].T).sqrt()
         assert ((sel.mean(0) - loc[0, j]).abs() < 4 * sd / math.sqrt(len(sel))).all()
+
+
+@pytest.mark.parametrize(("d", "m"), [(2, 5), (5, 3)])  # both evaluation paths
+def test_float32_mixture_densities_are_float64_ones_rounded(d, m):
+    # points up to 40 sd from the locations: shifted log-densities far below the float32
+    # floor of -80, and one unused component (weight 0). In float32 the densities are the
+    # float64 ones up to float32 rounding: a relative error of a few eps (1.2e-7) of the
+    # value, which the float32 result has anyway; the prepared mixture gives the same numbers
+    g = torch.Generator().manual_seed(11)
+    B, K = 3, 400
+    loc = torch.randn(B, m, d, generator=g, dtype=DT) * 5
+    A = torch.randn(B, m, d, d, generator=g, dtype=DT)
+    tril = torch.linalg.cholesky(A @ A.mT / d + 0.1 * torch.eye(d, dtype=DT))
+    log_mix = torch.log_softmax(torch.randn(B, m, generator=g, dtype=DT), -1)
+    log_mix[:, -1] = -math.inf
+    log_mix = log_mix - torch.logsumexp(log_mix, -1, keepdim=True)
+    z = torch.randn(B, K, d, generator=g, dtype=DT) * 20
+    exact = mixture_log_prob(GaussianMixture(log_mix, loc, tril), z)
+    mix32 = GaussianMixture(log_mix.float(), loc.float(), tril.float())
+    z32 = z.float()
+    got = mixture_log_prob(mix32, z32)
+    assert got.dtype == torch.float32
+    # the float32 inputs are themselves rounded: compare with float64 on those same inputs
+    exact32 = mixture_log_prob(GaussianMixture(*(t.double() for t in mix32)), z32.double())
+    eps = torch.finfo(torch.float32).eps
+    assert ((got.double() - exact32).abs() <= 4 * eps * exact32.abs().clamp_min(1)).all()
+    assert (exact32 - exact).abs().max() < 1e-2  # the premise: the inputs differ by rounding
+    assert (exact < -200).any()  # and some terms are far below the floor
+    assert torch.equal(mixture_density(mix32).log_prob(z32), got)
+    assert torch.equal(mixture_density(GaussianMixture(log_mix, loc, tril)).log_prob(z), exact)
+    # a row of all -inf stays -inf in both precisions
+    log_p = torch.full((1, m, 2), -math.inf, dtype=DT)
+    for dtype in (torch.float32, torch.float64):
+        assert (_log_sum_components(log_p, dtype) == -math.inf).all()
 
 
 def test_fit_mixture_caps_components_by_particles_per_dimension():

@@ -22,7 +22,7 @@ from torch.distributions import Independent, Normal, Uniform
 from smcwake import Model
 from smcwake.smc import proposal_mixture
 from smcwake.smc.gmm import GaussianMixture
-from smcwake.smc.independence import mixture_independence
+from smcwake.smc.independence import _inside_first, mixture_independence
 from smcwake.smc.mh import Target, weighted_cholesky
 from smcwake.smc.proposal_mixture import MIN_GAIN, cross_fit
 from smcwake.smc.sampler import SMCState
@@ -209,3 +209,16 @@ def test_bad_step_options_are_rejected(factory, message):
 
 
 # ---------------------------------------------------------------- the mode-mixing diagnostic
+
+
+def test_draws_inside_the_support_come_first_in_their_order():
+    # the order the move hands draws out in: those inside the support first, then the
+    # others, each group as drawn (what a stable sort of "outside" gives); rows with none
+    # and all inside included
+    g = torch.Generator().manual_seed(5)
+    ok = torch.rand(6, 41, generator=g) < torch.tensor([0.0, 0.1, 0.5, 0.9, 1.0, 0.7])[:, None]
+    order = _inside_first(ok)
+    expected = torch.argsort((~ok).to(torch.int8), dim=-1, stable=True)
+    assert torch.equal(order, expected)
+    assert ok[2].any()  # the premise: a row of both kinds
+    assert not ok[2].all()

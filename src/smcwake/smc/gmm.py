@@ -43,6 +43,8 @@ __all__ = [
     "fit_mixture",
     "component_log_prob",
     "mixture_log_prob",
+    "MixtureDensity",
+    "mixture_density",
     "log_responsibilities",
     "step_log_prob",
     "log_sum_exp",
@@ -75,6 +77,36 @@ def log_sum_exp(log_p: Tensor, keepdim: bool = False, dim: int = -1) -> Tensor:
     return out if keepdim else out.squeeze(dim)
 
 
+def _log_sum_components(log_p: Tensor, dtype: torch.dtype) -> Tensor:
+    """log sum_j exp(log_p[:, j]) over the components of float64 log-densities, in ``dtype``.
+
+    The terms are shifted by their largest, so each exponential lies in [0, 1] and the sum in
+    [1, M]. When the result is wanted in float32, the exponentials, the sum and its log are
+    taken in float32 (twice as fast as float64, and the exponentials are most of the cost of
+    evaluating a mixture): their relative rounding error, a few 1e-8, is of the size of the
+    rounding of the float32 result itself. In a Metropolis-Hastings ratio an error e in log g
+    flips an accept decision with probability at most e and changes the kernel's stationary law
+    by a relative e: here about 1e-7, far below any Monte Carlo error. Shifted terms below
+    ``_FLOAT32_FLOOR`` are raised to it before the exponential (exp(-80) = 2e-35 is still a
+    normal float32; smaller ones make float32's exponential several times slower than
+    float64's), which changes the sum by at most M e^-80. Rows of all ``-inf`` give ``-inf``.
+
+    Shapes: log_p [B, M, K] float64 -> [B, K] in ``dtype``.
+    """
+    if dtype != torch.float32:
+        return log_sum_exp(log_p, dim=1).to(dtype)
+    top = log_p.amax(1, keepdim=True)
+    finite = torch.isfinite(top)
+    top = torch.where(finite, top, torch.zeros_like(top))
+    shifted = (log_p - top).to(torch.float32).clamp_min_(_FLOAT32_FLOOR)
+    small = shifted.exp_().sum(1).log_().to(torch.float64).add_(top[:, 0])
+    return torch.where(finite[:, 0], small, -math.inf).to(torch.float32)
+
+
+_FLOAT32_FLOOR = -80.0
+"""Least shifted log-density whose exponential :func:`_log_sum_components` takes in float32."""
+
+
 def _outer(u: Tensor) -> Tensor:
     """Flattened outer products u u^T. Shapes: u [B, K, d] -> [B, K, d * d]."""
     return (u[..., :, None] * u[..., None, :]).flatten(-2)
@@ -99,12 +131,62 @@ def _stacked(factors: Tensor) -> Tensor:
     return factors.permute(0, 3, 1, 2).reshape(B, d, M * d)
 
 
+class _DensityTerms(NamedTuple):
+    """What :func:`_log_density_by_component` needs of a mixture besides the points, in float64.
+
+    Computed once per mixture by :func:`_density_terms` and reused for every batch of points
+    (a move that proposes from a fixed mixture evaluates it at every step).
+    """
+
+    center: Tensor | None  # [B, 1, d] subtracted from the points (None: points already centred)
+    mu: Tensor  # [B, M, d] the locations, centred
+    const: Tensor  # [B, M] log-determinant and normalizing terms
+    quadratic: Tensor  # [B, M, d * d] flattened precisions (d <= M), or [B, d, M * d] stacked L^-1
+    shift: Tensor  # [B, M, d]: P mu (d <= M) or L^-1 mu
+    log_mix: Tensor | None  # [B, M] log mixture weights to add, if any
+
+    def select(self, rows: Tensor) -> _DensityTerms:
+        """The terms of the observations ``rows``. Shapes: rows [b] int64."""
+        return _DensityTerms(*(None if t is None else t[rows] for t in self))
+
+
+def _density_terms(
+    loc: Tensor, scale_tril: Tensor, log_mix: Tensor | None = None, centred: bool = False
+) -> _DensityTerms:
+    """The per-mixture part of :func:`_log_density_by_component` (see there).
+
+    ``centred``: the points will be given already centred (EM on whitened points), so the
+    locations are not recentred either.
+
+    Shapes: loc [B, M, d], scale_tril [B, M, d, d], log_mix [B, M] -> _DensityTerms.
+    """
+    d, M = loc.shape[-1], loc.shape[1]
+    f64 = torch.float64
+    inv, half_log_det = _inverse_tril(scale_tril.to(f64))
+    if centred:
+        center, mu = None, loc.to(f64)
+    else:
+        center = loc.to(f64).mean(1, keepdim=True)  # [B, 1, d]
+        mu = loc.to(f64) - center  # [B, M, d]
+    const = 2 * half_log_det + d * math.log(2 * math.pi)  # [B, M]
+    if d <= M:
+        prec = inv.mT @ inv  # [B, M, d, d]
+        p_mu = (prec @ mu[..., None])[..., 0]  # [B, M, d]
+        const = const + (mu * p_mu).sum(-1)
+        quadratic, shift = prec.flatten(-2), p_mu
+    else:
+        quadratic, shift = _stacked(inv), (inv @ mu[..., None])[..., 0]
+    return _DensityTerms(center, mu, const, quadratic, shift, log_mix)
+
+
 def _log_density_by_component(
     z: Tensor,
-    loc: Tensor,
-    scale_tril: Tensor,
+    loc: Tensor | None = None,
+    scale_tril: Tensor | None = None,
     outer: Tensor | None = None,
     log_mix: Tensor | None = None,
+    *,
+    terms: _DensityTerms | None = None,
 ) -> Tensor:
     """log N(z_k; loc_j, L_j L_j^T) (plus log_mix_j if given) for every component and point,
     as a float64 tensor [B, M, K] with the points on the last axis.
@@ -116,7 +198,8 @@ def _log_density_by_component(
     about the mean of the locations, in float64, which keeps the cancellation error far below
     the form for any realistic spread. ``outer``: the precomputed ``_outer(z)`` of float64 points
     z that are already centred (EM on whitened points reuses it across iterations); z is then
-    not recentred.
+    not recentred. ``terms``: the mixture's part, computed beforehand by :func:`_density_terms`
+    (then ``loc``, ``scale_tril`` and ``log_mix`` are not read).
 
     The [B, M, K] layout makes the big products long and thin the fast way round, and the
     result is finished in place: with many points these tensors are megabytes, and every fresh
@@ -124,29 +207,21 @@ def _log_density_by_component(
 
     Shapes: z [B, K, d], loc [B, M, d], scale_tril [B, M, d, d], log_mix [B, M] -> [B, M, K].
     """
+    if terms is None:
+        terms = _density_terms(loc, scale_tril, log_mix, centred=outer is not None)
     B, K, d = z.shape
-    M = loc.shape[1]
-    f64 = torch.float64
-    inv, half_log_det = _inverse_tril(scale_tril.to(f64))
-    if outer is None:
-        center = loc.to(f64).mean(1, keepdim=True)  # [B, 1, d]
-        u, mu = z.to(f64) - center, loc.to(f64) - center  # mu [B, M, d]
-    else:
-        u, mu = z, loc.to(f64)
-    const = 2 * half_log_det + d * math.log(2 * math.pi)  # [B, M]
+    M = terms.mu.shape[1]
+    u = z if terms.center is None else z.to(torch.float64) - terms.center
     if d <= M:
-        prec = inv.mT @ inv  # [B, M, d, d]
-        p_mu = (prec @ mu[..., None])[..., 0]  # [B, M, d]
         uu = _outer(u) if outer is None else outer
-        out = prec.flatten(-2) @ uu.mT  # [B, M, K]
-        out.baddbmm_(p_mu, u.mT, alpha=-2.0)
-        const = const + (mu * p_mu).sum(-1)
+        out = terms.quadratic @ uu.mT  # [B, M, K]
+        out.baddbmm_(terms.shift, u.mT, alpha=-2.0)
     else:
-        white = (u @ _stacked(inv)).view(B, K, M, d) - (inv @ mu[..., None])[..., 0][:, None]
+        white = (u @ terms.quadratic).view(B, K, M, d) - terms.shift[:, None]
         out = white.square_().sum(-1).mT.contiguous()  # [B, M, K]
-    out.add_(const[..., None]).mul_(-0.5)
-    if log_mix is not None:
-        out.add_(log_mix.to(f64)[..., None])
+    out.add_(terms.const[..., None]).mul_(-0.5)
+    if terms.log_mix is not None:
+        out.add_(terms.log_mix.to(torch.float64)[..., None])
     return out
 
 
@@ -198,7 +273,51 @@ def mixture_log_prob(mixture: GaussianMixture, z: Tensor) -> Tensor:
     """
     # summed over the components in the [B, M, K] layout
     log_p = _log_density_by_component(z, mixture.loc, mixture.scale_tril, None, mixture.log_mix)
-    return log_sum_exp(log_p, dim=1).to(z.dtype)
+    return _log_sum_components(log_p, z.dtype)
+
+
+class MixtureDensity(NamedTuple):
+    """A mixture prepared for many evaluations and draws (:func:`mixture_density`).
+
+    Its component probabilities and the float64 terms of its component densities (inverse
+    Cholesky factors, precisions, log-determinants) are computed once instead of at every call:
+    a move proposing from a fixed mixture evaluates and samples it at every step. The results
+    are those of :func:`mixture_log_prob` and :func:`sample_mixture`.
+    """
+
+    mixture: GaussianMixture
+    probs: Tensor  # [B, M] the component probabilities, softmax(log_mix)
+    terms: _DensityTerms
+
+    def select(self, rows: Tensor) -> MixtureDensity:
+        """The mixtures of the observations ``rows``. Shapes: rows [b] int64."""
+        return MixtureDensity(
+            GaussianMixture(*(t[rows] for t in self.mixture)),
+            self.probs[rows],
+            self.terms.select(rows),
+        )
+
+    def log_prob(self, z: Tensor) -> Tensor:
+        """As :func:`mixture_log_prob`. Shapes: z [B, K, d] -> [B, K]."""
+        log_p = _log_density_by_component(z, terms=self.terms)
+        return _log_sum_components(log_p, z.dtype)
+
+    def sample(self, n: int, generator: torch.Generator | None) -> Tensor:
+        """n draws per observation, as :func:`sample_mixture`'s. Shapes: -> [B, n, d]."""
+        return sample_mixture(self.mixture, n, generator=generator, probs=self.probs)[0]
+
+
+def mixture_density(mixture: GaussianMixture) -> MixtureDensity:
+    """``mixture`` with what its density and its draws need computed once.
+
+    Shapes: mixture with [B, M] components -> MixtureDensity.
+
+    >>> mix = GaussianMixture(torch.zeros(1, 1), torch.zeros(1, 1, 2), torch.eye(2)[None, None])
+    >>> round(float(mixture_density(mix).log_prob(torch.zeros(1, 1, 2))), 4)  # -log(2 pi)
+    -1.8379
+    """
+    terms = _density_terms(mixture.loc, mixture.scale_tril, mixture.log_mix)
+    return MixtureDensity(mixture, torch.softmax(mixture.log_mix, -1), terms)
 
 
 def log_responsibilities(mixture: GaussianMixture, z: Tensor) -> Tensor:
@@ -208,15 +327,21 @@ def log_responsibilities(mixture: GaussianMixture, z: Tensor) -> Tensor:
 
 
 def sample_mixture(
-    mixture: GaussianMixture, n: int, *, generator: torch.Generator | None = None
+    mixture: GaussianMixture,
+    n: int,
+    *,
+    generator: torch.Generator | None = None,
+    probs: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Draw n points per observation and report the component each came from.
+
+    ``probs``: ``softmax(mixture.log_mix)`` if already computed.
 
     Shapes: -> (z [B, n, d], component [B, n] int64).
     """
     loc, tril = mixture.loc, mixture.scale_tril
     B, M, d = loc.shape
-    probs = torch.softmax(mixture.log_mix, -1)
+    probs = torch.softmax(mixture.log_mix, -1) if probs is None else probs
     component = torch.multinomial(probs, n, replacement=True, generator=generator)  # [B, n]
     eps = torch.randn(B, n, d, generator=generator, dtype=loc.dtype, device=loc.device)
     chosen_loc = torch.gather(loc, 1, component[..., None].expand(-1, -1, d))

@@ -62,7 +62,7 @@ from torch import Tensor
 
 from smcwake.smc.base import make_kernel
 from smcwake.smc.composite import _put_rows, _rows
-from smcwake.smc.gmm import PreviousFits, mixture_log_prob
+from smcwake.smc.gmm import MixtureDensity, PreviousFits, mixture_density
 from smcwake.smc.mh import (
     Kernel,
     MoveInfo,
@@ -148,7 +148,7 @@ def _proposals_in_support(
         ok = lp > -math.inf
         rates.append(ok.sum(-1).to(inside_rate.dtype) / n)
         if n > size:  # the draws inside S first, each group in the order drawn
-            first = torch.argsort((~ok).to(torch.int8), dim=-1, stable=True)[:, :size]
+            first = _inside_first(ok)[:, :size]
             z = torch.gather(z, 1, first[..., None].expand(-1, -1, z.shape[-1]))
             lp = torch.gather(lp, 1, first)
             tag = None if tag is None else torch.gather(tag, 1, first)
@@ -157,6 +157,20 @@ def _proposals_in_support(
         tags.append(tag)
     tag = None if tags[0] is None else torch.cat(tags, 1)
     return torch.cat(zs, 1), tag, torch.cat(lps, 1), torch.stack(rates)
+
+
+def _inside_first(ok: Tensor) -> Tensor:
+    """The indices of the draws with ``ok`` first, then the others, each group in its order:
+    what a stable argsort of ``~ok`` gives, from two cumulative sums instead of a sort.
+
+    Shapes: ok [b, n] bool -> [b, n] int64.
+    """
+    inside = ok.to(torch.int64)
+    rank_in = inside.cumsum(-1) - 1  # place among the draws inside
+    rank_out = inside.sum(-1, keepdim=True) + (1 - inside).cumsum(-1) - 1  # after all of them
+    position = torch.where(ok, rank_in, rank_out)  # where each draw goes, a permutation
+    order = torch.empty_like(position)
+    return order.scatter_(-1, position, torch.arange(ok.shape[-1], device=ok.device).expand_as(ok))
 
 
 def _mean_of_others(weights: Tensor, values: Tensor, half: int) -> Tensor:
@@ -479,6 +493,36 @@ def _move_info(
     return MoveInfo(extra["independence/acceptance"], evals, tally.jump.sum(-1) / total, extra)
 
 
+def _prepared_proposal(
+    fit: CrossFit, generator: torch.Generator | None
+) -> tuple[SampleSide, LogProposal]:
+    """The cross-fitted mixtures as a :data:`SampleSide` and a :data:`LogProposal`.
+
+    Their density terms and component probabilities are computed once per call
+    (:func:`~smcwake.smc.gmm.mixture_density`), and the rows of the observations still
+    stepping are selected once each time that set changes, not at every step.
+    """
+    full = (mixture_density(fit.first), mixture_density(fit.second))
+    cache: dict[str, object] = {"rows": None, "part": full}
+
+    def part(rows: Tensor | None) -> tuple[MixtureDensity, MixtureDensity]:
+        if rows is None:
+            return full
+        if cache["rows"] is not rows:  # the step loop passes the same tensor until it changes
+            cache["rows"], cache["part"] = rows, tuple(m.select(rows) for m in full)
+        return cache["part"]  # type: ignore[return-value]
+
+    def sample_side(side: int, rows: Tensor | None, n: int) -> tuple[Tensor, None]:
+        return part(rows)[side].sample(n, generator), None
+
+    def log_proposal(z: Tensor, rows: Tensor | None) -> Tensor:
+        first, second = part(rows)
+        h = fit.half
+        return torch.cat([first.log_prob(z[:, :h]), second.log_prob(z[:, h:])], 1)
+
+    return sample_side, log_proposal
+
+
 def mixture_independence(
     num_steps: int = 3,
     *,
@@ -565,15 +609,9 @@ def mixture_independence(
     ) -> tuple[SMCState, MoveInfo]:
         fit = settings.fit(state, generator, init=previous.get(target.x, state.tau))
         previous.keep(target.x, state.tau, (fit.first, fit.second), settings.defensive_weight > 0)
+        sample_side, log_proposal = _prepared_proposal(fit, generator)
         return _independence_steps(
-            state,
-            target,
-            generator,
-            chol,
-            rule,
-            fit,
-            lambda side, rows, n: (fit.select(rows).sample_side(side, n, generator), None),
-            lambda z, rows: fit.select(rows).apply(mixture_log_prob, z),
+            state, target, generator, chol, rule, fit, sample_side, log_proposal
         )
 
     return make_kernel(move, num_steps=num_steps, name="mixture", uses_scale=False)
