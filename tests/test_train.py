@@ -5,7 +5,7 @@ import math
 
 import pytest
 import torch
-from torch.distributions import Independent, Normal, Uniform
+from torch.distributions import Independent, Normal, Uniform, constraints
 
 import faults
 from faults import BAD_X, Counted, FaultyEncoder, bounded_noise, g0, with_encoder
@@ -591,3 +591,27 @@ def test_a_built_encoder_is_standardized_by_the_first_smc_pass():
     out = fit(model, x, encoder=mine, steps=0, num_particles=K, progress=False)
     assert torch.equal(out.encoder.z_loc, torch.zeros(D))
     assert torch.equal(out.encoder.z_scale, torch.ones(D))
+
+
+def test_standardizing_from_particles_it_cannot_use_keeps_the_prior_moments(caplog):
+    from smcwake.bank import ParticleBank
+    from smcwake.encoders import build_encoder
+    from smcwake.loop import standardize_from_bank
+
+    box = constraints.independent(constraints.interval(-1.0, 1.0), 1)
+    encoder = build_encoder("gaussian", 2, D, support=box)
+    before = encoder.z_loc.clone(), encoder.z_scale.clone()
+    bank = ParticleBank(3, 5, D)
+    assert not standardize_from_bank(encoder, bank)  # no runs yet
+    outside = torch.full((3, 5, D), 2.0)  # not in the box the encoder maps onto
+    bank.add(torch.arange(3), outside, torch.zeros(3, 5), torch.zeros(3))
+    with caplog.at_level(logging.WARNING, logger="smcwake"):
+        assert not standardize_from_bank(encoder, bank, generator=g0())
+    assert "keeps the prior's standardization" in caplog.text
+    assert torch.equal(encoder.z_loc, before[0])
+    assert torch.equal(encoder.z_scale, before[1])
+    bank.reset()
+    inside = torch.linspace(-0.5, 0.5, 5)[None, :, None].expand(3, 5, D)
+    bank.add(torch.arange(3), inside, torch.zeros(3, 5), torch.zeros(3))
+    assert standardize_from_bank(encoder, bank, generator=g0())
+    assert not torch.equal(encoder.z_scale, before[1])

@@ -226,8 +226,8 @@ def standardize_from_bank(
     prior's moments, which :func:`initial_encoder` uses before any SMC has run; where the
     posteriors sit far out in the prior's tails, or are much narrower than a vague prior, it
     puts them where the encoder's flow acts (a spline flow is the identity outside [-5, 5]
-    standardized units) and at unit scale. Returns False (buffers unchanged) when no
-    observation has a usable run.
+    standardized units) and at unit scale. Returns False (buffers unchanged, with a logged
+    warning if the particles could not be used) when no observation has a usable run.
     """
     idx = torch.nonzero(bank.has_runs & ~bank.excluded).flatten()
     if idx.numel() == 0:
@@ -237,9 +237,13 @@ def standardize_from_bank(
     weights = (view.weights > 0).to(view.z.dtype)  # every usable observation counts the same
     if not bool(weights.any()):
         return False
-    encoder.set_standardization(
-        z=view.z.reshape(-1, view.z.shape[-1]), z_weights=weights.flatten()
-    )
+    try:
+        encoder.set_standardization(
+            z=view.z.reshape(-1, view.z.shape[-1]), z_weights=weights.flatten()
+        )
+    except ValueError as err:  # e.g. particles outside the encoder's support
+        logger.warning("the encoder keeps the prior's standardization: %s", err)
+        return False
     return True
 
 
