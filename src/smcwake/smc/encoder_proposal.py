@@ -17,7 +17,6 @@ import torch
 from torch import Tensor
 
 from smcwake.smc.base import make_kernel
-from smcwake.smc.gmm import mixture_log_prob
 from smcwake.smc.independence import (
     MAX_OVERSAMPLING,
     MAX_STEPS,
@@ -26,6 +25,7 @@ from smcwake.smc.independence import (
     SampleSide,
     _check_num_steps,
     _independence_steps,
+    _prepared_proposal,
     _step_rule,
 )
 from smcwake.smc.mh import Kernel, MoveInfo, Target
@@ -91,6 +91,7 @@ def _encoder_and_mixture(
     dtype = state.z.dtype
     enc_dtype = _float_dtype(encoder, dtype)
     x = target.x.to(enc_dtype)
+    sample_mixture, log_mixture = _prepared_proposal(fit, generator)  # m, prepared once
 
     def sample_side(side: int, rows: Tensor | None, n: int) -> tuple[Tensor, Tensor]:
         x_rows = x if rows is None else x[rows]
@@ -98,14 +99,14 @@ def _encoder_and_mixture(
         use_q = torch.rand(shape, generator=generator, dtype=dtype, device=state.z.device)
         use_q = use_q < encoder_weight
         z_q = encoder.sample(x_rows, n, generator=generator).to(dtype)
-        z_m = fit.select(rows).sample_side(side, n, generator)
+        z_m, _ = sample_mixture(side, rows, n)
         return torch.where(use_q[..., None], z_q, z_m), use_q
 
     def log_proposal(z: Tensor, rows: Tensor | None) -> Tensor:
         x_rows = x if rows is None else x[rows]
         log_q = encoder.log_prob(z.to(enc_dtype), x_rows).to(dtype)
         log_q = torch.nan_to_num(log_q, nan=-math.inf, posinf=-math.inf)
-        log_m = fit.select(rows).apply(mixture_log_prob, z)
+        log_m = log_mixture(z, rows)
         return torch.logaddexp(log_a + log_q, log_1ma + log_m)
 
     return sample_side, log_proposal

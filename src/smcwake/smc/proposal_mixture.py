@@ -111,15 +111,6 @@ class CrossFit(NamedTuple):
             1,
         )
 
-    def select(self, rows: Tensor | None) -> CrossFit:
-        """The fits of the observations ``rows`` (None: all). Shapes: rows [b] int64."""
-        if rows is None:
-            return self
-        return self._replace(
-            first=GaussianMixture(*(t[rows] for t in self.first)),
-            second=GaussianMixture(*(t[rows] for t in self.second)),
-        )
-
     def sample(self, num_particles: int, generator: torch.Generator | None) -> Tensor:
         """One draw per particle, each from its half's mixture. Shapes: -> [B, K, d]."""
         first = self.sample_side(0, self.half, generator)
