@@ -24,9 +24,9 @@ the cloud, and makes local steps until the particles have decorrelated, per obse
 Observations that reach tau = 1 leave the batch: later stages evaluate the likelihood only for the
 ones still running. The product of the evidence increments is an unbiased estimate of p(x_b).
 
-For a prior on a half-line, an interval or a box (per coordinate) the particles move, by default,
-in unconstrained coordinates u = T^{-1}(z) (:mod:`smcwake.smc.unconstrained`) and are mapped back
-to z at the end.
+For a prior on a half-line, or an interval or box in 6 or more dimensions, the particles move, by
+default, in unconstrained coordinates u = T^{-1}(z) (:mod:`smcwake.smc.unconstrained`) and are
+mapped back to z at the end.
 """
 
 from __future__ import annotations
@@ -600,10 +600,11 @@ def run_smc(
         space: the coordinates the particles move in. "auto" (default): in u = T^{-1}(z),
             T = ``torch.distributions.biject_to(prior.support)`` (exp for a half-line, a
             scaled sigmoid for an interval), when the prior's support is a half-line per
-            coordinate and ``kernel`` is a name, or an interval or box and ``kernel`` is
-            "auto" (whose mixture jumps then act in z); in z otherwise (R^d, a box with
-            another named kernel, a support ``biject_to`` does not know, a built kernel,
-            which may carry densities in z). "unconstrained": in u (a built kernel then acts
+            coordinate and ``kernel`` is a name, or an interval or box of 6 or more
+            dimensions and ``kernel`` is "auto" (whose mixture jumps then act in z); in z
+            otherwise (R^d, a box of fewer dimensions or with another named kernel, a
+            support ``biject_to`` does not know, a built kernel, which may carry densities
+            in z). "unconstrained": in u (a built kernel then acts
             on u; give an encoder kernel an encoder on u,
             :func:`~smcwake.smc.unconstrained.unconstrained_encoder`).
             "constrained": in z, proposals outside the support rejected. The target in u is
