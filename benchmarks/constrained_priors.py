@@ -18,21 +18,27 @@ exact answer:
   Beta(0.5 + k_j, 10.5 - k_j), against 0 or 1 where k_j is 0 or 10.
 * ``box-normal``: z ~ U[-1, 1]^d, x ~ N(z, 0.3^2 I); truncated-normal posteriors, some
   against a wall.
+* ``mixed-boxes``: the same with boxes of widths 0.01 to 100 across the coordinates, placed
+  off-centre, and noise sds of 0.05 to 1.5 widths.
+* ``box-edge``: z ~ U[0, 1]^d, one Binomial(20, z_j) count per coordinate, observed as 0 or 1
+  (not drawn from the prior predictive): Beta posteriors against the lower wall,
+  p(x) = 21^-d.
 * the project's box-prior problems: ``two-moons`` (the task; evidence and moments from a
   2,000 x 2,000 grid), ``spike-slab`` (the task; exact evidence, moments from 20,000 exact
   draws), ``slcp-4d-asym`` and ``slcp-5d`` (mode masses against quadrature / 1/4, as in
   ``benchmarks/multimodal.py``).
 
-Observations are drawn from the prior predictive (4 per run, 10 for SLCP); each (model, d,
-space) runs with seeds 0 and 1 (seed 0 only at d = 100). Reported: |log Zhat - log Z| (mean and
-largest over observations and seeds), the error of the posterior mean in posterior standard
-deviations (root mean square over coordinates, mean over observations; for SLCP the largest
-error of a mode's mass instead), runs flagged not mixed / not converged, likelihood evaluations
-per observation and wall time per run. Torch runs on one thread; times vary with the machine's
-load, so compare them within one table.
+Observations are drawn from the prior predictive except for box-edge (4 per run, 10 for SLCP);
+each (model, d, space) runs with seeds 0 and 1 (seed 0 only at d = 100). Reported:
+|log Zhat - log Z| (mean and largest over observations and seeds), the error of the posterior
+mean in posterior standard deviations (root mean square over coordinates, mean over
+observations; for SLCP the largest error of a mode's mass instead), runs flagged not mixed /
+not converged, likelihood evaluations per observation and wall time per run. Torch runs on
+one thread; times vary with the machine's load, so compare them within one table.
 
-    python benchmarks/constrained_priors.py    # about 30 minutes; updates docs/KERNELS.md
-    python benchmarks/constrained_priors.py --slcp-check    # SLCP-5d at K = 5000, 3 minutes
+    python benchmarks/constrained_priors.py    # about 35 minutes; updates docs/KERNELS.md
+    python benchmarks/constrained_priors.py --models box-edge    # replaces those rows only
+    python benchmarks/constrained_priors.py --slcp-check    # SLCP-5d at K = 5000, 7 minutes
     python benchmarks/constrained_priors.py --dims 1 5 --no-write   # a quick look
 """
 
@@ -61,11 +67,17 @@ from torch.distributions import (
 )
 
 from smcwake import Model, run_smc
+from smcwake.smc.base import Kernel
+from smcwake.smc.independence import MAX_STEPS, mixture_independence
+from smcwake.smc.mixing import until_decorrelated
+from smcwake.smc.steppers import mala_stepper
 from smcwake.tasks import get
 
 DT = torch.float64
 DOC = Path(__file__).resolve().parents[1] / "docs" / "KERNELS.md"
 SPACES = ("constrained", "unconstrained")
+DIMS = [1, 5, 20, 40, 100]
+BOX_PROBLEMS = ("two-moons", "spike-slab", "slcp-5d", "slcp-4d-asym")
 
 
 class Truth(NamedTuple):
@@ -198,23 +210,57 @@ def beta_binomial(d: int, g: torch.Generator, N: int = 10, B: int = 4) -> Case:
     return Case("beta-binomial", d, Model(prior, loglik), k, Truth(log_z, mean, sd))
 
 
-def box_normal(d: int, g: torch.Generator, s: float = 0.3, B: int = 4) -> Case:
-    z = -1 + 2 * torch.rand(B, d, generator=g, dtype=DT)
+def _box_gaussian(
+    name: str, low: torch.Tensor, high: torch.Tensor, s: torch.Tensor, g: torch.Generator, B: int
+) -> Case:
+    """z ~ U[low, high] (per coordinate), x ~ N(z, diag(s^2)): truncated-normal posteriors."""
+    d = low.shape[0]
+    z = low + (high - low) * torch.rand(B, d, generator=g, dtype=DT)
     x = z + s * torch.randn(B, d, generator=g, dtype=DT)
 
     def loglik(zz: torch.Tensor, xx: torch.Tensor) -> torch.Tensor:
         return Normal(zz, s).log_prob(xx[:, None, :]).sum(-1)
 
     std = Normal(torch.zeros((), dtype=DT), torch.ones((), dtype=DT))
-    alpha, beta = (-1 - x) / s, (1 - x) / s
-    log_mass = torch.log(std.cdf(beta) - std.cdf(alpha))  # fine for |x| <= 2.5
-    log_z = (log_mass - math.log(2.0)).sum(-1)
+    alpha, beta = (low - x) / s, (high - x) / s
+    log_mass = torch.log(std.cdf(beta) - std.cdf(alpha))  # accurate for x within ~7 s of the box
+    log_z = (log_mass - torch.log(high - low)).sum(-1)
     pa, pb = std.log_prob(alpha).exp(), std.log_prob(beta).exp()
     mass = log_mass.exp()
     mean = x + s * (pa - pb) / mass
     var = s**2 * (1 + (alpha * pa - beta * pb) / mass - ((pa - pb) / mass).square())
-    prior = Independent(Uniform(-torch.ones(d, dtype=DT), torch.ones(d, dtype=DT)), 1)
-    return Case("box-normal", d, Model(prior, loglik), x, Truth(log_z, mean, var.sqrt()))
+    prior = Independent(Uniform(low, high), 1)
+    return Case(name, d, Model(prior, loglik), x, Truth(log_z, mean, var.sqrt()))
+
+
+def box_normal(d: int, g: torch.Generator, s: float = 0.3, B: int = 4) -> Case:
+    ones = torch.ones(d, dtype=DT)
+    return _box_gaussian("box-normal", -ones, ones, s * ones, g, B)
+
+
+def mixed_boxes(d: int, g: torch.Generator, B: int = 4) -> Case:
+    """Boxes of widths 0.01 to 100 (log-spaced over the coordinates), placed off-centre around
+    0 in turn, with noise sds of 0.05, 0.15, 0.5 and 1.5 widths in turn: per coordinate, the
+    transform's scale differs, and so does how much of the box the posterior fills."""
+    width = 10.0 ** torch.linspace(-2.0, 2.0, d, dtype=DT) if d > 1 else torch.ones(1, dtype=DT)
+    offset = torch.tensor([0.0, 0.25, 0.5, 0.75, 1.0], dtype=DT).repeat(d // 5 + 1)[:d]
+    noise = torch.tensor([0.05, 0.15, 0.5, 1.5], dtype=DT).repeat(d // 4 + 1)[:d]
+    low = -offset * width
+    return _box_gaussian("mixed-boxes", low, low + width, noise * width, g, B)
+
+
+def box_edge(d: int, g: torch.Generator, N: int = 20, B: int = 4) -> Case:
+    """z ~ U[0, 1]^d, one Binomial(20, z_j) count per coordinate, observed 0 or 1: every
+    posterior, Beta(1 + k_j, 21 - k_j), lies against the lower wall; p(x) = 21^-d exactly."""
+    k = torch.randint(0, 2, (B, d), generator=g).to(DT)
+
+    def loglik(zz: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return Binomial(N, probs=zz).log_prob(x[:, None, :]).sum(-1)
+
+    post = Beta(1 + k, 1 + N - k)
+    prior = Independent(Uniform(torch.zeros(d, dtype=DT), torch.ones(d, dtype=DT)), 1)
+    log_z = torch.full((B,), -d * math.log(N + 1.0), dtype=DT)
+    return Case("box-edge", d, Model(prior, loglik), k, Truth(log_z, post.mean, post.stddev))
 
 
 def two_moons_case(g: torch.Generator, B: int = 4, grid: int = 2000) -> Case:
@@ -259,6 +305,8 @@ CONJUGATE: dict[str, Callable[[int, torch.Generator], Case]] = {
     "halfnormal-scale": halfnormal_scale,
     "beta-binomial": beta_binomial,
     "box-normal": box_normal,
+    "mixed-boxes": mixed_boxes,
+    "box-edge": box_edge,
 }
 
 
@@ -323,29 +371,50 @@ HEADER = (
 )
 
 
+def _jumps_fitted_in_u(max_steps: int = MAX_STEPS) -> Kernel:
+    """The default kernel as it was before its jumps moved to z on boxes: MALA steps until
+    decorrelated after mixture jumps fitted to the particles in u (SLCP is differentiable),
+    at most ``max_steps`` jumps per stage."""
+    jumps = mixture_independence(4, max_steps=max_steps)
+    return until_decorrelated(mala_stepper(), jumps=jumps, max_steps=50)
+
+
 def slcp_check(seeds: list[int], num_particles: int = 5000) -> str:
     """The SLCP-5d mode masses at K = 5000 (as the slow test of tests/smc/test_multimodal.py).
 
-    Per space and seed: the largest |mass - 1/4| / s.e. over the 10 observations and 4 modes,
-    s.e. = sqrt(m (1 - m) / ESS), and the mean of its square (about 1 when the masses are
-    right and the particles worth ESS independent draws).
+    Per setting and seed: the largest |mass - 1/4| / s.e. over the 10 observations and 4
+    modes, s.e. = sqrt(m (1 - m) / ESS), and the mean of its square (about 1 when the masses
+    are right and the particles worth ESS independent draws). Settings: the default kernel in
+    z, in u (the default: jumps fitted in z, local steps in u), and in u with the jumps fitted
+    in u, at most 30 (the default cap) or 100 per stage.
     """
     case = next(c for c in slcp_cases() if c.name == "slcp-5d")
     lines = [
-        "| space | seed | largest standardized mass error | mean square | evals / obs |",
-        "|---|---:|---:|---:|---:|",
+        "| space | jumps fitted in | seed | largest standardized mass error | mean square "
+        "| lowest moved | evals / obs |",
+        "|---|---|---:|---:|---:|---:|---:|",
     ]
-    for space in SPACES:
+    settings = [
+        ("constrained", "z", "auto"),
+        ("unconstrained (default)", "z", "auto"),
+        ("unconstrained", "u", _jumps_fitted_in_u()),
+        ("unconstrained", "u, up to 100 jumps", _jumps_fitted_in_u(100)),
+    ]
+    for label, fitted_in, kernel in settings:
+        space = label.split()[0]
         for seed in seeds:
             g = torch.Generator().manual_seed(seed)
-            result = run_smc(case.model, case.x, num_particles, generator=g, space=space)
+            result = run_smc(
+                case.model, case.x, num_particles, generator=g, space=space, kernel=kernel
+            )
             masses = quadrant_masses(result.particles, result.log_weights)
             truth = case.truth.masses
             z = (masses - truth) / torch.sqrt(truth * (1 - truth) / result.ess[:, None])
             evals = float(result.num_likelihood_evals.double().mean())
+            moved = float(result.kernel_info["independence/moved"].min())
             lines.append(
-                f"| {space} | {seed} | {float(z.abs().max()):.2f} | "
-                f"{float(z.square().mean()):.2f} | {evals / 1e3:.0f} k |"
+                f"| {label} | {fitted_in} | {seed} | {float(z.abs().max()):.2f} | "
+                f"{float(z.square().mean()):.2f} | {moved:.2f} | {evals / 1e3:.0f} k |"
             )
             print(lines[-1], flush=True)  # noqa: T201
     return "\n".join(lines)
@@ -362,16 +431,24 @@ def _write(name: str, body: str) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--dims", type=int, nargs="+", default=[1, 5, 20, 40, 100])
-    p.add_argument("--models", nargs="+", default=[*CONJUGATE, "box-problems"])
+    p.add_argument("--dims", type=int, nargs="+", default=DIMS)
+    p.add_argument(
+        "--models",
+        nargs="+",
+        default=[*CONJUGATE, "box-problems"],
+        help=f"any of {[*CONJUGATE, *BOX_PROBLEMS]}, or box-problems for the last four",
+    )
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     p.add_argument("--no-write", action="store_true", help="print the table only")
     p.add_argument(
         "--slcp-check",
         action="store_true",
-        help="only the SLCP-5d mode masses at K = 5000, seeds 33 to 36 (about 3 minutes)",
+        help="only the SLCP-5d mode masses at K = 5000, seeds 33 to 36 (about 7 minutes)",
     )
     args = p.parse_args()
+    unknown = set(args.models) - {*CONJUGATE, "box-problems", *BOX_PROBLEMS}
+    if unknown:
+        p.error(f"--models: unknown {sorted(unknown)}; known: {[*CONJUGATE, *BOX_PROBLEMS]}")
     torch.set_num_threads(1)
     if args.slcp_check:
         body = slcp_check([33, 34, 35, 36])
@@ -381,7 +458,7 @@ def main() -> None:
     started = time.perf_counter()
     lines = [HEADER]
     for name in args.models:
-        if name == "box-problems":
+        if name not in CONJUGATE:
             continue
         for d in args.dims:
             g = torch.Generator().manual_seed(1000 + d)
@@ -393,19 +470,55 @@ def main() -> None:
                 m = merge([run(case, space, s) for s in seeds])
                 lines.append(row(name, d, space, m))
                 print(lines[-1], flush=True)  # noqa: T201
-    if "box-problems" in args.models:
+    wanted = set(BOX_PROBLEMS) if "box-problems" in args.models else set(args.models)
+    if wanted & set(BOX_PROBLEMS):
         g = torch.Generator().manual_seed(7)
-        for case in [two_moons_case(g), spike_slab_case(g), *slcp_cases()]:
+        cases = [two_moons_case(g), spike_slab_case(g)]  # in this order: they share g
+        if wanted & {"slcp-5d", "slcp-4d-asym"}:
+            cases += slcp_cases()
+        for case in (c for c in cases if c.name in wanted):
             for space in SPACES:
                 m = merge([run(case, space, s) for s in args.seeds])
                 lines.append(row(case.name, case.d, space, m))
                 print(lines[-1], flush=True)  # noqa: T201
     minutes = (time.perf_counter() - started) / 60
-    body = (
-        "\n".join(lines) + f"\n\n({minutes:.0f} minutes on one thread, torch {torch.__version__})"
-    )
-    if not args.no_write:
-        _write("constrained-priors", body)
+    footer = f"({minutes:.0f} minutes on one thread, torch {torch.__version__})"
+    if args.no_write:
+        return
+    if set(args.models) == {*CONJUGATE, "box-problems"} and args.dims == DIMS:
+        _write("constrained-priors", "\n".join(lines) + f"\n\n{footer}")
+    else:
+        dims = "" if args.dims == DIMS else f" --dims {' '.join(map(str, args.dims))}"
+        _write(
+            "constrained-priors", _merge_rows(lines[1:], f"{' '.join(args.models)}{dims}", footer)
+        )
+
+
+def _key(line: str) -> tuple[str, ...]:
+    return tuple(cell.strip() for cell in line.split("|")[1:4])  # model, d, space
+
+
+def _merge_rows(new: list[str], run: str, footer: str) -> str:
+    """The table in docs/KERNELS.md with the rows of ``new`` replaced or inserted (among the
+    rows of the same model in order of d, else before the project's box problems)."""
+    text = DOC.read_text()
+    begin, end = "<!-- begin constrained-priors -->", "<!-- end constrained-priors -->"
+    old = text[text.index(begin) + len(begin) : text.index(end)].strip().splitlines()
+    rows = [line for line in old if line.startswith("| ") and not line.startswith("| model")]
+    notes = [line for line in old if line.startswith("(")]
+    fresh = {_key(line): line for line in new}
+    rows = [fresh.pop(_key(line), line) for line in rows]
+    for key, line in fresh.items():
+        same = [i for i, r in enumerate(rows) if _key(r)[0] == key[0]]
+        after = [i for i in same if int(_key(rows[i])[1]) > int(key[1])]
+        problems = [i for i, r in enumerate(rows) if _key(r)[0] in BOX_PROBLEMS]
+        if after:  # keep a model's rows in order of d
+            at = after[0]
+        else:
+            at = same[-1] + 1 if same else (problems[0] if problems else len(rows))
+        rows.insert(at, line)
+    again = f"rows of `--models {run}` re-run {footer}"
+    return "\n".join([HEADER, *rows, "", f"{notes[0]}; {again}" if notes else again])
 
 
 if __name__ == "__main__":

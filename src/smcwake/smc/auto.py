@@ -11,7 +11,10 @@ random-walk step when it is not:
   at least four per stage, and where the particle cloud shows modes (the fitted mixture beats
   one Gaussian out of sample) more, until 95% of the particles have accepted one, since only
   particles that jump rebalance the modes' masses after each reweighting
-  (:func:`~smcwake.smc.multimodal.mixture_independence`);
+  (:func:`~smcwake.smc.multimodal.mixture_independence`); on an interval or box prior, in a
+  run in unconstrained coordinates u, the jumps act in the prior's coordinates z, where
+  modes cut by a wall keep a shape Gaussian components fit
+  (:func:`~smcwake.smc.unconstrained.in_prior_coordinates`);
 * the local steps continue, per observation, until the particles have decorrelated from where
   the stage started (:func:`~smcwake.smc.mixing.until_decorrelated`), so the number of steps
   follows what mixing needs: a few in low dimension, more as the dimension grows, most for the
@@ -40,6 +43,7 @@ from smcwake.smc.mh import Kernel, MoveInfo, Target
 from smcwake.smc.mixing import until_decorrelated
 from smcwake.smc.multimodal import mixture_independence
 from smcwake.smc.steppers import mala_stepper, random_walk_stepper
+from smcwake.smc.unconstrained import in_prior_coordinates
 
 if TYPE_CHECKING:
     from smcwake.smc.base import SMCState
@@ -156,7 +160,8 @@ def auto_kernel(
         raise ValueError(
             f"num_steps: expected >= 1 (the most local steps per stage), received {num_steps!r}"
         )
-    jumps = mixture_independence(num_jumps) if num_jumps else None
+    # on an interval or box run in u, the mixture is fitted to the particles in z
+    jumps = in_prior_coordinates(mixture_independence(num_jumps)) if num_jumps else None
     built = {
         True: until_decorrelated(
             mala_stepper(),

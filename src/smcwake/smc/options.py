@@ -33,9 +33,11 @@ class SMCOptions:
 
     ``space`` says in which coordinates the particles move: "auto" (the default) moves them in
     u = T^{-1}(z), T = ``torch.distributions.biject_to(prior.support)``, when the prior's
-    support is a half-line per coordinate and the kernel is given by name, and in the prior's
-    own coordinates z otherwise (boxes included); "unconstrained" and "constrained" force one of
-    the two (see :mod:`smcwake.smc.unconstrained` and docs/KERNELS.md).
+    support is a half-line per coordinate and the kernel is given by name, or an interval or
+    box of 6 or more dimensions and the kernel is "auto", and in the prior's own coordinates z
+    otherwise;
+    "unconstrained" and "constrained" force one of the two (see
+    :mod:`smcwake.smc.unconstrained` and docs/KERNELS.md).
 
     >>> SMCOptions(kernel="mala", num_mcmc_steps=5).max_stages
     500

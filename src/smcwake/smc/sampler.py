@@ -24,8 +24,9 @@ the cloud, and makes local steps until the particles have decorrelated, per obse
 Observations that reach tau = 1 leave the batch: later stages evaluate the likelihood only for the
 ones still running. The product of the evidence increments is an unbiased estimate of p(x_b).
 
-For a prior on a half-line (per coordinate) the particles move, by default, in unconstrained
-coordinates u = T^{-1}(z) (:mod:`smcwake.smc.unconstrained`) and are mapped back to z at the end.
+For a prior on a half-line, or an interval or box in 6 or more dimensions, the particles move, by
+default, in unconstrained coordinates u = T^{-1}(z) (:mod:`smcwake.smc.unconstrained`) and are
+mapped back to z at the end.
 """
 
 from __future__ import annotations
@@ -597,12 +598,15 @@ def run_smc(
         max_stages: cap on the number of stages (default 500); observations that hit it are
             flagged ``converged = False`` and a warning is logged.
         space: the coordinates the particles move in. "auto" (default): in u = T^{-1}(z),
-            T = ``torch.distributions.biject_to(prior.support)`` (exp for a half-line), when
-            the prior's support is a half-line per coordinate and ``kernel`` is a name; in z
-            otherwise (R^d, an interval or box, a support ``biject_to`` does not know, a built
-            kernel, which may carry densities in z). "unconstrained": in u (a scaled sigmoid
-            for an interval; a built kernel then acts on u; give an encoder kernel an
-            encoder on u, :func:`~smcwake.smc.unconstrained.unconstrained_encoder`).
+            T = ``torch.distributions.biject_to(prior.support)`` (exp for a half-line, a
+            scaled sigmoid for an interval), when the prior's support is a half-line per
+            coordinate and ``kernel`` is a name, or an interval or box of 6 or more
+            dimensions and ``kernel`` is "auto" (whose mixture jumps then act in z); in z
+            otherwise (R^d, a box of fewer dimensions or with another named kernel, a
+            support ``biject_to`` does not know, a built kernel, which may carry densities
+            in z). "unconstrained": in u (a built kernel then acts
+            on u; give an encoder kernel an encoder on u,
+            :func:`~smcwake.smc.unconstrained.unconstrained_encoder`).
             "constrained": in z, proposals outside the support rejected. The target in u is
             log p(T(u)) + log |det J_T(u)| + tau log p(x | T(u)); the evidence is the same in
             both, and ``particles`` are always in z. In u, the diagnostics measured on the
