@@ -35,7 +35,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from smcwake.smc.mh import weighted_cholesky, weighted_mean
+from smcwake.smc.mh import sq_norm, weighted_cholesky, weighted_mean
 from smcwake.smc.resampling import systematic
 
 __all__ = [
@@ -205,7 +205,7 @@ def _log_density_by_component(
     if d <= M:
         return terms.quadratic @ _monomials(u)  # [B, M, K]
     white = (u @ terms.quadratic).view(B, K, M, d) - terms.shift[:, None]
-    out = white.square_().sum(-1).mT.contiguous()  # [B, M, K]
+    out = sq_norm(white).mT.contiguous()  # [B, M, K]
     out.add_(terms.const[..., None]).mul_(-0.5)
     if terms.log_mix is not None:
         out.add_(terms.log_mix.to(torch.float64)[..., None])

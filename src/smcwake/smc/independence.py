@@ -60,6 +60,7 @@ from typing import TYPE_CHECKING, NamedTuple
 import torch
 from torch import Tensor
 
+from smcwake._ops import select
 from smcwake.smc.base import make_kernel
 from smcwake.smc.composite import _put_rows, _rows
 from smcwake.smc.gmm import (
@@ -363,7 +364,7 @@ def _independence_step(
     ctx.tally.add(active, acc_f, used, sq, tag)
     chains = _Chains(
         sub if rows is None else _put_rows(chains.state, rows, sub),
-        _put(chains.log_g, rows, torch.where(acc, log_g_new, log_g)),
+        _put(chains.log_g, rows, select(acc, log_g_new, log_g)),
         _put(chains.moved, rows, moved_now),
         rate if rows is None else chains.inside_rate.index_copy(1, rows, rate),
     )
@@ -395,7 +396,7 @@ def _stop_where_done(
     out = update_where(out, newly, sub.z, sub.log_prior, sub.loglik)
     return _Returned(
         out if rows is None else _put_rows(returned.state, rows, out),
-        _put(returned.moved, rows, torch.where(newly, moved_now, _part(returned.moved, rows))),
+        _put(returned.moved, rows, select(newly, moved_now, _part(returned.moved, rows))),
         _put(returned.stopped, rows, stopped | newly),
     )
 

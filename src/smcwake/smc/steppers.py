@@ -31,6 +31,7 @@ from smcwake.smc.mh import (
     MoveInfo,
     Target,
     accept,
+    sq_norm,
     standard_normal,
     update_where,
     whitened_sq_norm,
@@ -161,9 +162,9 @@ def mala_stepper(target_acceptance: float = 0.574) -> Stepper:
         proposed = lp + tempered(ll, state.tau)
         back = xi + (0.5 * root_h) * (white_grad + white_new)
         # log q(z | z') - log q(z' | z) = (|xi|^2 - |back|^2) / 2
-        log_ratio = proposed - current + 0.5 * (xi.square().sum(-1) - back.square().sum(-1))
+        log_ratio = proposed - current + 0.5 * (sq_norm(xi) - sq_norm(back))
         acc = accept(log_ratio, generator)
-        jump = acc.to(current.dtype) * w.square().sum(-1) * root_h[..., 0].square()
+        jump = acc.to(current.dtype) * sq_norm(w) * root_h[..., 0].square()
         state = update_where(state, acc, z_new, lp, ll)
         white_grad = select(acc[..., None], white_new, white_grad)
         current = select(acc, proposed, current)
