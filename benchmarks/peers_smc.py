@@ -3,6 +3,8 @@
     python benchmarks/peers_smc.py             # rewrites its section of docs/PEERS.md and
                                                # docs/peers-smc.png
     python benchmarks/peers_smc.py --kernel rwmh --no-write     # explore another smcwake kernel
+    python benchmarks/peers_smc.py --compare-with main --problems two-moons --batches 32
+                                               # smcwake against an earlier revision of itself
 
 Every tool runs likelihood-tempered SMC with K particles in all, the same ESS target for its
 adaptive temperatures, its own recommended move kernel and its own defaults otherwise (see
@@ -77,6 +79,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="keep the rows of the problems not run from the section already in --out (to "
         "re-run some problems only); the table says which rows were kept and from which run",
+    )
+    p.add_argument(
+        "--compare-with",
+        metavar="REVISION",
+        default=None,
+        help="instead of the comparison: smcwake at this git revision against the working "
+        "tree, in one process, CPU seconds and errors over --repeats seeds, on --problems "
+        "with the largest of --batches observations (see _peers/compare.py)",
     )
     p.add_argument(
         "--profile",
@@ -307,6 +317,11 @@ def main(argv: list[str] | None = None) -> list[tuple[str, int, dict]]:
     torch.set_num_threads(1)
     if args.profile:
         profile_smcwake(args)
+        return []
+    if args.compare_with:
+        from _peers.compare import compare
+
+        compare(args)
         return []
     started = time.perf_counter()
     batches = [int(b) for b in args.batches.split(",")]

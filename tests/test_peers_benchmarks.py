@@ -110,6 +110,18 @@ def test_rerunning_one_problem_keeps_the_other_rows(smc_doc, tmp_path):
     )
 
 
+def test_compare_with_an_earlier_revision(tmp_path):
+    # HEAD against the working tree: both versions load side by side and print one line
+    out = run_script(
+        "peers_smc.py",
+        *("--compare-with", "HEAD", "--problems", "squares-5d", "--batches", "2"),
+        *("--num-particles", "100", "--repeats", "1"),
+        tmp=tmp_path,
+    )
+    line = next(ln for ln in out.splitlines() if ln.startswith("squares-5d B=2:"))
+    assert re.search(r"\(x[0-9.]+\); \|dlogZ\| [0-9.]+ -> [0-9.]+", line), line
+
+
 @pytest.mark.parametrize("problem", ["linear-gaussian-10d", "squares-5d"])
 def test_smcwake_row_against_truth(smc_doc, problem):
     cells = rows(smc_doc)[(problem, "3", "smcwake")]
