@@ -85,8 +85,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="REVISION",
         default=None,
         help="instead of the comparison: smcwake at this git revision against the working "
-        "tree, in one process, CPU seconds and errors over --repeats seeds, on --problems "
-        "with the largest of --batches observations (see _peers/compare.py)",
+        "tree (A..B: revision A against revision B), in one process, CPU seconds and errors "
+        "over --repeats seeds, on --problems with the largest of --batches observations "
+        "(see _peers/compare.py)",
     )
     p.add_argument(
         "--profile",

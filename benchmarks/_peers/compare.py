@@ -85,20 +85,23 @@ def _runner(library: ModuleType, problem: Problem, num_particles: int, ess_targe
 def compare(args) -> None:
     """Print, per problem, the CPU seconds (median over seeds) of ``args.compare_with`` and of
     the working tree, their ratio, and both versions' errors and evaluations (means over
-    seeds); ``args.repeats`` seeds from 1000 on, as the table's timed runs."""
+    seeds); ``args.repeats`` seeds from 1000 on, as the table's timed runs.
+    ``A..B`` compares revision A with revision B instead of the working tree."""
     torch.set_num_threads(1)
-    before = load_revision(args.compare_with)
+    first, _, second = args.compare_with.partition("..")
+    before = load_revision(first)
+    after = load_revision(second) if second else smcwake
     B = max(int(b) for b in args.batches.split(","))
     seeds = [1000 + r for r in range(args.repeats)]
     print(
         f"CPU seconds of one run_smc call, B = {B}, K = {args.num_particles}, seeds "
-        f"{seeds[0]}-{seeds[-1]}: {args.compare_with} -> working tree"
+        f"{seeds[0]}-{seeds[-1]}: {first} -> {second or 'working tree'}"
     )
     for name in [p.strip() for p in args.problems.split(",") if p.strip()]:
         problem = build_problem(name, B, args.seed)
         x = torch.as_tensor(problem.x, dtype=torch.float32)
         runs = {}
-        for label, library in (("before", before), ("after", smcwake)):
+        for label, library in (("before", before), ("after", after)):
             runs[label] = (_runner(library, problem, args.num_particles, args.ess_target), [])
             runs[label][0](x[:1], 12345)  # warm-up
         for seed in seeds:  # alternately, so both see the same load
