@@ -18,9 +18,10 @@ weights, all observations at once:
    components: at most one per 20 d particles.
 
 Large clouds are fitted on a weighted subsample (systematic resampling, ``max_points``), and the
-arithmetic runs in float64. Component densities are evaluated all at once with matrix products
-(:func:`component_log_prob`), choosing between an expanded quadratic form (few dimensions) and
-whitening by every component (many dimensions).
+arithmetic runs in float64 except for the responsibilities, exponentiated and normalized in
+float32 (:func:`_responsibilities`). Component densities are evaluated all at once with matrix
+products (:func:`component_log_prob`), choosing between an expanded quadratic form (few
+dimensions) and whitening by every component (many dimensions).
 
 The result is a :class:`GaussianMixture` in the original coordinates, with
 :func:`mixture_log_prob`, :func:`component_log_prob` and :func:`sample_mixture` to evaluate and
@@ -798,7 +799,8 @@ def fit_mixture(
             this fit would have, else ignored. Its components of weight zero are seeded afresh.
         warm_iterations: EM iterations after a warm start (at most ``num_iterations``).
 
-    The fit runs in float64; the mixture has the dtype of ``z``.
+    The fit runs in float64, its responsibilities in float32 (the M-step's sums in float64);
+    the mixture has the dtype of ``z``.
 
     Shapes: z [B, K, d], log_weights [B, K] -> GaussianMixture with [B, M] components.
 
