@@ -88,6 +88,40 @@ def test_section_and_command_line(smc_doc):
     assert smc_doc.startswith("# smcwake beside the tools")
 
 
+def test_rerunning_one_problem_keeps_the_other_rows(smc_doc, tmp_path):
+    doc = tmp_path / "PEERS.md"
+    doc.write_text(smc_doc)
+    run_script(
+        "peers_smc.py",
+        *("--problems", "squares-5d", "--peers", "smcwake", "--keep-other-rows"),
+        *("--batches", "3", "--num-particles", "200", "--repeats", "1"),
+        *("--out", str(doc), "--plot", str(tmp_path / "peers-smc.png")),
+        tmp=tmp_path,
+    )
+    before, after = rows(smc_doc), rows(doc.read_text())
+    kept = {k: v for k, v in before.items() if k[0] == "linear-gaussian-10d"}
+    assert kept
+    assert {k: v for k, v in after.items() if k[0] == "linear-gaussian-10d"} == kept
+    assert {k for k in after if k[0] == "squares-5d"} == {("squares-5d", "3", "smcwake")}
+    # the kept rows name the run they came from
+    assert (
+        "Rows of linear-gaussian-10d are from `python benchmarks/peers_smc.py --problems "
+        "linear-gaussian-10d,squares-5d" in doc.read_text()
+    )
+
+
+def test_compare_with_an_earlier_revision(tmp_path):
+    # HEAD against the working tree: both versions load side by side and print one line
+    out = run_script(
+        "peers_smc.py",
+        *("--compare-with", "HEAD", "--problems", "squares-5d", "--batches", "2"),
+        *("--num-particles", "100", "--repeats", "1"),
+        tmp=tmp_path,
+    )
+    line = next(ln for ln in out.splitlines() if ln.startswith("squares-5d B=2:"))
+    assert re.search(r"\(x[0-9.]+\); \|dlogZ\| [0-9.]+ -> [0-9.]+", line), line
+
+
 @pytest.mark.parametrize("problem", ["linear-gaussian-10d", "squares-5d"])
 def test_smcwake_row_against_truth(smc_doc, problem):
     cells = rows(smc_doc)[(problem, "3", "smcwake")]

@@ -4,16 +4,24 @@ import math
 
 import pytest
 import torch
+from torch.distributions import MultivariateNormal
 
+from smcwake.smc import gmm
 from smcwake.smc.gmm import (
     GaussianMixture,
     PreviousFits,
+    _em_step,
+    _first_above,
     _log_sum_components,
+    _monomials,
     add_component,
+    apply_component,
+    component_cdf,
     component_log_prob,
     fit_mixture,
     mixture_density,
     mixture_log_prob,
+    paired_density,
     remove_last_component,
     sample_mixture,
     step_log_prob,
@@ -213,3 +221,127 @@ def test_previous_fits_are_returned_only_within_one_run():
     for a, b in zip(kept, remove_last_component(widened), strict=True):
         torch.testing.assert_close(a, b)
     torch.testing.assert_close(kept.log_mix.exp().sum(-1), torch.ones(3, dtype=DT))
+
+
+def _reference_em_step(u, weights, log_mix, loc, tril, ridge):
+    """One EM iteration written plainly in float64: torch's Gaussian densities, two-pass
+    covariances. Returns the log weights, means and covariances."""
+    comps = MultivariateNormal(loc[:, None], scale_tril=tril[:, None])  # batch [B, 1, M]
+    resp = torch.softmax(log_mix[:, None] + comps.log_prob(u[:, :, None]), -1) * weights[..., None]
+    mass = resp.sum(1)  # [B, M]
+    mean = (resp.mT @ u) / mass[..., None]
+    centred = u[:, None] - mean[:, :, None]  # [B, M, n, d]
+    cov = (resp.mT[..., None] * centred).mT @ centred / mass[..., None, None]
+    own = torch.diagonal(cov, dim1=-2, dim2=-1).mean(-1)[..., None, None]
+    cov = cov + (ridge * own + 1e-12) * torch.eye(u.shape[-1], dtype=DT)
+    return torch.log(mass), mean, cov
+
+
+@pytest.mark.parametrize(("d", "m"), [(2, 4), (6, 2)])  # monomials (d <= M), whitening (d > M)
+def test_em_step_matches_a_float64_reference(d, m):
+    # whitened points: a broad cluster and a narrow one (sd 1e-3) far from the centre, where a
+    # component's covariance (1e-6) is a small difference of second moments (2.25): float32
+    # sums would lose it entirely (measured: relative error 1.1), float64 sums keep it
+    g = torch.Generator().manual_seed(3)
+    B, n = 3, 600
+    broad = torch.randn(B, n // 2, d, generator=g, dtype=DT) * 0.5 - 1.0
+    narrow = torch.randn(B, n // 2, d, generator=g, dtype=DT) * 1e-3 + 1.5
+    u = torch.cat([broad, narrow], 1)
+    weights = torch.softmax(torch.randn(B, n, generator=g, dtype=DT), -1)
+    half = m // 2
+    loc = torch.cat([torch.full((B, half, d), -1.0), torch.full((B, m - half, d), 1.5)], 1)
+    loc = loc.to(DT) + 0.01 * torch.randn(B, m, d, generator=g, dtype=DT)
+    sds = torch.tensor([0.5] * half + [2e-3] * (m - half), dtype=DT)
+    tril = sds[:, None, None] * torch.eye(d, dtype=DT).expand(B, m, d, d)
+    log_mix = torch.full((B, m), -math.log(m), dtype=DT)
+    features = None
+    if d <= m:  # what fit_mixture passes: the monomials, weighted and not, and work space
+        plain = _monomials(u)
+        work = (torch.empty(B, m, n, dtype=DT), torch.empty(B, m, n, dtype=torch.float32))
+        features = (plain, plain * weights[:, None, :], *work)
+    log_w, mean, tril_new = _em_step(u, features, weights, log_mix, loc, tril, 1e-6)
+    ref_log_w, ref_mean, ref_cov = _reference_em_step(u, weights, log_mix, loc, tril, 1e-6)
+    # the responsibilities are float32: every moment is that of weights off by a relative
+    # few float32 eps (1.2e-7); allowed 1e-6, relative to the component's own spread
+    torch.testing.assert_close(log_w.exp(), ref_log_w.exp(), atol=1e-6, rtol=0)
+    kept = ref_log_w.exp() > 1e-8  # the fit parks components below 1e-10 (weight 0)
+    var = torch.diagonal(ref_cov, dim1=-2, dim2=-1)  # [B, M, d]
+    assert (((mean - ref_mean).abs() / var.sqrt())[kept] < 1e-6).all()
+    scale = (var[..., :, None] * var[..., None, :]).sqrt()
+    assert (((tril_new @ tril_new.mT - ref_cov).abs() / scale)[kept] < 1e-6).all()
+    assert var[kept].min() < 1e-5  # the premise: a narrow component far out is compared
+
+
+def test_a_one_component_fit_takes_one_em_iteration(monkeypatch):
+    # with one component every responsibility is 1: the first iteration gives the weighted
+    # moments and every further one returns them again
+    g = torch.Generator().manual_seed(4)
+    z = torch.randn(2, 300, 10, generator=g, dtype=DT)  # 300 points, d = 10: one component
+    log_weights = torch.randn(2, 300, generator=g, dtype=DT)
+    calls = []
+    step = gmm._em_step
+    monkeypatch.setattr(gmm, "_em_step", lambda *a: calls.append(1) or step(*a))
+    once = fit_mixture(z, log_weights, 16, generator=g)
+    assert once.loc.shape[1] == 1
+    assert len(calls) == 1
+    monkeypatch.setattr(gmm, "_em_step", step)
+    _, _, u, weights = gmm._whitened_points(z, log_weights, once.scale_tril[:, 0], 4096, g)
+    zero, eye = torch.zeros(2, 1, dtype=DT), torch.eye(10, dtype=DT).expand(2, 1, 10, 10)
+    first = step(u, None, weights, zero, torch.zeros(2, 1, 10, dtype=DT), eye, 1e-6)
+    again = step(u, None, weights, *first, 1e-6)
+    assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))
+
+
+def test_components_are_drawn_by_inverse_cdf_never_with_zero_weight():
+    # one uniform per draw from the generator, looked up in the cumulative weights; the
+    # components of weight zero (in the middle and at the end) are never drawn
+    log_mix = torch.log(torch.tensor([[0.2, 0.0, 0.5, 0.3, 0.0], [0.0, 0.0, 1.0, 0.0, 0.0]]))
+    mix = GaussianMixture(log_mix, torch.zeros(2, 5, 3), torch.eye(3).expand(2, 5, 3, 3))
+    n = 20_000
+    _, comp = sample_mixture(mix, n, generator=torch.Generator().manual_seed(5))
+    u = torch.rand(2, n, generator=torch.Generator().manual_seed(5))
+    assert torch.equal(comp, torch.searchsorted(component_cdf(log_mix), u, right=True))
+    assert not torch.isin(comp[0], torch.tensor([1, 4])).any()
+    assert (comp[1] == 2).all()
+    assert component_cdf(log_mix)[0, 3:].eq(1.0).all()  # exactly 1 from the last weight on
+    share = (comp[0][:, None] == torch.arange(5)).double().mean(0)
+    p = log_mix[0].exp().double()
+    assert ((share - p).abs() <= 4 * (p * (1 - p) / n).sqrt()).all()  # 4 binomial s.e.
+
+
+@pytest.mark.parametrize("d", [2, 5])  # both evaluation paths at 4 components
+def test_paired_density_is_each_half_under_its_own_mixture(d):
+    g = torch.Generator().manual_seed(6)
+    z = torch.randn(3, 400, d, generator=g)
+    first = mixture_density(fit_mixture(z[:, 200:], torch.zeros(3, 200), 4, generator=g))
+    second = mixture_density(fit_mixture(z[:, :200], torch.zeros(3, 200), 4, generator=g))
+    apart = torch.cat([first.log_prob(z[:, :200]), second.log_prob(z[:, 200:])], 1)
+    pair = paired_density(first, second)
+    assert torch.equal(pair.log_prob(z), apart)
+    rows = torch.tensor([2, 0])
+    assert torch.equal(pair.select(rows).log_prob(z[rows]), apart[rows])
+
+
+@pytest.mark.parametrize(("d", "m"), [(2, 9), (3, 4)])  # both ways: gather, or all products
+def test_apply_component_applies_each_points_own_factor(d, m):
+    g = torch.Generator().manual_seed(12)
+    factors = torch.randn(2, m, d, d, generator=g, dtype=DT)
+    comp = torch.randint(0, m, (2, 50), generator=g)
+    v = torch.randn(2, 50, d, generator=g, dtype=DT)
+    expected = torch.stack(
+        [torch.stack([factors[b, comp[b, k]] @ v[b, k] for k in range(50)]) for b in range(2)]
+    )
+    torch.testing.assert_close(apply_component(factors, comp, v), expected)
+
+
+@pytest.mark.parametrize("m", [5, 80])  # counted, or searched
+def test_first_above_is_the_sorted_search(m):
+    g = torch.Generator().manual_seed(13)
+    weights = torch.rand(3, m, generator=g)
+    weights[:, 1] = 0.0  # a component of weight zero inside, and the last two at the end
+    weights[:, -2:] = 0.0
+    cdf = component_cdf(torch.log(weights))
+    u = torch.rand(3, 5000, generator=g)
+    expected = torch.searchsorted(cdf, u, right=True)
+    assert torch.equal(_first_above(cdf, u), expected)
+    assert not torch.isin(expected, torch.tensor([1, m - 2, m - 1])).any()

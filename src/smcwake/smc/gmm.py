@@ -18,9 +18,10 @@ weights, all observations at once:
    components: at most one per 20 d particles.
 
 Large clouds are fitted on a weighted subsample (systematic resampling, ``max_points``), and the
-arithmetic runs in float64. Component densities are evaluated all at once with matrix products
-(:func:`component_log_prob`), choosing between an expanded quadratic form (few dimensions) and
-whitening by every component (many dimensions).
+arithmetic runs in float64 except for the responsibilities, exponentiated and normalized in
+float32 (:func:`_responsibilities`). Component densities are evaluated all at once with matrix
+products (:func:`component_log_prob`), choosing between an expanded quadratic form (few
+dimensions) and whitening by every component (many dimensions).
 
 The result is a :class:`GaussianMixture` in the original coordinates, with
 :func:`mixture_log_prob`, :func:`component_log_prob` and :func:`sample_mixture` to evaluate and
@@ -35,7 +36,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from smcwake.smc.mh import weighted_cholesky, weighted_mean
+from smcwake.smc.mh import sq_norm, weighted_cholesky, weighted_mean
 from smcwake.smc.resampling import systematic
 
 __all__ = [
@@ -45,10 +46,13 @@ __all__ = [
     "mixture_log_prob",
     "MixtureDensity",
     "mixture_density",
+    "PairedDensity",
+    "paired_density",
     "log_responsibilities",
     "step_log_prob",
     "log_sum_exp",
     "apply_component",
+    "component_cdf",
     "sample_mixture",
     "add_component",
     "remove_last_component",
@@ -107,11 +111,6 @@ _FLOAT32_FLOOR = -80.0
 """Least shifted log-density whose exponential :func:`_log_sum_components` takes in float32."""
 
 
-def _outer(u: Tensor) -> Tensor:
-    """Flattened outer products u u^T. Shapes: u [B, K, d] -> [B, K, d * d]."""
-    return (u[..., :, None] * u[..., None, :]).flatten(-2)
-
-
 def _inverse_tril(scale_tril: Tensor) -> tuple[Tensor, Tensor]:
     """Inverse Cholesky factors L^-1 and half log-determinants of the covariances.
 
@@ -138,12 +137,14 @@ class _DensityTerms(NamedTuple):
     (a move that proposes from a fixed mixture evaluates it at every step).
     """
 
-    center: Tensor | None  # [B, 1, d] subtracted from the points (None: points already centred)
+    center: Tensor  # [B, 1, d] subtracted from the points
     mu: Tensor  # [B, M, d] the locations, centred
-    const: Tensor  # [B, M] log-determinant and normalizing terms
-    quadratic: Tensor  # [B, M, d * d] flattened precisions (d <= M), or [B, d, M * d] stacked L^-1
-    shift: Tensor  # [B, M, d]: P mu (d <= M) or L^-1 mu
-    log_mix: Tensor | None  # [B, M] log mixture weights to add, if any
+    # d <= M: [B, M, F] the coefficients of the points' monomials (_monomial_coefficients),
+    # which include every other term; else [B, d, M * d], every L_j^-1 side by side
+    quadratic: Tensor
+    const: Tensor | None  # [B, M] log-determinant and normalizing terms (d > M)
+    shift: Tensor | None  # [B, M, d] L^-1 mu (d > M)
+    log_mix: Tensor | None  # [B, M] log mixture weights to add, if any (d > M)
 
     def select(self, rows: Tensor) -> _DensityTerms:
         """The terms of the observations ``rows``. Shapes: rows [b] int64."""
@@ -151,39 +152,30 @@ class _DensityTerms(NamedTuple):
 
 
 def _density_terms(
-    loc: Tensor, scale_tril: Tensor, log_mix: Tensor | None = None, centred: bool = False
+    loc: Tensor, scale_tril: Tensor, log_mix: Tensor | None = None
 ) -> _DensityTerms:
     """The per-mixture part of :func:`_log_density_by_component` (see there).
-
-    ``centred``: the points will be given already centred (EM on whitened points), so the
-    locations are not recentred either.
 
     Shapes: loc [B, M, d], scale_tril [B, M, d, d], log_mix [B, M] -> _DensityTerms.
     """
     d, M = loc.shape[-1], loc.shape[1]
     f64 = torch.float64
-    inv, half_log_det = _inverse_tril(scale_tril.to(f64))
-    if centred:
-        center, mu = None, loc.to(f64)
-    else:
-        center = loc.to(f64).mean(1, keepdim=True)  # [B, 1, d]
-        mu = loc.to(f64) - center  # [B, M, d]
-    const = 2 * half_log_det + d * math.log(2 * math.pi)  # [B, M]
+    center = loc.to(f64).mean(1, keepdim=True)  # [B, 1, d]
+    mu = loc.to(f64) - center  # [B, M, d]
     if d <= M:
-        prec = inv.mT @ inv  # [B, M, d, d]
-        p_mu = (prec @ mu[..., None])[..., 0]  # [B, M, d]
-        const = const + (mu * p_mu).sum(-1)
-        quadratic, shift = prec.flatten(-2), p_mu
-    else:
-        quadratic, shift = _stacked(inv), (inv @ mu[..., None])[..., 0]
-    return _DensityTerms(center, mu, const, quadratic, shift, log_mix)
+        log_mix = mu.new_zeros(mu.shape[:2]) if log_mix is None else log_mix.to(f64)
+        coefficients = _monomial_coefficients(log_mix, mu, scale_tril.to(f64))
+        return _DensityTerms(center, mu, coefficients, None, None, None)
+    inv, half_log_det = _inverse_tril(scale_tril.to(f64))
+    const = 2 * half_log_det + d * math.log(2 * math.pi)  # [B, M]
+    shift = (inv @ mu[..., None])[..., 0]
+    return _DensityTerms(center, mu, _stacked(inv), const, shift, log_mix)
 
 
 def _log_density_by_component(
     z: Tensor,
     loc: Tensor | None = None,
     scale_tril: Tensor | None = None,
-    outer: Tensor | None = None,
     log_mix: Tensor | None = None,
     *,
     terms: _DensityTerms | None = None,
@@ -193,13 +185,12 @@ def _log_density_by_component(
 
     Two equivalent evaluations of the quadratic form |L_j^-1 (z_k - mu_j)|^2, chosen by cost.
     With few dimensions (d <= M) it is expanded, z^T P z - 2 mu^T P z + mu^T P mu with P the
-    precision: one product with the flattened outer products z z^T [K, d^2]. Otherwise every
+    precision: one product of the points' monomials [z_i z_j, z, 1] (:func:`_monomials`) with
+    coefficients that hold every other term, log_mix included. Otherwise every
     L_j^-1 is applied to every point by one matrix product [K, d] x [d, M d]. Both are taken
     about the mean of the locations, in float64, which keeps the cancellation error far below
-    the form for any realistic spread. ``outer``: the precomputed ``_outer(z)`` of float64 points
-    z that are already centred (EM on whitened points reuses it across iterations); z is then
-    not recentred. ``terms``: the mixture's part, computed beforehand by :func:`_density_terms`
-    (then ``loc``, ``scale_tril`` and ``log_mix`` are not read).
+    the form for any realistic spread. ``terms``: the mixture's part, computed beforehand by
+    :func:`_density_terms` (then ``loc``, ``scale_tril`` and ``log_mix`` are not read).
 
     The [B, M, K] layout makes the big products long and thin the fast way round, and the
     result is finished in place: with many points these tensors are megabytes, and every fresh
@@ -208,17 +199,14 @@ def _log_density_by_component(
     Shapes: z [B, K, d], loc [B, M, d], scale_tril [B, M, d, d], log_mix [B, M] -> [B, M, K].
     """
     if terms is None:
-        terms = _density_terms(loc, scale_tril, log_mix, centred=outer is not None)
+        terms = _density_terms(loc, scale_tril, log_mix)
     B, K, d = z.shape
     M = terms.mu.shape[1]
-    u = z if terms.center is None else z.to(torch.float64) - terms.center
+    u = z.to(torch.float64) - terms.center
     if d <= M:
-        uu = _outer(u) if outer is None else outer
-        out = terms.quadratic @ uu.mT  # [B, M, K]
-        out.baddbmm_(terms.shift, u.mT, alpha=-2.0)
-    else:
-        white = (u @ terms.quadratic).view(B, K, M, d) - terms.shift[:, None]
-        out = white.square_().sum(-1).mT.contiguous()  # [B, M, K]
+        return terms.quadratic @ _monomials(u)  # [B, M, K]
+    white = (u @ terms.quadratic).view(B, K, M, d) - terms.shift[:, None]
+    out = sq_norm(white).mT.contiguous()  # [B, M, K]
     out.add_(terms.const[..., None]).mul_(-0.5)
     if terms.log_mix is not None:
         out.add_(terms.log_mix.to(torch.float64)[..., None])
@@ -249,10 +237,12 @@ def apply_component(factors: Tensor, component: Tensor, v: Tensor) -> Tensor:
     """
     B, M, d, _ = factors.shape
     K = v.shape[1]
-    if d <= M:  # a batched matrix-vector product: 3 times faster than multiply-and-sum at d = 2
+    if 4 * d < M:  # a batched matrix-vector product: 3 times faster than multiply-and-sum at d = 2
         chosen = torch.gather(factors, 1, component[..., None, None].expand(B, K, d, d))
         return (chosen @ v[..., None])[..., 0]
-    every = (v @ _stacked(factors)).view(B, K, M, d)  # all M products, then pick one
+    # all M products in one matrix product, then pick one: as fast as the above at d = 2 with
+    # 13 components, 2.4 times faster at d = 5 with 6 (B = 32, 500 points)
+    every = (v @ _stacked(factors)).view(B, K, M, d)
     return torch.gather(every, 2, component[..., None, None].expand(B, K, 1, d))[:, :, 0]
 
 
@@ -272,28 +262,28 @@ def mixture_log_prob(mixture: GaussianMixture, z: Tensor) -> Tensor:
     -1.8379
     """
     # summed over the components in the [B, M, K] layout
-    log_p = _log_density_by_component(z, mixture.loc, mixture.scale_tril, None, mixture.log_mix)
+    log_p = _log_density_by_component(z, mixture.loc, mixture.scale_tril, mixture.log_mix)
     return _log_sum_components(log_p, z.dtype)
 
 
 class MixtureDensity(NamedTuple):
     """A mixture prepared for many evaluations and draws (:func:`mixture_density`).
 
-    Its component probabilities and the float64 terms of its component densities (inverse
-    Cholesky factors, precisions, log-determinants) are computed once instead of at every call:
-    a move proposing from a fixed mixture evaluates and samples it at every step. The results
-    are those of :func:`mixture_log_prob` and :func:`sample_mixture`.
+    Its cumulative component probabilities and the float64 terms of its component densities
+    (precisions or inverse Cholesky factors, log-determinants) are computed once instead of
+    at every call: a move proposing from a fixed mixture evaluates and samples it at every
+    step. The results are those of :func:`mixture_log_prob` and :func:`sample_mixture`.
     """
 
     mixture: GaussianMixture
-    probs: Tensor  # [B, M] the component probabilities, softmax(log_mix)
+    cdf: Tensor  # [B, M] the components' cumulative probabilities (:func:`component_cdf`)
     terms: _DensityTerms
 
     def select(self, rows: Tensor) -> MixtureDensity:
         """The mixtures of the observations ``rows``. Shapes: rows [b] int64."""
         return MixtureDensity(
             GaussianMixture(*(t[rows] for t in self.mixture)),
-            self.probs[rows],
+            self.cdf[rows],
             self.terms.select(rows),
         )
 
@@ -304,7 +294,7 @@ class MixtureDensity(NamedTuple):
 
     def sample(self, n: int, generator: torch.Generator | None) -> Tensor:
         """n draws per observation, as :func:`sample_mixture`'s. Shapes: -> [B, n, d]."""
-        return sample_mixture(self.mixture, n, generator=generator, probs=self.probs)[0]
+        return sample_mixture(self.mixture, n, generator=generator, cdf=self.cdf)[0]
 
 
 def mixture_density(mixture: GaussianMixture) -> MixtureDensity:
@@ -317,7 +307,44 @@ def mixture_density(mixture: GaussianMixture) -> MixtureDensity:
     -1.8379
     """
     terms = _density_terms(mixture.loc, mixture.scale_tril, mixture.log_mix)
-    return MixtureDensity(mixture, torch.softmax(mixture.log_mix, -1), terms)
+    return MixtureDensity(mixture, component_cdf(mixture.log_mix), terms)
+
+
+class PairedDensity(NamedTuple):
+    """Two prepared mixtures per observation, each serving one half of the particles
+    (:func:`paired_density`): the density of every particle under its half's mixture in one
+    evaluation instead of two and a join."""
+
+    terms: _DensityTerms  # every field [B, 2, ...]: the first mixture's, then the second's
+
+    def select(self, rows: Tensor) -> PairedDensity:
+        """The pairs of the observations ``rows``. Shapes: rows [b] int64."""
+        return PairedDensity(self.terms.select(rows))
+
+    def log_prob(self, z: Tensor) -> Tensor:
+        """log m_1(z_k) for k < K / 2, log m_2(z_k) for the others.
+
+        Shapes: z [B, K, d] (K even) -> [B, K].
+        """
+        B, K, d = z.shape
+        flat = _DensityTerms(*(None if t is None else t.flatten(0, 1) for t in self.terms))
+        log_p = _log_density_by_component(z.reshape(2 * B, K // 2, d), terms=flat)
+        return _log_sum_components(log_p, z.dtype).reshape(B, K)
+
+
+def paired_density(first: MixtureDensity, second: MixtureDensity) -> PairedDensity:
+    """``first`` for the first half of the particles, ``second`` for the second half.
+
+    Shapes: two prepared mixtures with [B, M] components each -> PairedDensity.
+    """
+    return PairedDensity(
+        _DensityTerms(
+            *(
+                None if a is None else torch.stack([a, b], 1)
+                for a, b in zip(first.terms, second.terms, strict=True)
+            )
+        )
+    )
 
 
 def log_responsibilities(mixture: GaussianMixture, z: Tensor) -> Tensor:
@@ -326,23 +353,58 @@ def log_responsibilities(mixture: GaussianMixture, z: Tensor) -> Tensor:
     return log_p - log_sum_exp(log_p, keepdim=True)
 
 
+def component_cdf(log_mix: Tensor) -> Tensor:
+    """The cumulative component probabilities, for :func:`sample_mixture`'s inverse-CDF draws.
+
+    Divided by their last entry, so every entry from the last component of positive weight on
+    is exactly 1: a uniform draw in [0, 1) then never lands on a trailing component of weight
+    zero.
+
+    Shapes: log_mix [B, M] -> [B, M].
+    """
+    cdf = torch.softmax(log_mix, -1).cumsum(-1)
+    return cdf / cdf[:, -1:]
+
+
+def _first_above(cdf: Tensor, u: Tensor) -> Tensor:
+    """For each u, the first component j with cdf_j > u (u < 1, the last entry of every row).
+
+    That is ``searchsorted(cdf, u, right=True)``; with few components it is counted instead,
+    u >= cdf_j summed over j, four times faster than torch's batched search (13 components,
+    32 x 2000 draws). A component of weight zero repeats the entry before it, so no u lands
+    on it.
+
+    Shapes: cdf [B, M], u [B, n] -> [B, n] int64.
+    """
+    M = cdf.shape[1]
+    if M > 64:
+        return torch.searchsorted(cdf, u, right=True).clamp_max_(M - 1)
+    count = torch.zeros(u.shape, dtype=torch.uint8, device=u.device)
+    for j in range(M - 1):
+        count += u >= cdf[:, j : j + 1]
+    return count.long()
+
+
 def sample_mixture(
     mixture: GaussianMixture,
     n: int,
     *,
     generator: torch.Generator | None = None,
-    probs: Tensor | None = None,
+    cdf: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Draw n points per observation and report the component each came from.
 
-    ``probs``: ``softmax(mixture.log_mix)`` if already computed.
+    Components are drawn by inverse CDF: one uniform per point, looked up in the cumulative
+    probabilities (``cdf``: :func:`component_cdf` of ``mixture.log_mix``, if already computed),
+    several times faster than ``torch.multinomial`` for the same draws in law.
 
     Shapes: -> (z [B, n, d], component [B, n] int64).
     """
     loc, tril = mixture.loc, mixture.scale_tril
     B, M, d = loc.shape
-    probs = torch.softmax(mixture.log_mix, -1) if probs is None else probs
-    component = torch.multinomial(probs, n, replacement=True, generator=generator)  # [B, n]
+    cdf = component_cdf(mixture.log_mix) if cdf is None else cdf
+    u = torch.rand(B, n, generator=generator, dtype=cdf.dtype, device=cdf.device)
+    component = _first_above(cdf, u)  # [B, n]
     eps = torch.randn(B, n, d, generator=generator, dtype=loc.dtype, device=loc.device)
     chosen_loc = torch.gather(loc, 1, component[..., None].expand(-1, -1, d))
     return chosen_loc + apply_component(tril, component, eps), component
@@ -510,40 +572,94 @@ def _whitened_points(
     return mean, L, u, weights
 
 
-def _em_step(
-    u: Tensor,
-    uu: Tensor | None,
-    weights: Tensor,
-    log_mix: Tensor,
-    loc: Tensor,
-    tril: Tensor,
-    relative_ridge: float,
-) -> tuple[Tensor, Tensor, Tensor]:
-    """One EM iteration on whitened, weighted points: E-step, then the M-step's weights,
-    means and ridged covariances (as Cholesky factors); empty components are parked.
+def _monomials(u: Tensor) -> Tensor:
+    """Each point's monomials up to degree two, [u_i u_j (i >= j), u, 1], points last.
 
-    ``uu``: the points' flattened outer products (used when d <= M), or None.
+    A component's log pi_j N_j(u) is linear in these (:func:`_monomial_coefficients`), and the
+    M-step's sums (second moments, first moments, mass) are their responsibility-weighted
+    sums: with the monomials computed once per fit, each E-step and each M-step is one matrix
+    product.
 
-    Shapes: u [B, n, d], weights [B, n], log_mix [B, M], loc [B, M, d], tril [B, M, d, d]
-    -> (log_mix, loc, tril) of the same shapes.
+    Shapes: u [B, n, d] -> [B, d (d + 1) / 2 + d + 1, n].
     """
-    d, M = u.shape[-1], loc.shape[1]
+    B, n, d = u.shape
+    t = d * (d + 1) // 2
+    ut = u.mT.contiguous()  # rows of n values, multiplied row by row into place
+    out = u.new_empty(B, t + d + 1, n)
+    for i in range(d):  # the pairs (i, 0..i) in the order of torch.tril_indices
+        start = i * (i + 1) // 2
+        torch.mul(ut[:, i : i + 1], ut[:, : i + 1], out=out[:, start : start + i + 1])
+    out[:, t : t + d] = ut
+    out[:, -1] = 1.0
+    return out
+
+
+def _monomial_coefficients(log_mix: Tensor, loc: Tensor, tril: Tensor) -> Tensor:
+    """The coefficients c_j with log pi_j N(u; mu_j, L_j L_j^T) = c_j . m(u), m the
+    :func:`_monomials`.
+
+    With P_j the precision, the quadratic form expands into -1/2 P_j,ii u_i^2 and
+    -P_j,ik u_i u_k (i > k), P_j mu_j . u and a constant that takes the normalizing terms and
+    log pi_j.
+
+    Shapes: log_mix [B, M], loc [B, M, d], tril [B, M, d, d] -> [B, M, d (d + 1) / 2 + d + 1].
+    """
+    d = loc.shape[-1]
+    i, j = torch.tril_indices(d, d, device=loc.device)
+    prec = torch.cholesky_inverse(tril)  # [B, M, d, d]
+    p_mu = (prec @ loc[..., None])[..., 0]  # [B, M, d]
+    half_log_det = torch.log(torch.diagonal(tril, dim1=-2, dim2=-1)).sum(-1)
+    quadratic = prec[..., i, j] * torch.where(i == j, -0.5, -1.0).to(prec.dtype)
+    # a weight of zero as -1e300 rather than -inf: the same zero density, without relying on
+    # how a matrix product treats infinities
+    log_mix = log_mix.clamp_min(-1e300)
+    const = log_mix - half_log_det - 0.5 * ((loc * p_mu).sum(-1) + d * math.log(2 * math.pi))
+    return torch.cat([quadratic, p_mu, const[..., None]], -1)
+
+
+_EXP_FLOOR = -80.0
+"""Least shifted log-density whose exponential the E-step takes (see :func:`_responsibilities`)."""
+
+
+def _responsibilities(log_p: Tensor, scratch: Tensor | None = None) -> Tensor:
+    """The responsibilities r_kj from the components' log-densities, written over them.
+
+    The log-densities are shifted by each point's largest (in float64), then exponentiated
+    and normalized over the components in float32, about twice as fast as in float64: each
+    r_kj is off by a relative few 1e-8, so the M-step computes the exact weighted moments of
+    the points under weights perturbed by as little. Its sums stay in float64 (the result is
+    returned in float64): a covariance is a difference of second moments, and float32 sums
+    would lose it for a narrow component far from the cloud's centre. Shifted values below
+    ``_EXP_FLOOR`` are raised to it, so that every float32 value stays a normal number
+    (exponentials and conversions of subnormal ones run many times slower); a component that
+    far from a point gets a responsibility of e^-80 instead of less, far below anything the
+    fit resolves. ``scratch``: a float32 tensor of the same shape to work in (a fit reuses
+    one across its iterations: a fresh tensor of this size costs page faults of the order of
+    the arithmetic).
+
+    Shapes: log_p [B, M, n] float64 -> log_p, holding r.
+    """
+    log_p.sub_(log_p.amax(1, keepdim=True))
+    r = log_p.to(torch.float32) if scratch is None else scratch.copy_(log_p)
+    r.clamp_min_(_EXP_FLOOR).exp_()
+    return log_p.copy_(r.div_(r.sum(1, keepdim=True)))
+
+
+def _m_step(
+    mass: Tensor, first: Tensor, second: Tensor, relative_ridge: float
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Weights, means and ridged covariances (as Cholesky factors) from the weighted sums of
+    one E-step; empty components parked.
+
+    Shapes: mass [B, M] (sum_k W_k r_kj), first [B, M, d], second [B, M, d, d] (the weighted
+    sums of u_k and u_k u_k^T) -> (log_mix [B, M], loc [B, M, d], tril [B, M, d, d]).
+    """
+    d = first.shape[-1]
     f64 = torch.float64
-    eye = torch.eye(d, dtype=f64, device=u.device)
+    eye = torch.eye(d, dtype=f64, device=first.device)
     tiny = torch.finfo(f64).tiny
     absolute_ridge = 1e-12  # in whitened units, where the cloud's covariance is I
-    # u is centred on the cloud's mean and whitened: no recentring, its outer products kept
-    resp = _log_density_by_component(u, loc, tril, uu, log_mix)  # [B, M, n]
-    # responsibilities times the weights, W_k r_kj, in place (softmax over the components)
-    resp.sub_(resp.amax(1, keepdim=True)).exp_()
-    resp.mul_(weights[:, None, :] / resp.sum(1, keepdim=True))
-    mass = resp.sum(2)  # [B, M], sums to 1
-    loc = (resp @ u) / mass.clamp_min(tiny)[..., None]
-    if uu is not None:
-        second = (resp @ uu).unflatten(-1, (d, d))  # sum_k W_k r_kj u_k u_k^T
-    else:
-        weighted = (resp.mT[..., :, None] * u[..., None, :]).flatten(-2)  # [B, n, M * d]
-        second = (weighted.mT @ u).unflatten(1, (M, d))
+    loc = first / mass.clamp_min(tiny)[..., None]
     scatter = second - mass[..., None, None] * (loc[..., :, None] * loc[..., None, :])
     cov = scatter / mass.clamp_min(tiny)[..., None, None]
     # a ridge relative to the component's own scale (and a tiny absolute one): it keeps a
@@ -559,6 +675,46 @@ def _em_step(
     tril = torch.where(alive[..., None, None], tril, eye)
     log_mix = torch.where(alive, torch.log(mass.clamp_min(tiny)), -math.inf)
     return log_mix, loc, tril
+
+
+def _em_step(
+    u: Tensor,
+    features: tuple[Tensor, Tensor, Tensor, Tensor] | None,
+    weights: Tensor,
+    log_mix: Tensor,
+    loc: Tensor,
+    tril: Tensor,
+    relative_ridge: float,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """One EM iteration on whitened, weighted points: E-step, then the M-step's weights,
+    means and ridged covariances (as Cholesky factors); empty components are parked.
+
+    ``features``: the points' :func:`_monomials`, the same times the points' weights, and
+    two [B, M, n] tensors to work in, float64 and float32; or None to whiten the points by
+    every component instead (when the features, of size d^2 / 2, would outweigh that).
+
+    Shapes: u [B, n, d], weights [B, n], log_mix [B, M], loc [B, M, d], tril [B, M, d, d]
+    -> (log_mix, loc, tril) of the same shapes.
+    """
+    B, n, d = u.shape
+    M = loc.shape[1]
+    if features is not None:
+        plain, weighted, log_p, scratch = features
+        torch.bmm(_monomial_coefficients(log_mix, loc, tril), plain, out=log_p)  # [B, M, n]
+        resp = _responsibilities(log_p, scratch)
+        sums = weighted @ resp.mT  # [B, F, M]: second moments, first moments, mass
+        t = d * (d + 1) // 2
+        i, j = torch.tril_indices(d, d, device=u.device)
+        second = sums.new_empty(B, M, d, d)
+        second[..., i, j] = sums[:, :t].mT
+        second[..., j, i] = sums[:, :t].mT
+        return _m_step(sums[:, -1], sums[:, t : t + d].mT, second, relative_ridge)
+    # u is centred on the cloud's mean and whitened: no recentring
+    resp = _responsibilities(_log_density_by_component(u, loc, tril, log_mix))
+    resp.mul_(weights[:, None, :])  # W_k r_kj
+    weighted = (resp.mT[..., :, None] * u[..., None, :]).flatten(-2)  # [B, n, M * d]
+    second = (weighted.mT @ u).unflatten(1, (M, d))  # sum_k W_k r_kj u_k u_k^T
+    return _m_step(resp.sum(2), resp @ u, second, relative_ridge)
 
 
 WARM_ITERATIONS = 10
@@ -643,7 +799,8 @@ def fit_mixture(
             this fit would have, else ignored. Its components of weight zero are seeded afresh.
         warm_iterations: EM iterations after a warm start (at most ``num_iterations``).
 
-    The fit runs in float64; the mixture has the dtype of ``z``.
+    The fit runs in float64, its responsibilities in float32 (the M-step's sums in float64);
+    the mixture has the dtype of ``z``.
 
     Shapes: z [B, K, d], log_weights [B, K] -> GaussianMixture with [B, M] components.
 
@@ -673,7 +830,20 @@ def fit_mixture(
     if chol is None:
         chol = weighted_cholesky(z, log_weights)
     mean, L, u, weights = _whitened_points(z, log_weights, chol, max_points, generator)
-    uu = _outer(u) if d <= M else None  # [B, n, d * d], when cheaper than [B, M, n, d]
+    # the expanded form when its features are no larger than the [B, n, M d] of whitening the
+    # points by every component, which the other form does at each iteration (measured: the
+    # expanded form takes 0.67 of the time at d = 2, 12 components, 1.3 times at d = 10, 2)
+    features = None
+    if d * (d + 1) // 2 + d + 1 <= M * d:
+        plain = _monomials(u)
+        n = u.shape[1]
+        work = (
+            torch.empty(B, M, n, dtype=f64, device=z.device),
+            torch.empty(B, M, n, device=z.device),
+        )
+        features = (plain, plain * weights[:, None, :], *work)
+    if M == 1:  # one component: the first iteration gives the weighted moments, a fixed point
+        num_iterations = min(num_iterations, 1)
     if init is not None and tuple(init.loc.shape) == (B, M, d):
         log_mix, loc, tril = _whitened_start(init, mean, L, u, weights, generator)
         num_iterations = min(num_iterations, warm_iterations)
@@ -683,7 +853,7 @@ def fit_mixture(
         tril = (eye / M ** (1.0 / d)).expand(B, M, d, d)  # the cloud's volume split M ways
         log_mix = torch.full((B, M), -math.log(M), dtype=f64, device=z.device)
     for _ in range(num_iterations):
-        log_mix, loc, tril = _em_step(u, uu, weights, log_mix, loc, tril, relative_ridge)
+        log_mix, loc, tril = _em_step(u, features, weights, log_mix, loc, tril, relative_ridge)
     return GaussianMixture(
         (log_mix - torch.logsumexp(log_mix, -1, keepdim=True)).to(z.dtype),
         (mean[:, None, :] + loc @ L.mT).to(z.dtype),

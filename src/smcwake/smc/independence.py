@@ -60,9 +60,16 @@ from typing import TYPE_CHECKING, NamedTuple
 import torch
 from torch import Tensor
 
+from smcwake._ops import select
 from smcwake.smc.base import make_kernel
 from smcwake.smc.composite import _put_rows, _rows
-from smcwake.smc.gmm import MixtureDensity, PreviousFits, mixture_density
+from smcwake.smc.gmm import (
+    MixtureDensity,
+    PairedDensity,
+    PreviousFits,
+    mixture_density,
+    paired_density,
+)
 from smcwake.smc.mh import (
     Kernel,
     MoveInfo,
@@ -357,7 +364,7 @@ def _independence_step(
     ctx.tally.add(active, acc_f, used, sq, tag)
     chains = _Chains(
         sub if rows is None else _put_rows(chains.state, rows, sub),
-        _put(chains.log_g, rows, torch.where(acc, log_g_new, log_g)),
+        _put(chains.log_g, rows, select(acc, log_g_new, log_g)),
         _put(chains.moved, rows, moved_now),
         rate if rows is None else chains.inside_rate.index_copy(1, rows, rate),
     )
@@ -389,7 +396,7 @@ def _stop_where_done(
     out = update_where(out, newly, sub.z, sub.log_prior, sub.loglik)
     return _Returned(
         out if rows is None else _put_rows(returned.state, rows, out),
-        _put(returned.moved, rows, torch.where(newly, moved_now, _part(returned.moved, rows))),
+        _put(returned.moved, rows, select(newly, moved_now, _part(returned.moved, rows))),
         _put(returned.stopped, rows, stopped | newly),
     )
 
@@ -500,24 +507,33 @@ def _prepared_proposal(
 
     Their density terms and component probabilities are computed once per call
     (:func:`~smcwake.smc.gmm.mixture_density`), and the rows of the observations still
-    stepping are selected once each time that set changes, not at every step.
+    stepping are selected once each time that set changes, not at every step. When the halves
+    are of equal size, both densities are evaluated in one pass
+    (:func:`~smcwake.smc.gmm.paired_density`).
     """
     full = (mixture_density(fit.first), mixture_density(fit.second))
-    cache: dict[str, object] = {"rows": None, "part": full}
+    pair = paired_density(*full) if fit.first.loc.shape == fit.second.loc.shape else None
+    cache: dict[str, object] = {"rows": None, "part": (full, pair)}
 
-    def part(rows: Tensor | None) -> tuple[MixtureDensity, MixtureDensity]:
+    def part(
+        rows: Tensor | None,
+    ) -> tuple[tuple[MixtureDensity, MixtureDensity], PairedDensity | None]:
         if rows is None:
-            return full
+            return full, pair
         if cache["rows"] is not rows:  # the step loop passes the same tensor until it changes
-            cache["rows"], cache["part"] = rows, tuple(m.select(rows) for m in full)
+            sides = tuple(m.select(rows) for m in full)
+            cache["rows"] = rows
+            cache["part"] = (sides, None if pair is None else pair.select(rows))
         return cache["part"]  # type: ignore[return-value]
 
     def sample_side(side: int, rows: Tensor | None, n: int) -> tuple[Tensor, None]:
-        return part(rows)[side].sample(n, generator), None
+        return part(rows)[0][side].sample(n, generator), None
 
     def log_proposal(z: Tensor, rows: Tensor | None) -> Tensor:
-        first, second = part(rows)
+        (first, second), both = part(rows)
         h = fit.half
+        if both is not None and 2 * h == z.shape[1]:
+            return both.log_prob(z)
         return torch.cat([first.log_prob(z[:, :h]), second.log_prob(z[:, h:])], 1)
 
     return sample_side, log_proposal

@@ -50,6 +50,7 @@ __all__ = [
     "standard_normal",
     "accept",
     "whitened_sq_norm",
+    "sq_norm",
     "log_target_ratio",
     "update_where",
     "ADAPTATION_GAIN",
@@ -116,13 +117,24 @@ def accept(log_ratio: Tensor, generator: torch.Generator | None) -> Tensor:
     return torch.log(u) < torch.nan_to_num(log_ratio, nan=-math.inf)
 
 
+def sq_norm(v: Tensor) -> Tensor:
+    """Squared Euclidean length over the last axis, as a product with a vector of ones.
+
+    torch reduces over a short last axis several times slower than it multiplies by a vector:
+    4 times at d = 2, 2.4 times at d = 5 (128 x 250 points, one thread).
+
+    Shapes: v [..., d] -> [...].
+    """
+    ones = torch.ones(v.shape[-1], 1, dtype=v.dtype, device=v.device)
+    return (v.square() @ ones)[..., 0]
+
+
 def whitened_sq_norm(step: Tensor, chol: Tensor) -> Tensor:
     """Squared length of ``step`` in the metric of the cloud covariance L L^T.
 
     Shapes: step [B, K, d], chol [B, d, d] -> [B, K].
     """
-    white = torch.linalg.solve_triangular(chol, step.mT, upper=False).mT
-    return white.square().sum(-1)
+    return sq_norm(torch.linalg.solve_triangular(chol, step.mT, upper=False).mT)
 
 
 def log_target_ratio(state: SMCState, log_prior: Tensor, loglik: Tensor) -> Tensor:

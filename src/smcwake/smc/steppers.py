@@ -31,6 +31,7 @@ from smcwake.smc.mh import (
     MoveInfo,
     Target,
     accept,
+    sq_norm,
     standard_normal,
     update_where,
     whitened_sq_norm,
@@ -134,39 +135,40 @@ def mala_stepper(target_acceptance: float = 0.574) -> Stepper:
     The Metropolis-Hastings ratio uses both proposal densities N(z'; drift(z), h Sigma) and
     N(z; drift(z'), h Sigma), so each step is exact for pi_tau. ``start`` evaluates the gradient
     at the current points (one evaluation per particle); each step one more.
+
+    Everything is computed in the whitened coordinates of the metric, where it needs no linear
+    solve: with g~ = L^T grad (kept for the current points), the step is
+    z' - z = sqrt(h) L w, w = xi + (sqrt(h) / 2) g~; the forward density's quadratic form is
+    |xi|^2, the reverse one's |xi + (sqrt(h) / 2) (g~ + g~')|^2 (since
+    L^-1 (z - drift(z')) = -sqrt(h) w - (h / 2) g~'), and the squared jump in the metric of the
+    cloud is h |w|^2.
     """
 
     def start(state: SMCState, target: Target, chol: Tensor) -> Carry:
         d = state.z.shape[-1]
         h = (state.scale.to(chol.dtype) ** 2 / d ** (1 / 3))[:, None, None]  # [B, 1, 1]
         _, _, grad = target.evaluate_with_grad(state.z, state.tau)
-        return h, chol @ chol.mT, grad
+        # log pi_tau of the current particles, kept up to date instead of recomputed per step
+        current = state.log_prior + tempered(state.loglik, state.tau)
+        return torch.sqrt(h), grad @ chol, current
 
     def step(state, carry: Carry, target: Target, generator, chol: Tensor) -> StepResult:
-        h, sigma, grad = carry
-
-        def drift(z: Tensor, g: Tensor) -> Tensor:
-            return z + 0.5 * h * (g @ sigma.mT)
-
-        def log_q(to: Tensor, frm_drift: Tensor) -> Tensor:  # log N(to; drift, h Sigma) + c
-            return -0.5 * whitened_sq_norm(to - frm_drift, chol) / h[..., 0]
-
-        mean_fwd = drift(state.z, grad)
-        z_new = mean_fwd + torch.sqrt(h) * (standard_normal(state.z, generator) @ chol.mT)
+        root_h, white_grad, current = carry  # [B, 1, 1], [B, K, d] (L^T grad), [B, K]
+        xi = standard_normal(state.z, generator)
+        w = xi + (0.5 * root_h) * white_grad
+        z_new = state.z + root_h * (w @ chol.mT)
         lp, ll, grad_new = target.evaluate_with_grad(z_new, state.tau)
-        log_ratio = (
-            lp
-            + tempered(ll, state.tau)
-            - state.log_prior
-            - tempered(state.loglik, state.tau)
-            + log_q(state.z, drift(z_new, grad_new))
-            - log_q(z_new, mean_fwd)
-        )
+        white_new = grad_new @ chol
+        proposed = lp + tempered(ll, state.tau)
+        back = xi + (0.5 * root_h) * (white_grad + white_new)
+        # log q(z | z') - log q(z' | z) = (|xi|^2 - |back|^2) / 2
+        log_ratio = proposed - current + 0.5 * (sq_norm(xi) - sq_norm(back))
         acc = accept(log_ratio, generator)
-        jump = torch.where(acc, whitened_sq_norm(z_new - state.z, chol), 0.0)
+        jump = acc.to(current.dtype) * sq_norm(w) * root_h[..., 0].square()
         state = update_where(state, acc, z_new, lp, ll)
-        grad = torch.where(acc[..., None], grad_new, grad)
-        return state, (h, sigma, grad), acc, jump
+        white_grad = select(acc[..., None], white_new, white_grad)
+        current = select(acc, proposed, current)
+        return state, (root_h, white_grad, current), acc, jump
 
     gain = GRADIENT_ADAPTATION_GAIN
     return Stepper("mala", start, step, 1, 1, target_acceptance, 1.0, adaptation_gain=gain)
