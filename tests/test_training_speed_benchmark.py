@@ -116,3 +116,15 @@ def test_script_runs_and_writes_a_section(tmp_path):
     assert "<!-- begin training-speed -->" in text
     assert "fewer particles" in text
     assert "**gamma-poisson**" in text
+
+
+def test_time_to_target_is_the_first_evaluation_at_or_below_it():
+    curve = [
+        {"cpu_time": 60.0, "forward_kl": 0.10},
+        {"cpu_time": 150.0, "forward_kl": 0.035},  # at the target counts
+        {"cpu_time": 240.0, "forward_kl": 0.030},
+    ]
+    assert ts._time_to(curve) == "2.5"
+    assert ts._time_to(curve, target=0.031) == "4.0"
+    assert ts._time_to(curve, target=0.01) == "not reached"
+    assert ts._at(curve, 3, 0) == "0.035"  # the last evaluation within 3 CPU minutes

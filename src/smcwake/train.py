@@ -111,26 +111,34 @@ class TrainConfig:
     """Every setting of a training run. The defaults were chosen by a training ablation
     (docs/RESULTS.md): a cosine-decayed learning rate and enough steps bring the encoder within
     0.02 C2ST of its own SMC's particles on two-moons and a spike-and-slab model (from 0.03 and
-    0.06 at the old 2,000 constant-rate steps); then a training-speed comparison set how a step
-    spends its time: 6,000 steps scoring 64 particles per observation, with an SMC refresh every
-    25, reach the forward KL of the earlier 4,000 steps of 256 particles refreshed every 10
-    (0.033 nats on a 10-d box-prior model, paired difference -0.0001 +- 0.0004; lower on
-    two-moons and spike-slab, C2ST level) in about half the CPU time (15.8 against 31.0 CPU
-    minutes on the 10-d model, 7.0 against 14.3 and 4.9 against 8.5 in 2-D).
+    0.06 at the old 2,000 constant-rate steps); then training-speed comparisons set how a step
+    spends its time and how fast it learns: 4,500 steps of a peak learning rate of 1e-2,
+    scoring 32 particles per observation, with an SMC refresh every 100 steps, reach the
+    forward KL of the earlier settings (0.033 nats on a 10-d box-prior model; paired
+    difference to 6,000 steps of 64 particles at lr 1e-3 refreshed every 25: -0.0001 +- 0.0015)
+    in 4.8 CPU minutes on one thread against 15.8, and on two-moons and spike-slab score a
+    lower C2ST (0.502 and 0.514, floors 0.498 and 0.511) and a third of the forward KL in 2.0
+    and 1.6 CPU minutes against 7.0 and 4.9.
 
     Args:
         method: one of :data:`smcwake.objectives.METHOD_NAMES`, or a name registered with
             :func:`smcwake.objectives.register_method`.
         steps: optimizer steps (at 2,000 the encoder was 0.03-0.06 C2ST short of its SMC's
-            particles in the ablation; 4,000 with the cosine schedule came within 0.02, and
-            6,000 of the cheaper steps of 64 particles match those 4,000 at half their cost).
+            particles in the ablation; 4,000 with the cosine schedule came within 0.02; at the
+            peak rate of 1e-2, 3,000 steps left the 10-d model at 0.037 nats and 4,500 reached
+            0.033).
         batch_size: observations per minibatch.
         num_particles: K, particles per SMC run.
         num_proposals: proposals per observation for the importance-sampling baselines (wake,
             defensive-wake, iwae, msc), samples for elbo, simulations per observation for sleep.
-        refresh_every: steps between SMC refreshes (SMC-Wake methods).
+        refresh_every: steps between SMC refreshes (SMC-Wake methods). Every 100: every 150
+            saved 12% of the CPU time and cost accuracy (0.040 against 0.037 nats at 3,000 steps
+            on the 10-d model), and none after the first pass left it at 0.080: the encoder
+            needs many independent runs per observation, not more steps on the same ones.
         refresh_size: observations per refresh (default: batch_size).
-        lr: Adam learning rate (the peak of the schedule).
+        lr: Adam learning rate (the peak of the schedule). 1e-2: at 3,000 steps of 32
+            particles the 10-d model ended at 0.041, 0.039, 0.037 and 0.037 nats with 3e-3,
+            5e-3, 1e-2 and 2e-2.
         lr_schedule: "cosine" (the default: from ``lr`` down to 0 at the last step, after
             the warm-up), "constant" or "step" (``lr``, then a tenth from half of the
             post-warm-up steps, a hundredth from three quarters). A function of the step and
@@ -155,11 +163,10 @@ class TrainConfig:
             step, drawn in proportion to the estimator's weights from everything it keeps
             (same expected gradient; the encoder's cost per step no longer grows with the
             bank). None: every weighted particle (M * R per observation for (b), up to
-            M * K for (a)). 64 (the default, with ``refresh_every=25`` and 6,000 steps)
-            matched the forward KL of 256 (``refresh_every=10``, 4,000 steps) in about half the
-            CPU time; 32 with ``refresh_every=100`` and 4,000 steps was 7 times cheaper than
-            that but left the forward KL of a 10-d model at 0.045 against 0.033 nats
-            (docs/RESULTS.md, "Training speed").
+            M * K for (a)). 32 (the default): at 32 particles the flow's cost per step is
+            mostly fixed overhead, and spreading the same 1,024 particles over 64 observations
+            of 16 was slightly slower and no better (0.043 against 0.041 nats on the 10-d
+            model; docs/RESULTS.md, "Training speed").
         smc: SMC settings.
         smc_batch_size: observations per batched SMC call.
         use_unconverged: store SMC runs that stopped at max_stages, or whose particles did not
@@ -184,13 +191,13 @@ class TrainConfig:
     """
 
     method: str = "smc-wake-a"
-    steps: int = 6000
+    steps: int = 4500
     batch_size: int = 32
     num_particles: int = 1000
     num_proposals: int = 100
-    refresh_every: int = 25
+    refresh_every: int = 100
     refresh_size: int | None = None
-    lr: float = 1e-3
+    lr: float = 1e-2
     lr_schedule: str = "cosine"
     warmup_steps: int = 0
     seed: int = 0
@@ -200,7 +207,7 @@ class TrainConfig:
     max_runs: int = 50
     num_resampled: int = 100
     runs_per_step: int | None = 4
-    particles_per_step: int | None = 64
+    particles_per_step: int | None = 32
     smc: SMCOptions = field(default_factory=SMCOptions)
     smc_batch_size: int = 256
     use_unconverged: bool = False
