@@ -94,6 +94,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=DOC)
     p.add_argument("--no-write", action="store_true")
     p.add_argument(
+        "--reuse-npe",
+        action="store_true",
+        help="take each task's NPE rows from its last written results file instead of training "
+        "NPE again (for re-running SMC-Wake alone after a change to smcwake)",
+    )
+    p.add_argument(
         "--fit-options",
         default="",
         help="extra fit settings as k=v,... (for quick tests only; the tables use none)",
@@ -231,7 +237,8 @@ def amortized_section(args, task_name: str, res: dict, sbi_reason: str | None) -
         "observation (exact posterior; two-moons: 1024^2 grid), expected-coverage error = mean "
         f"|coverage - level| over levels ({args.observations} observations). Model calls: "
         "likelihood evaluations for SMC-Wake, simulations for NPE. Budgets compared: "
-        f"{', '.join(f'{b:g}' for b in budgets)} CPU minutes.",
+        f"{', '.join(f'{b:g}' for b in budgets)} CPU minutes."
+        + (REUSED_NPE if getattr(args, "reuse_npe", False) else ""),
         "",
     ]
     lines += [head, "|---|---|---|---|---|---|---|"]
@@ -457,6 +464,26 @@ def time_to_accuracy(results: dict, ood: dict, path: Path) -> None:
     plt.close(fig)
 
 
+REUSED_NPE = (
+    " NPE's rows are those of the previous run of this task (`--reuse-npe`: NPE and its "
+    "defaults did not change, smcwake did), with that run's times and load."
+)
+
+
+def earlier_npe_rows(out: Path, task_name: str, with_ood: bool) -> list[dict]:
+    """The NPE rows of ``task_name`` from the results file an earlier run wrote beside ``out``."""
+    path = out.parent / "results" / f"peers_amortized-{task_name}.json"
+    if not path.exists():
+        raise SystemExit(f"--reuse-npe: no earlier results for {task_name} at {path}")
+    rows = json.loads(path.read_text())["tasks"][task_name]["npe"]
+    if with_ood and any("ood" not in r["scores"] for r in rows):
+        raise SystemExit(
+            f"--reuse-npe: the earlier NPE rows of {task_name} have no scores on the "
+            "out-of-distribution x; run without --reuse-npe"
+        )
+    return rows
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     torch.set_num_threads(1)
@@ -464,7 +491,7 @@ def main(argv: list[str] | None = None) -> None:
     marks = [float(m) for m in args.marks.split(",")]
     sims = [int(s) for s in args.simulations.split(",")]
     fit_options = _fit_options(args.fit_options)
-    sbi_reason = sbi_unavailable()
+    sbi_reason = None if args.reuse_npe else sbi_unavailable()
     opts = default_eval_options()
     results: dict = {}
     ood: dict = {}
@@ -477,8 +504,11 @@ def main(argv: list[str] | None = None) -> None:
             if with_ood:
                 z_o, x_o, rms, shift = ood_data(task, args.observations, args.seed)
                 data["ood"] = (z_o, x_o, Reference(task, x_o, opts, args.seed), opts)
-            print(f"{name}: NPE", flush=True)
-            npe = [] if sbi_reason else run_npe_ladder(task, data, sims, max(marks), args.seed)
+            if args.reuse_npe:
+                npe = earlier_npe_rows(args.out, name, with_ood)
+            else:
+                print(f"{name}: NPE", flush=True)
+                npe = [] if sbi_reason else run_npe_ladder(task, data, sims, max(marks), args.seed)
             smc = []
             if "amortized" in parts:
                 print(f"{name}: SMC-Wake", flush=True)

@@ -178,3 +178,40 @@ def test_amortized_tiny(tmp_path):
     )
     assert rows["tasks"]["linear-gaussian-10d"]["npe"][0]["N"] == 300
     assert (tmp_path / "peers-amortized.png").stat().st_size > 0
+
+
+@pytest.mark.slow  # about 20 s: the exact reference and C2ST of the SMC-Wake row
+def test_amortized_reuses_the_earlier_npe_rows(tmp_path):
+    """--reuse-npe takes NPE's rows from the results file and trains SMC-Wake alone."""
+    folder = tmp_path / "results"
+    folder.mkdir()
+    scores = {"c2st": 0.61, "forward_kl": 0.987, "coverage_error": 0.05}
+    earlier = {"N": 4321, "minutes": 0.5, "calls": 4321, "scores": {"in": scores}}
+    task = {"linear-gaussian-10d": {"npe": [earlier], "smc": []}}
+    path = folder / "peers_amortized-linear-gaussian-10d.json"
+    path.write_text(json.dumps({"tasks": task, "out_of_distribution": {}}))
+    out = tmp_path / "PEERS.md"
+    run_script(
+        "peers_amortized.py",
+        "--parts",
+        "amortized",
+        "--tasks",
+        "linear-gaussian-10d",
+        "--marks",
+        "0.001",
+        "--budgets",
+        "1",
+        "--observations",
+        "6",
+        "--reuse-npe",
+        "--fit-options",
+        "num_particles=50,steps=5",
+        "--out",
+        str(out),
+        tmp=tmp_path,
+    )
+    doc = out.read_text()
+    assert "| NPE | N = 4,321 | 0.50 | 4,321 |" in doc
+    assert "`--reuse-npe`" in doc
+    assert "| SMC-Wake | step" in doc
+    assert json.loads(path.read_text())["tasks"]["linear-gaussian-10d"]["npe"] == [earlier]
