@@ -456,6 +456,7 @@ def time_to_accuracy(results: dict, ood: dict, path: Path) -> None:
             if pts:
                 ax.plot(*zip(*pts, strict=True), style, label=label)
         ax.set(xscale="log", yscale="log", title=title, xlabel="CPU minutes (one thread)")
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # no crowded labels
         ax.grid(True, which="both", alpha=0.3)
     axes[0][0].set_ylabel("forward KL(p || q), nats per observation")
     axes[0][0].legend()
