@@ -108,7 +108,8 @@ def _log_sum_components(log_p: Tensor, dtype: torch.dtype) -> Tensor:
 
 
 _FLOAT32_FLOOR = -80.0
-"""Least shifted log-density whose exponential :func:`_log_sum_components` takes in float32."""
+"""Least shifted log-density whose exponential is taken in float32 (:func:`_log_sum_components`,
+:func:`_responsibilities`): below it float32 values turn subnormal and slow."""
 
 
 def _inverse_tril(scale_tril: Tensor) -> tuple[Tensor, Tensor]:
@@ -617,10 +618,6 @@ def _monomial_coefficients(log_mix: Tensor, loc: Tensor, tril: Tensor) -> Tensor
     return torch.cat([quadratic, p_mu, const[..., None]], -1)
 
 
-_EXP_FLOOR = -80.0
-"""Least shifted log-density whose exponential the E-step takes (see :func:`_responsibilities`)."""
-
-
 def _responsibilities(log_p: Tensor, scratch: Tensor | None = None) -> Tensor:
     """The responsibilities r_kj from the components' log-densities, written over them.
 
@@ -630,7 +627,7 @@ def _responsibilities(log_p: Tensor, scratch: Tensor | None = None) -> Tensor:
     the points under weights perturbed by as little. Its sums stay in float64 (the result is
     returned in float64): a covariance is a difference of second moments, and float32 sums
     would lose it for a narrow component far from the cloud's centre. Shifted values below
-    ``_EXP_FLOOR`` are raised to it, so that every float32 value stays a normal number
+    ``_FLOAT32_FLOOR`` are raised to it, so that every float32 value stays a normal number
     (exponentials and conversions of subnormal ones run many times slower); a component that
     far from a point gets a responsibility of e^-80 instead of less, far below anything the
     fit resolves. ``scratch``: a float32 tensor of the same shape to work in (a fit reuses
@@ -641,7 +638,7 @@ def _responsibilities(log_p: Tensor, scratch: Tensor | None = None) -> Tensor:
     """
     log_p.sub_(log_p.amax(1, keepdim=True))
     r = log_p.to(torch.float32) if scratch is None else scratch.copy_(log_p)
-    r.clamp_min_(_EXP_FLOOR).exp_()
+    r.clamp_min_(_FLOAT32_FLOOR).exp_()
     return log_p.copy_(r.div_(r.sum(1, keepdim=True)))
 
 
@@ -839,7 +836,7 @@ def fit_mixture(
         n = u.shape[1]
         work = (
             torch.empty(B, M, n, dtype=f64, device=z.device),
-            torch.empty(B, M, n, device=z.device),
+            torch.empty(B, M, n, dtype=torch.float32, device=z.device),
         )
         features = (plain, plain * weights[:, None, :], *work)
     if M == 1:  # one component: the first iteration gives the weighted moments, a fixed point
