@@ -183,3 +183,46 @@ def test_sampled_view_a_draws_the_flat_systematic_resample(num_samples):
     assert bool(
         (torch.gather(bank.log_weights[idx].reshape(len(idx), -1), 1, picks) > -1e30).all()
     )
+
+
+def test_row_bisection_is_searchsorted():
+    # ties (zero weights repeat a cumulative value), points at 0 and at the row's total
+    from smcwake.bank import _search_rows
+
+    g = torch.Generator().manual_seed(3)
+    for length in (1, 2, 7, 64, 1000):
+        w = torch.rand(5, length, generator=g, dtype=torch.float64)
+        w[w < 0.3] = 0.0
+        w[:, 0] = 1.0
+        rows = w.cumsum(-1)
+        within = torch.rand(5, 9, generator=g, dtype=torch.float64)
+        within[:, 0], within[:, 1] = 0.0, 1.0
+        start = (torch.arange(5) * length)[:, None].expand(-1, 9)
+        found = _search_rows(rows.reshape(-1), start, length, within)
+        expected = torch.searchsorted(rows, within * rows[:, -1:], right=True)
+        assert torch.equal(found, expected), length
+
+
+def test_cumulative_weights_follow_every_change_of_the_bank():
+    bank = _filled_bank()  # runs made at step 0
+    g = torch.Generator().manual_seed(4)
+    rows = torch.tensor([0, 3])
+    lw = torch.log_softmax(torch.randn(2, 50, generator=g), -1)
+    bank.add(
+        rows, torch.randn(2, 50, 2, generator=g), lw, torch.zeros(2, dtype=torch.float64), step=5
+    )
+    assert bank.drop_older_than(5) > 0  # every run but the two of step 5
+    assert float(bank.cumulative_weights[rows].amax()) > 0.99
+    state = {k: v.clone() for k, v in bank.state_dict().items()}
+    for changed in (bank, _restored(state)):
+        torch.testing.assert_close(
+            changed.cumulative_weights, torch.exp(changed.log_weights).cumsum(-1)
+        )
+    bank.reset(torch.tensor([1]))
+    torch.testing.assert_close(bank.cumulative_weights, torch.exp(bank.log_weights).cumsum(-1))
+
+
+def _restored(state: dict) -> ParticleBank:
+    bank = ParticleBank(6, 50, 2, estimator="a", max_runs=4)
+    bank.load_state_dict(state)
+    return bank

@@ -18,7 +18,8 @@ K particles per run, R resampled particles per run and M = ``max_runs``:
 =========  ==================================  =====================================
 estimator  stored                              bytes per observation
 =========  ==================================  =====================================
-a          M runs x K particles and weights    M * K * (d + 1) * b + M * 16 + 25
+a          M runs x K particles, weights and   M * K * (d + 2) * b + M * 16 + 25
+           the weights' running sums
 b          M runs x R particles (equal weight) M * R * d * b + M * 16 + 25
 c, naive   newest run: K particles, weights    K * (d + 1) * b + 16 + 25
 pimh       current run: K particles, weights   K * (d + 1) * b + 16 + 25
@@ -64,7 +65,7 @@ def bank_bytes_per_observation(
     """The documented memory of one observation's bank entry, in bytes (see the module table)."""
     K, d, M, R, b = num_particles, dim, max_runs, num_resampled, bytes_per_float
     if estimator == "a":
-        return M * K * (d + 1) * b + M * 16 + 25
+        return M * K * (d + 2) * b + M * 16 + 25
     if estimator == "b":
         return M * R * d * b + M * 16 + 25
     if estimator in ("c", "naive", "pimh"):
@@ -129,6 +130,21 @@ class ParticleBank:
         self.num_runs = torch.zeros(n, dtype=torch.int64, device=device)  # every run made
         self.position = torch.zeros(n, dtype=torch.int64, device=device)  # next ring slot
         self.excluded = torch.zeros(n, dtype=torch.bool, device=device)  # zero likelihood
+        self._refresh_cumulative()
+
+    def _refresh_cumulative(self, idx: Tensor | None = None, slot: Tensor | None = None) -> None:
+        """Recompute ``cumulative_weights`` (every run, or the runs at ``idx, slot``).
+
+        Estimator (a) draws particles by their cumulative weights at every training step; the
+        sums are kept with the bank, updated when a run is stored, instead of re-exponentiating
+        K weights for every draw. Other estimators keep none (a [n, M, 0] tensor).
+        """
+        if self.estimator != "a":
+            self.cumulative_weights = self.log_weights[..., :0]
+        elif idx is None:
+            self.cumulative_weights = torch.exp(self.log_weights).cumsum(-1)
+        else:
+            self.cumulative_weights[idx, slot] = torch.exp(self.log_weights[idx, slot]).cumsum(-1)
 
     # ------------------------------------------------------------------ state
     @property
@@ -146,8 +162,9 @@ class ParticleBank:
         return self.log_z_sum - torch.log(self.num_runs.clamp_min(1).to(torch.float64))
 
     def nbytes(self) -> int:
-        """Bytes held by the bank's tensors."""
-        return sum(t.numel() * t.element_size() for t in self.state_dict().values())
+        """Bytes held by the bank's tensors (the checkpointed ones and the running sums)."""
+        held = [*self.state_dict().values(), self.cumulative_weights]
+        return sum(t.numel() * t.element_size() for t in held)
 
     def state_dict(self) -> dict[str, Tensor]:
         return {
@@ -170,6 +187,7 @@ class ParticleBank:
                     f"{list(current.shape)} (different data, num_particles or estimator?)"
                 )
             setattr(self, key, value.to(current.device))
+        self._refresh_cumulative()
 
     def reset(self, idx: Tensor | None = None) -> None:
         """Forget the runs of ``idx`` (all when None), e.g. after the likelihood changed."""
@@ -179,6 +197,7 @@ class ParticleBank:
         self.log_z_sum[idx] = -math.inf
         self.num_runs[idx] = 0
         self.position[idx] = 0
+        self._refresh_cumulative()
 
     # ------------------------------------------------------------------- write
     def add(
@@ -220,6 +239,7 @@ class ParticleBank:
         )
         self.log_z_runs[idx, slot] = torch.where(replace, log_evidence, self.log_z_runs[idx, slot])
         self.created[idx, slot] = torch.where(replace, step, self.created[idx, slot])
+        self._refresh_cumulative(idx, slot)
         self.position[idx] += (self.z.shape[1] > 1) * 1
         self.log_z_sum[idx] = torch.logaddexp(self.log_z_sum[idx], log_evidence)
         self.num_runs[idx] += 1
@@ -238,6 +258,7 @@ class ParticleBank:
             self.log_weights = self.log_weights.masked_fill(old[..., None], -math.inf)
             self.log_z_sum = torch.logsumexp(self.log_z_runs, -1)
             self.num_runs = torch.isfinite(self.log_z_runs).sum(-1)
+            self._refresh_cumulative()
         return dropped
 
     # -------------------------------------------------------------------- read
@@ -380,13 +401,34 @@ class ParticleBank:
         start = torch.gather(run_cdf, 1, runs) - share
         within = ((points - start) / share.clamp_min(1e-300)).clamp_(0.0, 1.0)  # [b, S]
         K = self.log_weights.shape[-1]
-        if num_samples <= M:  # the cumulative weights of the drawn runs only
-            cdf = torch.exp(self.log_weights[idx[:, None], runs]).cumsum(-1)  # [b, S, K]
-            values = within[..., None].to(cdf.dtype) * cdf[..., -1:]
-            particles = torch.searchsorted(cdf, values, right=True)[..., 0]
+        if num_samples <= M:  # binary search in the drawn runs' sums, read where they are kept
+            start = (idx[:, None] * M + runs) * K  # [b, S] offsets of the runs' first particles
+            particles = _search_rows(self.cumulative_weights.view(-1), start, K, within)
         else:  # every run's once, searched for every point; keep each point's own run
-            cdf = torch.exp(self.log_weights[idx]).cumsum(-1)  # [b, M, K]
+            cdf = self.cumulative_weights[idx]  # [b, M, K]
             values = within[:, None, :].to(cdf.dtype) * cdf[..., -1:]  # [b, M, S]
             found = torch.searchsorted(cdf, values, right=True)
             particles = torch.gather(found, 1, runs[:, None, :])[:, 0]
         return runs, particles.clamp_(max=K - 1)
+
+
+def _search_rows(flat: Tensor, start: Tensor, length: int, within: Tensor) -> Tensor:
+    """For each point, the first k with ``flat[start + k] > within * flat[start + length - 1]``.
+
+    The rows ``flat[start : start + length]`` are non-decreasing (cumulative weights); the
+    result is ``torch.searchsorted(row, within * row[-1], right=True)`` (``length`` when no
+    element is larger), found by bisection with one gather per halving instead of gathering
+    every row whole.
+
+    Shapes: flat [N], start [b, S] (int64), within [b, S] -> [b, S] (int64).
+    """
+    values = within.to(flat.dtype) * flat[start + (length - 1)]
+    lo = torch.zeros_like(start)
+    hi = torch.full_like(start, length)
+    for _ in range(max(1, length).bit_length()):  # the interval [lo, hi] halves each time
+        mid = torch.div(lo + hi, 2, rounding_mode="floor")
+        active = lo < hi
+        below = flat[start + mid.clamp(max=length - 1)] <= values
+        lo = torch.where(active & below, mid + 1, lo)
+        hi = torch.where(active & ~below, mid, hi)
+    return lo
