@@ -103,6 +103,23 @@ def test_box_uniform_prior_matches_torch_inside_outside_and_on_the_edges(dtype):
     assert Model(Independent(_TiltedUniform(low, high), 1), gaussian_loglik)._box is None
 
 
+@pytest.mark.parametrize("d", [3, 12, 40])  # coordinate loop up to d = 20, one reduction beyond
+def test_box_prior_support_in_every_dimension(d):
+    g = torch.Generator().manual_seed(d)
+    low = torch.rand(d, generator=g) - 2.0
+    high = low + 0.5 + torch.rand(d, generator=g)
+    z = low + (high - low) * (1.3 * torch.rand(4, 50, d, generator=g) - 0.15)
+    z[0, 0], z[0, 1] = low, high  # the low corner is inside, the high one outside (half-open)
+    z[0, 2, d // 2] = high[d // 2]  # one coordinate on the high edge
+    model = Model(Independent(Uniform(low, high), 1), gaussian_loglik)
+    inside = ((z >= low) & (z < high)).all(-1)
+    assert 0 < int(inside.sum()) < inside.numel()
+    log_density = -(high - low).log().sum()
+    expected = torch.where(inside, log_density, -math.inf)
+    torch.testing.assert_close(model.log_prior(z), expected)
+    assert inside[0, :3].tolist() == [True, False, False]
+
+
 def test_model_needs_callables():
     prior = Independent(Normal(torch.zeros(D), torch.ones(D)), 1)
     with pytest.raises(TypeError, match="log_likelihood: expected a callable"):

@@ -19,7 +19,10 @@ from torch.distributions.utils import lazy_property
 from smcwake import _rng
 from smcwake._ops import select
 
-_COORDINATE_LOOP_MAX_DIM = 8
+_COORDINATE_LOOP_MAX_DIM = 20
+"""Box priors up to this dimension test z against the bounds one coordinate at a time: on CPU
+that is faster than one comparison followed by ``all`` over the last axis (about 2x at d = 10,
+1.3-1.9x at d = 16 for 32 x 1000 and 128 x 1000 points; ``all`` wins from about d = 32)."""
 
 __all__ = [
     "Model",
