@@ -62,7 +62,7 @@ from _peers.amortized import (  # noqa: E402
 )
 from training_speed import box_model  # noqa: E402
 
-from smcwake import fit  # noqa: E402
+from smcwake import TrainConfig, fit  # noqa: E402
 from smcwake.bench.evaluate import Reference  # noqa: E402
 from smcwake.tasks import get  # noqa: E402
 from smcwake.tasks.linear_gaussian import linear_gaussian  # noqa: E402
@@ -337,22 +337,29 @@ def ood_section(res: dict) -> str:
 
 # (label, function names whose cumulative time is summed, counting each call tree once)
 PROFILE_PARTS = [
-    ("initial and refresh SMC runs (`_run_and_store`)", ["_run_and_store"]),
-    ("  of which `run_smc`", ["run_smc"]),
-    ("SMC-Wake loss (`objective`)", ["objective"]),
-    ("  of which drawing from the bank (`ParticleBank.view`)", ["view"]),
-    ("  of which the weighted encoder `log_prob`", ["_weighted_score_loss"]),
-    ("backward + optimizer step (`_take_step`)", ["_take_step"]),
-    ("  of which `backward`", ["backward"]),
-    ("  of which Adam `step`", ["step", "adam"]),
-    ("checkpoint / history", ["save"]),
+    ("initial and refresh SMC runs (`_run_and_store`)", ["loop.py:_run_and_store"]),
+    ("  of which `run_smc`", ["sampler.py:run_smc"]),
+    ("SMC-Wake loss (`objective`)", ["objectives.py:objective"]),
+    ("  of which drawing from the bank (`ParticleBank.view`)", ["bank.py:view"]),
+    ("  of which the weighted encoder `log_prob`", ["objectives.py:_weighted_score_loss"]),
+    ("backward + optimizer step (`_take_step`)", ["loop.py:_take_step"]),
+    ("  of which `backward`", ["_tensor.py:backward"]),
+    ("  of which Adam `step`", ["adam.py:step"]),
+    ("convergence signal (`bank_monitor`)", ["loop.py:bank_monitor"]),
+    ("checkpoints (`save_checkpoint`)", ["checkpoint.py:save_checkpoint"]),
 ]
+"""(label, functions as "file name:function name") of the profile table, children indented."""
 
 
-def cumulative(stats: pstats.Stats, names: list[str], within: str | None = None) -> float:
+def cumulative(stats: pstats.Stats, names: list[str]) -> float:
+    """Cumulative seconds in the functions ``names`` ("file:function"), outermost calls only."""
+
+    def name(key: tuple) -> str:
+        return f"{Path(key[0]).name}:{key[2]}"
+
     total = 0.0
-    for (_, _, func), (_, _, _, cum, callers) in stats.stats.items():
-        if func in names and not any(c[2] in names for c in callers):
+    for key, (_, _, _, cum, callers) in stats.stats.items():
+        if name(key) in names and not any(name(c) in names for c in callers):
             total += cum
     return total
 
@@ -374,8 +381,9 @@ def fit_speed_section(args) -> str:
     initial = t0 - s0 / steps_per_second  # wall time before the first step, estimated
     rows.append(("steps per second (after the initial SMC)", f"{steps_per_second:.2f}"))
     rows.append(("initial SMC pass over 100 observations (s)", f"{initial:.1f}"))
-    minutes_3000 = (initial + 3000 / steps_per_second) / 60
-    rows.append(("3,000 steps would take (min)", f"{minutes_3000:.1f}"))
+    steps = TrainConfig(**_fit_options(args.fit_options)).steps
+    minutes = (initial + steps / steps_per_second) / 60
+    rows.append((f"the whole default fit ({steps:,} steps) would take (min)", f"{minutes:.1f}"))
     rows.append(("steps measured", f"{s1 - s0}"))
     print(rows, flush=True)
     # profile: a fresh default fit, stopped after --profile-seconds of training steps
@@ -390,7 +398,7 @@ def fit_speed_section(args) -> str:
     fit(model, x, callbacks=[stop_profile], progress=False, **_fit_options(args.fit_options))
     profiler.disable()
     stats = pstats.Stats(profiler)
-    whole = cumulative(stats, ["fit"])
+    whole = cumulative(stats, ["train.py:fit"])
     parts = [(label, cumulative(stats, names)) for label, names in PROFILE_PARTS]
     prof = [
         "| part | seconds | share |",

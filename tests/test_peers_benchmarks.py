@@ -215,3 +215,37 @@ def test_amortized_reuses_the_earlier_npe_rows(tmp_path):
     assert "`--reuse-npe`" in doc
     assert "| SMC-Wake | step" in doc
     assert json.loads(path.read_text())["tasks"]["linear-gaussian-10d"]["npe"] == [earlier]
+
+
+def test_fit_speed_profile_attributes_the_time(tmp_path):
+    # a short default-model fit: the profile's parts must be found by file and function (a
+    # part matched by function name alone once counted the SMC's Langevin `step` as Adam's)
+    out = tmp_path / "PEERS.md"
+    run_script(
+        "peers_amortized.py",
+        "--parts",
+        "fit-speed",
+        "--speed-seconds",
+        "2",
+        "--profile-seconds",
+        "2",
+        "--fit-options",
+        "steps=400,num_particles=100,refresh_every=20",
+        "--out",
+        str(out),
+        tmp=tmp_path,
+    )
+    parts = {}
+    for line in out.read_text().splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 3 and cells[2].endswith("%"):
+            parts[cells[0].replace("&nbsp;", "")] = float(cells[1])
+    whole = parts["`fit`"]
+    smc = parts["initial and refresh SMC runs (`_run_and_store`)"]
+    step = parts["backward + optimizer step (`_take_step`)"]
+    adam = parts["of which Adam `step`"]
+    assert 0 < smc < whole
+    assert 0 < step < whole
+    assert 0 < adam < step  # inside `_take_step`, not the SMC's moves
+    assert parts["of which `backward`"] + adam <= step + 0.05
+    assert "the whole default fit (400 steps) would take (min)" in out.read_text()
