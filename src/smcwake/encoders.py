@@ -264,24 +264,19 @@ class MixtureDensityEncoder(Encoder):
         return loc + scale * eps
 
 
-def _softmax_last(t: Tensor) -> Tensor:
-    """Softmax over the last dimension from exp and a sum. Shapes: any -> same.
-
-    The same numbers as ``torch.softmax(t, -1)`` to float rounding, but on CPU ATen's softmax
-    over a short last dimension (the spline's 8 bins, ~10^4 rows) is about 5x slower than its
-    definition, and the flow evaluates it twice per transform on every training step.
-    """
-    e = (t - t.detach().amax(-1, keepdim=True)).exp()
-    return e / e.sum(-1, keepdim=True)
-
-
 class _SplineTransform(zuko.transforms.MonotonicRQSTransform):
-    """zuko's monotonic rational-quadratic spline, its knots computed with :func:`_softmax_last`.
+    """zuko's monotonic rational-quadratic spline with its knots computed in fewer passes.
 
-    The knots are zuko's (same squashing of the raw widths, heights and derivatives, same
-    bound and minimum slope): only the softmax is evaluated differently, so a flow built with
-    it has the parameters, the state dict and, to float rounding, the densities of
-    ``zuko.flows.NSF``. Everything else (bins, forward, inverse, log-determinant) is zuko's.
+    The knots are zuko's: the raw widths and heights are squashed as zuko does, turned into
+    bin fractions by a softmax and accumulated from -bound to bound; the derivatives are
+    squashed and exponentiated. Here the softmax and the accumulation are one cumulative sum of
+    exponentials divided by its last term, without the usual shift by the maximum: the squashed
+    values are bounded by |log slope| / 2 (3.5 for zuko's slope), so the exponentials cannot
+    overflow. On CPU ATen's softmax over the 8 bins is about 5x slower than its definition, and
+    the knots were most of a training step (per transform, knots and spline forward and
+    backward 5.3 -> 4.4 ms for 32 x 32 points in 10-d). A flow built with it has the
+    parameters, the state dict and, to float rounding, the densities of ``zuko.flows.NSF``
+    (tested); the spline itself (bins, forward, inverse, log-determinant) is zuko's.
 
     Shapes: widths, heights [..., K], derivatives [..., K - 1].
     """
@@ -297,13 +292,14 @@ class _SplineTransform(zuko.transforms.MonotonicRQSTransform):
     ) -> None:
         torch.distributions.Transform.__init__(self, **kwargs)
         squash = 2 / math.log(slope)  # raw values bounded so that no bin or slope vanishes
-        widths = widths / (1 + (squash * widths).abs())
-        heights = heights / (1 + (squash * heights).abs())
+
+        def knots(raw: Tensor) -> Tensor:  # [..., K] -> [..., K + 1], from -bound to bound
+            total = torch.exp(raw / (1 + (squash * raw).abs())).cumsum(-1)
+            return F.pad(total * (2 * bound / total[..., -1:]) - bound, (1, 0), value=-bound)
+
+        self.horizontal = knots(widths)
+        self.vertical = knots(heights)
         derivatives = derivatives / (1 + (0.5 * squash * derivatives).abs())
-        widths = F.pad(_softmax_last(widths), (1, 0), value=0)
-        heights = F.pad(_softmax_last(heights), (1, 0), value=0)
-        self.horizontal = bound * (2 * torch.cumsum(widths, dim=-1) - 1)
-        self.vertical = bound * (2 * torch.cumsum(heights, dim=-1) - 1)
         self.derivatives = torch.exp(F.pad(derivatives, (1, 1), value=0))
 
 
