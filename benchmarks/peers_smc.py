@@ -44,7 +44,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from _common import machine, write_section  # noqa: E402
 from _peers import PEER_MODULES, load_peer  # noqa: E402
-from _peers.problems import PROBLEMS, build_problem, errors  # noqa: E402
+from _peers.problems import OTHER_PROBLEMS, PROBLEMS, build_problem, errors  # noqa: E402
 
 SECTION = "smc-engine"
 PLOT = DOC.parent / "peers-smc.png"
@@ -52,7 +52,11 @@ PLOT = DOC.parent / "peers-smc.png"
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--problems", default=",".join(PROBLEMS), help="comma-separated")
+    p.add_argument(
+        "--problems",
+        default=",".join(PROBLEMS),
+        help=f"comma-separated; {', '.join(OTHER_PROBLEMS)} only with --compare-with or --profile",
+    )
     p.add_argument("--batches", default="1,32,128", help="observations per cell, comma-separated")
     p.add_argument(
         "--batches-50d",
@@ -324,6 +328,9 @@ def main(argv: list[str] | None = None) -> list[tuple[str, int, dict]]:
 
         compare(args)
         return []
+    others = [p for p in args.problems.split(",") if p.strip() in OTHER_PROBLEMS]
+    if others:
+        raise SystemExit(f"{', '.join(others)}: only with --compare-with or --profile")
     started = time.perf_counter()
     batches = [int(b) for b in args.batches.split(",")]
     batches_50 = [int(b) for b in (args.batches_50d or args.batches).split(",")]
