@@ -5,6 +5,8 @@
     python benchmarks/peers_smc.py --kernel rwmh --no-write     # explore another smcwake kernel
     python benchmarks/peers_smc.py --compare-with main --problems two-moons --batches 32
                                                # smcwake against an earlier revision of itself
+    python benchmarks/peers_smc.py --op-profile box-10d --batches 32
+                                               # smcwake's torch operations by self CPU time
 
 Every tool runs likelihood-tempered SMC with K particles in all, the same ESS target for its
 adaptive temperatures, its own recommended move kernel and its own defaults otherwise (see
@@ -36,6 +38,7 @@ from _peers.report import DOC, ensure_doc, fmt, one_thread  # noqa: E402
 one_thread()  # before numpy, torch or jax are imported
 
 import argparse  # noqa: E402
+import math  # noqa: E402
 import statistics  # noqa: E402
 import time  # noqa: E402
 import traceback  # noqa: E402
@@ -44,7 +47,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from _common import machine, write_section  # noqa: E402
 from _peers import PEER_MODULES, load_peer  # noqa: E402
-from _peers.problems import PROBLEMS, build_problem, errors  # noqa: E402
+from _peers.problems import OTHER_PROBLEMS, PROBLEMS, build_problem, errors  # noqa: E402
 
 SECTION = "smc-engine"
 PLOT = DOC.parent / "peers-smc.png"
@@ -52,7 +55,11 @@ PLOT = DOC.parent / "peers-smc.png"
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--problems", default=",".join(PROBLEMS), help="comma-separated")
+    p.add_argument(
+        "--problems",
+        default=",".join(PROBLEMS),
+        help=f"comma-separated; {', '.join(OTHER_PROBLEMS)} only with --compare-with or a profile",
+    )
     p.add_argument("--batches", default="1,32,128", help="observations per cell, comma-separated")
     p.add_argument(
         "--batches-50d",
@@ -95,6 +102,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="instead of the comparison: cProfile smcwake on PROBLEM with the largest of "
         "--batches observations and print where the time goes",
+    )
+    p.add_argument(
+        "--op-profile",
+        metavar="PROBLEM",
+        default=None,
+        help="instead of the comparison: torch.profiler on smcwake on PROBLEM with the largest "
+        "of --batches observations; prints torch operations by self CPU time, with their "
+        "shapes and time per element of the largest operand",
     )
     return p.parse_args(argv)
 
@@ -313,17 +328,57 @@ def plot(results: list[tuple[str, int, dict]], path: Path) -> None:
     plt.close(fig)
 
 
+def op_profile_smcwake(args, rows: int = 40) -> None:
+    """Print the torch operations of one ``run_smc`` call (after a warm-up) by self CPU time,
+    grouped by input shapes, with the time per call and per element of the largest input:
+    an operation whose time per element is far above its neighbours' is a candidate for an
+    equivalent, faster formulation. The profiler's own bookkeeping inflates the times of
+    small operations and of large fresh tensors (page faults): check a candidate with a
+    microbenchmark before changing it."""
+    from _peers.smcwake_peer import Runner
+    from torch.profiler import ProfilerActivity, profile
+
+    B = max(int(b) for b in args.batches.split(","))
+    problem = build_problem(args.op_profile, B, args.seed)
+    runner = Runner(problem, args.num_particles, args.ess_target, kernel=args.kernel)
+    runner.warm_up(problem.x)
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        runner.run(problem.x, seed=1000)
+    events = prof.key_averages(group_by_input_shape=True)
+    total = sum(e.self_cpu_time_total for e in events)
+    print(f"{args.op_profile}, B = {B}, K = {args.num_particles}: {total / 1e6:.2f} s self CPU")
+    print(f"{'share':>6} {'ms':>8} {'calls':>7} {'us/call':>8} {'ns/elem':>8}  operation, shapes")
+    for e in sorted(events, key=lambda e: -e.self_cpu_time_total)[:rows]:
+        sizes = [
+            math.prod(s)
+            for s in e.input_shapes
+            if isinstance(s, list) and s and all(isinstance(v, int) for v in s)
+        ]
+        per_call = e.self_cpu_time_total / e.count
+        per_elem = 1000 * per_call / max(sizes) if sizes else math.nan
+        print(
+            f"{e.self_cpu_time_total / total:6.1%} {e.self_cpu_time_total / 1000:8.1f} "
+            f"{e.count:7d} {per_call:8.1f} {per_elem:8.2f}  {e.key} {e.input_shapes}"
+        )
+
+
 def main(argv: list[str] | None = None) -> list[tuple[str, int, dict]]:
     args = parse_args(argv)
     torch.set_num_threads(1)
     if args.profile:
         profile_smcwake(args)
         return []
+    if args.op_profile:
+        op_profile_smcwake(args)
+        return []
     if args.compare_with:
         from _peers.compare import compare
 
         compare(args)
         return []
+    others = [p for p in args.problems.split(",") if p.strip() in OTHER_PROBLEMS]
+    if others:
+        raise SystemExit(f"{', '.join(others)}: only with --compare-with or a profile")
     started = time.perf_counter()
     batches = [int(b) for b in args.batches.split(",")]
     batches_50 = [int(b) for b in (args.batches_50d or args.batches).split(",")]

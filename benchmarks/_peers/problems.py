@@ -8,11 +8,18 @@ linear-gaussian-10d  10 20  z ~ N(0, I), x ~ N(A z, I) (``tasks.linear_gaussian`
 linear-gaussian-50d  50 100 the same with d = 50, p = 100                          closed form
 squares-5d           5  5   z ~ N(0, I), x_j ~ N(z_j^2, 0.1^2) for j < 2, else     quadrature
                             N(z_j, 0.1^2): four mirror modes (benchmarks/multimodal.py)
+box-10d              10 10  z ~ U[-1, 1]^10, x ~ N(z, 0.32^2 I), as a user writes   closed form
+                            it (benchmarks/training_speed.py; ``fit``'s SMC refresh)
 ==================== == === ===================================================== ==========
+
+box-10d is not in the peers' table (``PROBLEMS``): it is there for ``--compare-with``, to time
+smcwake's engine on the model of its training benchmark, which runs in unconstrained
+coordinates.
 
 Observations are prior-predictive draws from a fixed seed. The truth per observation is its log
 evidence log p(x), posterior mean and posterior standard deviation of each coordinate: in closed
-form for the linear-Gaussian models; by 1-D quadrature for the squares model (its posterior
+form for the linear-Gaussian and box models (the box posterior is a product of truncated
+normals); by 1-D quadrature for the squares model (its posterior
 factorizes over coordinates); on a 1024 x 1024 grid over the prior's square for two-moons (the
 midpoint rule: errors far below the SMC errors measured here).
 
@@ -28,16 +35,19 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.distributions import Independent, Normal
+from scipy import special
+from torch.distributions import Independent, Normal, Uniform
 
 from smcwake import Model
 from smcwake.tasks import get
 from smcwake.tasks.linear_gaussian import linear_gaussian
 from smcwake.tasks.two_moons import log_likelihood as two_moons_log_likelihood
 
-__all__ = ["PROBLEMS", "Problem", "build_problem", "errors"]
+__all__ = ["OTHER_PROBLEMS", "PROBLEMS", "Problem", "build_problem", "errors"]
 
 PROBLEMS = ("two-moons", "linear-gaussian-10d", "linear-gaussian-50d", "squares-5d")
+OTHER_PROBLEMS = ("box-10d",)  # for --compare-with only: no peer writes these
+BOX = {"d": 10, "sd": 0.32}
 SQUARES = {"d": 5, "m": 2, "sigma": 0.1}
 
 
@@ -100,6 +110,35 @@ def _squares_truth(x: np.ndarray, m: int, sigma: float):
     sd[:, m:] = math.sqrt(s2 / (1 + s2))
     log_z += (-0.5 * rest**2 / (1 + s2) - 0.5 * math.log(2 * math.pi * (1 + s2))).sum(-1)
     return log_z, mean, sd
+
+
+def _box_model(d: int, sd: float) -> Model:
+    """U[-1, 1]^d prior and x | z ~ N(z, sd^2 I), written as a user would, in float32."""
+    prior = Independent(Uniform(-torch.ones(d), torch.ones(d)), 1)
+
+    def log_likelihood(z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return Normal(z, sd).log_prob(x[:, None, :]).sum(-1)
+
+    return Model(prior, log_likelihood, name=f"box-{d}d")
+
+
+def _box_truth(x: np.ndarray, sd: float):
+    """log p(x), posterior means and sds of the box model: each coordinate's posterior is
+    N(x_j, sd^2) truncated to [-1, 1]. Shapes: x [B, d] -> [B], [B, d], [B, d]."""
+    a, b = (-1 - x) / sd, (1 - x) / sd
+    # log(Phi(b) - Phi(a)) with both ends in the left tail when x > 0 (mirror otherwise)
+    lo, hi = np.where(x > 0, a, -b), np.where(x > 0, b, -a)
+    log_mass = special.log_ndtr(hi) + np.log1p(
+        -np.exp(special.log_ndtr(lo) - special.log_ndtr(hi))
+    )
+    log_z = (log_mass - math.log(2)).sum(-1)  # the prior density is 1/2 per coordinate
+    mass = np.exp(log_mass)
+    pdf_a, pdf_b = np.exp(-0.5 * a**2), np.exp(-0.5 * b**2)
+    pdf_a, pdf_b = pdf_a / math.sqrt(2 * math.pi), pdf_b / math.sqrt(2 * math.pi)
+    shift = (pdf_a - pdf_b) / mass
+    mean = x + sd * shift
+    var = sd**2 * (1 + (a * pdf_a - b * pdf_b) / mass - shift**2)
+    return log_z, mean, np.sqrt(var)
 
 
 def _grid_truth(x: np.ndarray, grid_size: int = 1024):
@@ -172,7 +211,18 @@ def build_problem(name: str, num_observations: int, seed: int = 0) -> Problem:
             sd,
             "quadrature",
         )
-    raise ValueError(f"problem: expected one of {list(PROBLEMS)}, received {name!r}")
+    if name == "box-10d":
+        d, sd = BOX["d"], BOX["sd"]
+        g = np.random.default_rng(seed)
+        x = g.uniform(-1, 1, (B, d)) + sd * g.standard_normal((B, d))
+        log_z, mean, post_sd = _box_truth(x, sd)
+        model = _box_model(d, sd)
+        params = {"sd": sd}
+        return Problem(
+            name, "box", d, d, "uniform", params, model, x, log_z, mean, post_sd, "exact"
+        )
+    known = list(PROBLEMS + OTHER_PROBLEMS)
+    raise ValueError(f"problem: expected one of {known}, received {name!r}")
 
 
 def errors(problem: Problem, log_evidence: np.ndarray, mean: np.ndarray) -> dict[str, float]:

@@ -8,6 +8,10 @@ the CPU. PyTorch's CPU ``where`` is a scalar loop that branches on every element
 unpredictable masks of Metropolis-Hastings decisions it runs several times slower than an
 arithmetic operation of the same size (about 0.4 ms against 0.07 ms for 128 x 1000 float32
 values on one core), and the sampler makes several such selections per particle and step.
+
+:func:`all_last` is ``mask.all(-1)`` as a count: torch's CPU ``all`` over a short last axis
+is 2.3 to 2.5 times slower than summing the same booleans (128 x 250 x 10 and 32 x 1000 x
+10 values, one thread).
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import math
 import torch
 from torch import Tensor
 
-__all__ = ["log_mean_exp", "select"]
+__all__ = ["all_last", "log_mean_exp", "select"]
 
 _SAME_SIZE_INT = {8: torch.int64, 4: torch.int32, 2: torch.int16}
 
@@ -54,6 +58,17 @@ def select(condition: Tensor, a: Tensor | float, b: Tensor | float) -> Tensor:
     mask = condition.to(int_type).neg_()  # 1 -> all bits set, 0 -> none
     a_bits, b_bits = a.view(int_type), b.view(int_type)
     return ((a_bits ^ b_bits) & mask ^ b_bits).view(a.dtype)
+
+
+def all_last(mask: Tensor) -> Tensor:
+    """``mask.all(-1)``: whether every entry of the last axis holds, as a count of them.
+
+    Shapes: mask [..., d] bool -> [...] bool.
+
+    >>> all_last(torch.tensor([[True, True], [True, False]]))
+    tensor([ True, False])
+    """
+    return mask.sum(-1) == mask.shape[-1]
 
 
 def log_mean_exp(log_weights: Tensor) -> Tensor:

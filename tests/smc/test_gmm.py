@@ -72,7 +72,8 @@ def test_fit_mixture_stays_finite_on_resampled_clouds_with_few_distinct_points()
     assert torch.isfinite(draws).all()
 
 
-@pytest.mark.parametrize(("d", "m"), [(2, 3), (4, 3)])  # both evaluation paths (d <= M, d > M)
+# both evaluation paths (d <= M, d > M)
+@pytest.mark.parametrize(("d", "m"), [(2, 3), (4, 3), (10, 3)])
 def test_mixture_densities_match_torch(d, m):
     from torch.distributions import MultivariateNormal
 

@@ -45,6 +45,7 @@ from torch import Tensor
 from torch.distributions import Distribution, Transform, constraints
 
 from smcwake import _rng
+from smcwake._ops import all_last
 from smcwake.model import Model
 from smcwake.smc.base import ADAPTATION_GAIN, Kernel, MoveInfo, SMCState, Target, make_kernel
 from smcwake.smc.mh import weighted_cholesky
@@ -247,7 +248,7 @@ class _Bijection:
         with torch.no_grad():
             back = t.inv(z.detach())
             ok = torch.isfinite(z.detach()) & ((back - u.detach()).abs() <= ROUND_TRIP_TOLERANCE)
-        return z, ok.all(-1)
+        return z, all_last(ok)
 
     def inverse(self, z: Tensor) -> tuple[Tensor, Tensor]:
         """u = T^{-1}(z) (``_SENTINEL`` where z is not strictly inside) and whether it is.
@@ -255,7 +256,7 @@ class _Bijection:
         Shapes: z [*, d] -> (u [*, d], inside [*] bool).
         """
         u = self.transform(z).inv(z)
-        finite = torch.isfinite(u).all(-1)
+        finite = all_last(torch.isfinite(u))
         u = torch.where(finite[..., None], u, _SENTINEL)
         _, inside = self.forward(u)
         return u, inside & finite
