@@ -287,8 +287,11 @@ def _time_to(curve: list[dict[str, Any]], target: float = TARGET_KL) -> str:
     return "not reached" if hit is None else f"{hit['cpu_time'] / 60:.1f}"
 
 
-def _settings(settings: dict[str, Any]) -> str:
-    return ", ".join(f"`{k}={v}`" for k, v in settings.items()) or "(none)"
+def _settings(settings: dict[str, Any], current: bool = False) -> str:
+    listed = ", ".join(f"`{k}={v}`" for k, v in settings.items())
+    if current:  # a --current row: the library's defaults of the day it ran
+        return f"the defaults of the day, {listed}" if listed else "the defaults of the day"
+    return listed or "(none)"
 
 
 def _model_table(records: list[dict[str, Any]], base_name: str, model: str) -> list[str]:
@@ -304,7 +307,7 @@ def _model_table(records: list[dict[str, Any]], base_name: str, model: str) -> l
         rows.append(
             [
                 r["name"],
-                _settings(r["settings"]),
+                _settings(r["settings"], r.get("current_defaults", False)),
                 f"{r['steps']:,}",
                 f"{r['cpu_time'] / 60:.1f}",
                 f"{r['forward_kl']:.3f}",
@@ -333,7 +336,9 @@ def write(base_name: str, results: Path = RESULTS, out: Path = DOC) -> None:
     records = _records(results)
     lines = [
         f"Rows start from the previous defaults ({_settings(PREVIOUS_DEFAULTS)}) and change "
-        f"what their settings say. Forward KL: mean over the 100 observations of KL(p || q), "
+        "what their settings say, except rows on 'the defaults of the day' (`--current`), which "
+        "start from the library's defaults when they ran. Forward KL: mean over the 100 "
+        "observations of KL(p || q), "
         f'{DRAWS} exact draws each; "minus base" is the mean difference to the row '
         f"{base_name!r} over the same observations, with its standard error. Bank ESS: mean of "
         "the last five values of `fit`'s convergence signal. "
