@@ -72,6 +72,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--kernel", default=None, help="smcwake kernel (default: run_smc's)")
     p.add_argument(
+        "--blackjax-steps",
+        type=int,
+        default=None,
+        help="BlackJAX's random-walk steps per stage (default: its own, 10); to trace its "
+        "time against its error, not for the table",
+    )
+    p.add_argument(
         "--loop-budget",
         type=float,
         default=30.0,
@@ -187,6 +194,8 @@ def make_runners(problem, peers: list[str], args) -> tuple[dict, dict]:
     for peer in peers:
         module = load_peer(f"{peer}_peer")
         kernel = args.kernel if peer == "smcwake" else None
+        if peer == "blackjax" and args.blackjax_steps is not None:
+            module.NUM_MCMC_STEPS = args.blackjax_steps  # read by its settings and runner
         notes[module.NAME] = module.settings(kernel)
         reason = module.unavailable()
         if reason is not None:

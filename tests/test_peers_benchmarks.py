@@ -258,3 +258,21 @@ def test_fit_speed_profile_attributes_the_time(tmp_path):
     assert 0 < step < whole
     assert parts["of which `backward`"] + adam <= step + 0.1  # both inside `_take_step`
     assert "the whole default fit (400 steps) would take (min)" in out.read_text()
+
+
+@pytest.mark.skipif(not installed("blackjax"), reason="BlackJAX (smcwake[peers]) not installed")
+def test_blackjax_steps_per_stage_can_be_set(tmp_path):
+    # --blackjax-steps traces BlackJAX's time against its error: the runs must use the steps
+    # asked for, and the evaluation count must follow (K (1 + (S + 3) stages) per observation)
+    out = run_script(
+        "peers_smc.py",
+        *("--problems", "two-moons", "--peers", "blackjax", "--blackjax-steps", "3"),
+        *("--batches", "1", "--num-particles", "100", "--repeats", "1", "--no-write"),
+        *("--plot", str(tmp_path / "peers-smc.png")),
+        tmp=tmp_path,
+    )
+    assert "3 steps per stage" in out
+    row = rows(out)[("two-moons", "1", "BlackJAX")]  # one observation: a whole stage count
+    per_stage = (int(row[7].replace(",", "")) / 100 - 1) / 6  # evals / obs = K (1 + 6 stages)
+    assert per_stage >= 1
+    assert per_stage == int(per_stage)

@@ -29,7 +29,8 @@ from _peers.problems import Problem
 
 NAME = "BlackJAX"
 NUM_MCMC_STEPS = 10
-EVALS_PER_STAGE = NUM_MCMC_STEPS + 3
+"""Random-walk steps per stage: BlackJAX's default (``peers_smc.py --blackjax-steps`` sets
+another, to trace its time against its error)."""
 MAX_STAGES = 500
 ZERO_LIKELIHOOD_FLOOR = -1e30  # stands for log 0 in the two-moons likelihood (see below)
 
@@ -104,6 +105,7 @@ class Runner:
         from blackjax.smc.tuning.from_particles import particles_covariance_matrix
 
         self.jax, self.problem, self.K = jax, problem, num_particles
+        self.steps = NUM_MCMC_STEPS
         d = problem.d
         log_prior, log_likelihood = _jax_functions(problem)
         step = random_walk.build_additive_step()
@@ -131,7 +133,7 @@ class Runner:
                 resampling_fn=resampling.systematic,
                 mcmc_parameter_update_fn=lambda k, s, i: {"sigma": step_factor(s.particles)[None]},
                 initial_parameter_value={"sigma": jnp.eye(d)[None]},
-                num_mcmc_steps=NUM_MCMC_STEPS,
+                num_mcmc_steps=self.steps,
                 target_ess=ess_target,
             )
             key_prior, key_loop = jax.random.split(key)
@@ -177,7 +179,7 @@ class Runner:
         start = time.perf_counter()
         log_z, mean, stages = self.jax.block_until_ready(fn(keys, xj))
         seconds = time.perf_counter() - start
-        evals = self.K * (1 + EVALS_PER_STAGE * np.asarray(stages, float))
+        evals = self.K * (1 + (self.steps + 3) * np.asarray(stages, float))
         return RunOutput(
             np.asarray(log_z, float), np.asarray(mean, float), evals, seconds, x.shape[0]
         )
