@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from functools import partial
 
 import torch
 import zuko
@@ -264,6 +263,10 @@ class MixtureDensityEncoder(Encoder):
         return loc + scale * eps
 
 
+_SPLINE_SLOPE = 1e-3
+"""The splines' minimum slope (zuko's NSF default)."""
+
+
 class _SplineTransform(zuko.transforms.MonotonicRQSTransform):
     """zuko's monotonic rational-quadratic spline with its knots computed in fewer passes.
 
@@ -287,7 +290,7 @@ class _SplineTransform(zuko.transforms.MonotonicRQSTransform):
         heights: Tensor,
         derivatives: Tensor,
         bound: float = 5.0,
-        slope: float = 1e-3,
+        slope: float = _SPLINE_SLOPE,
         **kwargs,
     ) -> None:
         torch.distributions.Transform.__init__(self, **kwargs)
@@ -301,10 +304,6 @@ class _SplineTransform(zuko.transforms.MonotonicRQSTransform):
         self.vertical = knots(heights)
         derivatives = derivatives / (1 + (0.5 * squash * derivatives).abs())
         self.derivatives = torch.exp(F.pad(derivatives, (1, 1), value=0))
-
-
-_SPLINE_SLOPE = 1e-3
-"""The splines' minimum slope (zuko's NSF default)."""
 
 
 class FlowEncoder(Encoder):
@@ -350,7 +349,7 @@ class FlowEncoder(Encoder):
             context=self.context_dim,
             transforms=transforms,
             hidden_features=tuple(hidden),
-            univariate=partial(_SplineTransform, slope=_SPLINE_SLOPE),
+            univariate=_SplineTransform,
             shapes=[(bins,), (bins,), (bins - 1,)],
         )
 
