@@ -480,6 +480,16 @@ def test_train_config_rejects_values_that_fail_late_or_silently(options, message
         TrainConfig(**options)
 
 
+def test_fit_names_an_unknown_option_and_the_closest_ones():
+    model, x = faults.conjugate(loglik=bounded_noise)
+    with pytest.raises(TypeError, match=r"'stepz' \(did you mean steps\?\), 'foo'"):
+        fit(model, x, stepz=10, foo=1)
+    # replace checks the new values as the constructor does
+    with pytest.raises(ValueError, match="steps: expected an integer >= 0"):
+        TrainConfig().replace(steps=-1)
+    assert TrainConfig().replace(steps=7).steps == 7
+
+
 def test_fit_excludes_zero_likelihood_observations_and_trains_the_rest(caplog):
     model, x = faults.conjugate(loglik=bounded_noise)
     x[[2, 9]] = 100.0

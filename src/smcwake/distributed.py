@@ -429,7 +429,7 @@ def fit_distributed(
     if isinstance(encoder, str):
         overrides["encoder"] = encoder
         encoder = None
-    config = dataclasses.replace(config or TrainConfig(), **overrides)
+    config = (config or TrainConfig()).replace(**overrides)
     device = torch.device(config.device) if config.device else default_device()
     created = _init_from_env(device) if group is None else False
     try:

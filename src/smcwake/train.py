@@ -35,6 +35,7 @@ and its level depends on the model: read it as a trend, not as a certificate.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import logging
 import math
 import os
@@ -291,6 +292,27 @@ class TrainConfig:
                 f"smc: expected SMCOptions or a dict of its fields, received {self.smc!r}"
             )
 
+    def replace(self, **changes: Any) -> TrainConfig:
+        """A copy with ``changes`` to its fields, checked as a new config is.
+
+        An unknown name raises a ``TypeError`` that lists the closest field names (a misspelt
+        option of :func:`fit` would otherwise be a bare "unexpected keyword argument").
+        """
+        fields = [f.name for f in dataclasses.fields(self)]
+        unknown = [name for name in changes if name not in fields]
+        if unknown:
+            hints = []
+            for name in unknown:
+                close = difflib.get_close_matches(name, fields, n=3)
+                hints.append(
+                    f"{name!r}" + (f" (did you mean {' or '.join(close)}?)" if close else "")
+                )
+            raise TypeError(
+                f"unknown training option(s) {', '.join(hints)}; the options are the fields of "
+                "TrainConfig"
+            )
+        return dataclasses.replace(self, **changes)
+
     @property
     def estimator(self) -> str | None:
         """The SMC-Wake estimator letter, or None for a baseline."""
@@ -471,7 +493,7 @@ def fit(
     if isinstance(encoder, str):
         overrides["encoder"] = encoder
         encoder = None
-    config = dataclasses.replace(config or TrainConfig(), **overrides)
+    config = (config or TrainConfig()).replace(**overrides)
     model.check_x(x)
     _check_dtype(x)
     run_path = check_run_dir(run_dir, resume=resume, overwrite=overwrite)
