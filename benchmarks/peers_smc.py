@@ -79,6 +79,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "time against its error, not for the table",
     )
     p.add_argument(
+        "--particles-steps",
+        type=int,
+        default=None,
+        help="run particles as standard SMC (N = K) with this many random-walk steps per "
+        "stage instead of its waste-free default; to trace its time against its error, not "
+        "for the table",
+    )
+    p.add_argument(
         "--loop-budget",
         type=float,
         default=30.0,
@@ -118,7 +126,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "of --batches observations; prints torch operations by self CPU time, with their "
         "shapes and time per element of the largest operand",
     )
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    for name in ("blackjax_steps", "particles_steps"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            p.error(f"--{name.replace('_', '-')}: expected an integer >= 1, received {value}")
+    return args
 
 
 def profile_smcwake(args) -> None:
@@ -196,6 +209,8 @@ def make_runners(problem, peers: list[str], args) -> tuple[dict, dict]:
         kernel = args.kernel if peer == "smcwake" else None
         if peer == "blackjax" and args.blackjax_steps is not None:
             module.NUM_MCMC_STEPS = args.blackjax_steps  # read by its settings and runner
+        if peer == "particles" and args.particles_steps is not None:
+            module.STANDARD_STEPS = args.particles_steps  # read by its settings and runner
         notes[module.NAME] = module.settings(kernel)
         reason = module.unavailable()
         if reason is not None:

@@ -276,3 +276,21 @@ def test_blackjax_steps_per_stage_can_be_set(tmp_path):
     per_stage = (int(row[7].replace(",", "")) / 100 - 1) / 6  # evals / obs = K (1 + 6 stages)
     assert per_stage >= 1
     assert per_stage == int(per_stage)
+
+
+@pytest.mark.skipif(not installed("particles"), reason="particles (smcwake[peers]) not installed")
+def test_particles_standard_smc_steps_can_be_set(tmp_path):
+    # --particles-steps runs particles as standard SMC, N = K particles each moved S times per
+    # stage: K (1 + S stages) evaluations per observation, where waste-free makes K per stage
+    out = run_script(
+        "peers_smc.py",
+        *("--problems", "two-moons", "--peers", "particles", "--particles-steps", "3"),
+        *("--batches", "1", "--num-particles", "100", "--repeats", "1", "--no-write"),
+        *("--plot", str(tmp_path / "peers-smc.png")),
+        tmp=tmp_path,
+    )
+    assert "standard (not waste-free), N = K, 3 steps per stage" in out
+    row = rows(out)[("two-moons", "1", "particles")]
+    stages = (int(row[7].replace(",", "")) / 100 - 1) / 3
+    assert stages >= 1
+    assert stages == int(stages)

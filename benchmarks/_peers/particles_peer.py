@@ -17,6 +17,11 @@ from _peers.problems import Problem
 
 NAME = "particles"
 LEN_CHAIN = 10
+STANDARD_STEPS: int | None = None
+"""None: particles' default, waste-free SMC with N = K / LEN_CHAIN chains of LEN_CHAIN states.
+An integer S: standard SMC instead (``wastefree=False``), N = K particles each moved by S
+random-walk steps per stage (``len_chain = S + 1``), BlackJAX's scheme: to trace particles'
+time against its error (``peers_smc.py --particles-steps``), not for the table."""
 # Stands for log 0 in the two-moons likelihood. particles searches the next temperature with
 # brentq on [1e-12, 1 - current]; at 1e-12 a log-likelihood of -inf already gives a point zero
 # weight, so when fewer than the ESS target of the prior draws have a nonzero likelihood (most
@@ -44,8 +49,13 @@ def unavailable() -> str | None:
 
 
 def settings(kernel: str | None = None) -> str:
+    scheme = (
+        f"waste-free, N = K/{LEN_CHAIN} x len_chain {LEN_CHAIN}"
+        if STANDARD_STEPS is None
+        else f"standard (not waste-free), N = K, {STANDARD_STEPS} steps per stage"
+    )
     return (
-        f"`AdaptiveTempering` (waste-free, N = K/{LEN_CHAIN} x len_chain {LEN_CHAIN}, "
+        f"`AdaptiveTempering` ({scheme}, "
         "adaptive random walk), a loop over observations, NumPy float64; two-moons' zero "
         f"likelihood written as log-likelihood {ZERO_LIKELIHOOD_FLOOR:g} (with -inf its "
         "temperature search finds no bracket and the run stops)"
@@ -61,7 +71,8 @@ class Runner:
 
         self.particles, self.ssp = particles, ssp
         self.problem = problem
-        self.N = max(num_particles // LEN_CHAIN, 2)
+        self.steps = STANDARD_STEPS
+        self.N = num_particles if self.steps else max(num_particles // LEN_CHAIN, 2)
         self.ess_target = ess_target
         d = problem.d
         if problem.prior == "normal":
@@ -89,7 +100,14 @@ class Runner:
         self.count = 0
         np.random.seed(seed)
         model = self.model_class(data=x[None, :], prior=self.prior)
-        fk = self.ssp.AdaptiveTempering(model=model, len_chain=LEN_CHAIN, ESSrmin=self.ess_target)
+        if self.steps:
+            fk = self.ssp.AdaptiveTempering(
+                model=model, wastefree=False, len_chain=self.steps + 1, ESSrmin=self.ess_target
+            )
+        else:
+            fk = self.ssp.AdaptiveTempering(
+                model=model, len_chain=LEN_CHAIN, ESSrmin=self.ess_target
+            )
         alg = self.particles.SMC(fk=fk, N=self.N, ESSrmin=self.ess_target, verbose=False)
         alg.run()
         mean = np.average(alg.X.theta["z"], weights=alg.W, axis=0)
