@@ -260,37 +260,32 @@ def test_fit_speed_profile_attributes_the_time(tmp_path):
     assert "the whole default fit (400 steps) would take (min)" in out.read_text()
 
 
-@pytest.mark.skipif(not installed("blackjax"), reason="BlackJAX (smcwake[peers]) not installed")
-def test_blackjax_steps_per_stage_can_be_set(tmp_path):
-    # --blackjax-steps traces BlackJAX's time against its error: the runs must use the steps
-    # asked for, and the evaluation count must follow (K (1 + (S + 3) stages) per observation)
+@pytest.mark.parametrize(
+    ("module", "tool", "option", "settings", "evals_per_stage"),
+    [
+        # BlackJAX: the S steps asked for, and 3 more evaluations per particle and stage
+        ("blackjax", "BlackJAX", "--blackjax-steps", "3 steps per stage", 3 + 3),
+        # particles as standard SMC: N = K particles each moved S times per stage (its
+        # waste-free default makes K evaluations per stage whatever S)
+        ("particles", "particles", "--particles-steps", "not waste-free), N = K, 3 steps", 3),
+    ],
+    ids=["blackjax", "particles"],
+)
+def test_steps_per_stage_can_be_set(tmp_path, module, tool, option, settings, evals_per_stage):
+    # --blackjax-steps / --particles-steps trace a tool's time against its error: the runs
+    # must use the steps asked for, and the evaluations per observation must follow,
+    # K (1 + evals_per_stage x stages) with a whole number of stages (one observation)
+    if not installed(module):
+        pytest.skip(f"{module} (smcwake[peers]) not installed")
     out = run_script(
         "peers_smc.py",
-        *("--problems", "two-moons", "--peers", "blackjax", "--blackjax-steps", "3"),
+        *("--problems", "two-moons", "--peers", module, option, "3"),
         *("--batches", "1", "--num-particles", "100", "--repeats", "1", "--no-write"),
         *("--plot", str(tmp_path / "peers-smc.png")),
         tmp=tmp_path,
     )
-    assert "3 steps per stage" in out
-    row = rows(out)[("two-moons", "1", "BlackJAX")]  # one observation: a whole stage count
-    per_stage = (int(row[7].replace(",", "")) / 100 - 1) / 6  # evals / obs = K (1 + 6 stages)
-    assert per_stage >= 1
-    assert per_stage == int(per_stage)
-
-
-@pytest.mark.skipif(not installed("particles"), reason="particles (smcwake[peers]) not installed")
-def test_particles_standard_smc_steps_can_be_set(tmp_path):
-    # --particles-steps runs particles as standard SMC, N = K particles each moved S times per
-    # stage: K (1 + S stages) evaluations per observation, where waste-free makes K per stage
-    out = run_script(
-        "peers_smc.py",
-        *("--problems", "two-moons", "--peers", "particles", "--particles-steps", "3"),
-        *("--batches", "1", "--num-particles", "100", "--repeats", "1", "--no-write"),
-        *("--plot", str(tmp_path / "peers-smc.png")),
-        tmp=tmp_path,
-    )
-    assert "standard (not waste-free), N = K, 3 steps per stage" in out
-    row = rows(out)[("two-moons", "1", "particles")]
-    stages = (int(row[7].replace(",", "")) / 100 - 1) / 3
+    assert settings in out
+    row = rows(out)[("two-moons", "1", tool)]
+    stages = (int(row[7].replace(",", "")) / 100 - 1) / evals_per_stage
     assert stages >= 1
     assert stages == int(stages)
