@@ -5,7 +5,7 @@ import math
 
 import pytest
 import torch
-from torch.distributions import Independent, Normal, Uniform, constraints
+from torch.distributions import HalfNormal, Independent, Normal, Uniform, constraints
 
 import faults
 from faults import BAD_X, Counted, FaultyEncoder, bounded_noise, g0, with_encoder
@@ -343,6 +343,69 @@ def test_bank_monitor_matches_the_closed_form(factor):
         assert ess == pytest.approx((factor / math.sqrt(2 - 1 / factor**2)) ** -D, rel=0.05)
     else:  # q too narrow: p / q has infinite mean, the estimate collapses
         assert ess < 0.2
+
+
+def test_encoder_gaps_find_the_observation_q_gets_wrong():
+    # q is the exact posterior for every observation but one, where its sd is 3 times too
+    # large: there KL(p || q) = d (log 3 + 1 / 18 - 1 / 2) = 1.308 nats (d = 2), elsewhere 0
+    # (the bank holds exact draws and the exact log p(x), so every l_s is 0 to rounding). From
+    # 2,000 draws the estimate's standard error is sqrt(d (8 / 9)^2 / 2 / 2000) = 0.020; 5 of
+    # them bound it. Only that observation is flagged.
+    from smcwake.loop import encoder_gaps, flag_gaps
+
+    model, x = conjugate()
+    bank = exact_bank(model, x, 2000)
+    factor = torch.ones(len(x), 1, 1)
+    factor[5] = 3.0
+    gaps = encoder_gaps(model, ScaledPosterior(factor), x, bank, num_particles=2000)
+    exact = D * (math.log(3.0) + 1 / 18 - 0.5)
+    assert abs(float(gaps[5]) - exact) < 0.1, (float(gaps[5]), exact)
+    others = torch.cat([gaps[:5], gaps[6:]])
+    assert others.abs().max() < 1e-4
+    assert torch.nonzero(flag_gaps(gaps)).flatten().tolist() == [5]
+
+
+def test_flag_gaps_reads_the_level_from_the_other_observations():
+    from smcwake.loop import flag_gaps, gap_level
+
+    gaps = torch.tensor([0.1] * 10 + [1.5, math.nan], dtype=torch.float64)
+    assert gap_level(gaps) == 1.0  # 10 x the median 0.1 is not above the 1-nat floor
+    assert torch.nonzero(flag_gaps(gaps)).flatten().tolist() == [10]  # NaN: not measured
+    # many dimensions: every observation's KL is larger, the level follows the median
+    gaps = torch.tensor([2.0] * 10 + [15.0], dtype=torch.float64)
+    assert gap_level(gaps) == 20.0
+    assert not flag_gaps(gaps).any()
+    assert not flag_gaps(torch.full((3,), math.nan, dtype=torch.float64)).any()
+
+
+def test_fit_warns_about_an_observation_its_encoder_gets_wrong(caplog):
+    # A half-normal scale with 10 N(0, scale^2) draws per observation: one observation's
+    # scale is 0.002, 250 times below the smallest other (0.5): its standardized x is about 0,
+    # which the network does not tell from a scale of 0.5 in 400 steps. Premise: the
+    # encoder's posterior mean there is more than 10 posterior sd from its own SMC particles',
+    # while the others are close; fit says so and names it.
+    g = torch.Generator().manual_seed(0)
+    scale = 0.5 + 2 * torch.rand(40, 1, generator=g)
+    scale[7] = 0.002
+    x = scale * torch.randn(40, 10, generator=g)
+    prior = Independent(HalfNormal(torch.tensor([2.0])), 1)
+    model = Model(prior, lambda z, x: Normal(0.0, z).log_prob(x[..., None, :]).sum(-1))
+    with caplog.at_level(logging.WARNING, logger="smcwake"):
+        out = fit(model, x, steps=400, num_particles=200, progress=False, seed=0)
+    assert "for 1 of 40 observations" in caplog.text
+    assert "first: [7]" in caplog.text
+    gaps = out.encoder_gaps
+    assert gaps.shape == (40,)
+    assert float(gaps[7]) > 5
+    assert float(torch.cat([gaps[:7], gaps[8:]]).max()) < 0.5
+    smc = run_smc(model, x[[7, 8]], 1000, seed=0)
+    w = smc.log_weights.double().exp()
+    mean = (w * smc.particles[..., 0].double()).sum(-1)
+    sd = (w * (smc.particles[..., 0].double() - mean[:, None]) ** 2).sum(-1).sqrt()
+    q_mean = out.posterior.sample(x[[7, 8]], 2000, generator=g)[..., 0].double().mean(-1)
+    off = ((q_mean - mean) / sd).abs()
+    assert off[0] > 10, off
+    assert off[1] < 1, off
 
 
 def test_fit_history_carries_the_convergence_signal():

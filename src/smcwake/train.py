@@ -64,9 +64,13 @@ from smcwake.checkpoint import (
 )
 from smcwake.encoders import ENCODER_KINDS, Encoder
 from smcwake.loop import (
+    GAP_MEDIANS,
     Synchronizer,
     TrainState,
     bank_monitor,
+    encoder_gaps,
+    flag_gaps,
+    gap_level,
     init_training,
     initial_encoder,
     initial_smc,
@@ -335,6 +339,9 @@ class FitResult(NamedTuple):
     bank: ParticleBank | None
     config: TrainConfig
     model: Model | None = None
+    #: [n] per observation, the forward KL from its own SMC particles to the trained q(z | x)
+    #: (:func:`~smcwake.loop.encoder_gaps`; NaN where not measured; None without a bank)
+    encoder_gaps: Tensor | None = None
 
     @property
     def posterior(self) -> Posterior:
@@ -531,4 +538,31 @@ def fit(
     if stop_reason == "signal":
         _leave(stop.signum, state.step, run_path)
     state.encoder.eval()
-    return FitResult(state.encoder, state.history, state.bank, config, model)
+    gaps = None
+    if state.bank is not None and sync is None:  # a process of a parallel fit holds a shard
+        gaps = encoder_gaps(model, state.encoder, x, state.bank, seed=config.seed)
+        _warn_gaps(gaps)
+    return FitResult(state.encoder, state.history, state.bank, config, model, gaps)
+
+
+def _warn_gaps(gaps: Tensor) -> None:
+    """Log a warning naming the observations whose encoder answer is far from their particles."""
+    flagged = torch.nonzero(flag_gaps(gaps)).flatten()
+    if flagged.numel() == 0:
+        return
+    worst = int(flagged[gaps[flagged].argmax()])
+    first = flagged[:5].tolist()
+    logger.warning(
+        "the trained encoder is far from its own SMC particles for %d of %d observations "
+        "(forward KL above %.3g nats, %g times the median or more; first: %s; worst: %d, %.3g "
+        "nats; all values in FitResult.encoder_gaps): q(z | x) may be wrong for them. "
+        "posterior.refine(x[idx]) or run_smc(model, x[idx]) gives exact answers; more steps, or "
+        "an embedding of x that resolves what sets them apart, may close the gap",
+        flagged.numel(),
+        gaps.numel(),
+        gap_level(gaps),
+        GAP_MEDIANS,
+        first,
+        worst,
+        float(gaps[worst]),
+    )
