@@ -65,6 +65,7 @@ from smcwake.checkpoint import (
 from smcwake.encoders import ENCODER_KINDS, Encoder
 from smcwake.loop import (
     GAP_MEDIANS,
+    GAP_WARNING,
     Synchronizer,
     TrainState,
     bank_monitor,
@@ -554,13 +555,14 @@ def _warn_gaps(gaps: Tensor) -> None:
     first = flagged[:5].tolist()
     logger.warning(
         "the trained encoder is far from its own SMC particles for %d of %d observations "
-        "(forward KL above %.3g nats, %g times the median or more; first: %s; worst: %d, %.3g "
-        "nats; all values in FitResult.encoder_gaps): q(z | x) may be wrong for them. "
-        "posterior.refine(x[idx]) or run_smc(model, x[idx]) gives exact answers; more steps, or "
-        "an embedding of x that resolves what sets them apart, may close the gap",
+        "(forward KL above %.3g nats, the larger of %g and %g times the median; first: %s; "
+        "worst: %d, %.3g nats; all values in FitResult.encoder_gaps): q(z | x) may be wrong for "
+        "them. posterior.refine(x[idx]) or run_smc(model, x[idx]) gives exact answers; more "
+        "steps, or an embedding of x that resolves what sets them apart, may close the gap",
         flagged.numel(),
         gaps.numel(),
         gap_level(gaps),
+        GAP_WARNING,
         GAP_MEDIANS,
         first,
         worst,
