@@ -581,13 +581,14 @@ def gap_level(gaps: Tensor) -> float:
     return max(GAP_WARNING, GAP_MEDIANS * median)
 
 
-def flag_gaps(gaps: Tensor) -> Tensor:
-    """The observations whose :func:`encoder_gaps` value is above :func:`gap_level` (NaN: not
-    measured, not flagged).
+def flag_gaps(gaps: Tensor, level: float | None = None) -> Tensor:
+    """The observations whose :func:`encoder_gaps` value is above ``level`` (by default
+    :func:`gap_level`; NaN: not measured, not flagged).
 
     Shapes: gaps [n] -> [n] bool.
     """
-    return torch.nan_to_num(gaps, nan=-math.inf) > gap_level(gaps)
+    level = gap_level(gaps) if level is None else level
+    return torch.nan_to_num(gaps, nan=-math.inf) > level
 
 
 def _monitor_due(config: TrainConfig, step: int) -> bool:

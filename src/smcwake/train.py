@@ -548,7 +548,8 @@ def fit(
 
 def _warn_gaps(gaps: Tensor) -> None:
     """Log a warning naming the observations whose encoder answer is far from their particles."""
-    flagged = torch.nonzero(flag_gaps(gaps)).flatten()
+    level = gap_level(gaps)
+    flagged = torch.nonzero(flag_gaps(gaps, level)).flatten()
     if flagged.numel() == 0:
         return
     worst = int(flagged[gaps[flagged].argmax()])
@@ -561,7 +562,7 @@ def _warn_gaps(gaps: Tensor) -> None:
         "steps, or an embedding of x that resolves what sets them apart, may close the gap",
         flagged.numel(),
         gaps.numel(),
-        gap_level(gaps),
+        level,
         GAP_WARNING,
         GAP_MEDIANS,
         first,
