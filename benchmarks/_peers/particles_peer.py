@@ -100,14 +100,12 @@ class Runner:
         self.count = 0
         np.random.seed(seed)
         model = self.model_class(data=x[None, :], prior=self.prior)
-        if self.steps:
-            fk = self.ssp.AdaptiveTempering(
-                model=model, wastefree=False, len_chain=self.steps + 1, ESSrmin=self.ess_target
-            )
-        else:
-            fk = self.ssp.AdaptiveTempering(
-                model=model, len_chain=LEN_CHAIN, ESSrmin=self.ess_target
-            )
+        fk = self.ssp.AdaptiveTempering(
+            model=model,
+            wastefree=not self.steps,  # particles' default: waste-free
+            len_chain=self.steps + 1 if self.steps else LEN_CHAIN,
+            ESSrmin=self.ess_target,
+        )
         alg = self.particles.SMC(fk=fk, N=self.N, ESSrmin=self.ess_target, verbose=False)
         alg.run()
         mean = np.average(alg.X.theta["z"], weights=alg.W, axis=0)
