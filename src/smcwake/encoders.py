@@ -305,6 +305,22 @@ class _SplineTransform(zuko.transforms.MonotonicRQSTransform):
         derivatives = derivatives / (1 + (0.5 * squash * derivatives).abs())
         self.derivatives = torch.exp(F.pad(derivatives, (1, 1), value=0))
 
+    @property
+    def inv(self) -> torch.distributions.Transform:
+        """The inverse spline, not stored on ``self`` (``t.inv.inv is t`` still holds).
+
+        torch's ``Transform.inv`` keeps a strong reference to the inverse it builds, and the
+        inverse one back: a reference cycle that only Python's cycle collector frees. Drawing
+        from a flow inverts each autoregressive transform in d passes, each with a new spline
+        holding its knots ([..., d, bins + 1] three times), and the collector, which counts
+        objects rather than bytes, ran too rarely to free them: drawing 100 samples for 60
+        observations in 40 dimensions grew the process by 1.9 GB (0.17 GB with the cycle
+        broken), and 2,000 draws ran out of memory.
+        """
+        inverse = super().inv
+        self._inv = None
+        return inverse
+
 
 class FlowEncoder(Encoder):
     """Conditional neural spline flow (``zuko.flows.NSF``) on standardized v; the default.
