@@ -121,6 +121,7 @@ TITLES = {
     "batching": "Batching",
     "overhead": "Overhead over the likelihood",
     "memory": "Memory of the particle bank",
+    "encoder-draws": "Drawing from the flow encoder",
     "scaling": "Scaling",
     "compile": "torch.compile",
     "end-to-end": "End to end",

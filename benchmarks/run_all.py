@@ -23,6 +23,7 @@ SCRIPTS = {
     "batching": [],
     "overhead": [],
     "memory": [],
+    "encoder_draws": [],
     "scaling": [],
     "torch_compile": [],
     "end_to_end": ["--rounds", "2"],
