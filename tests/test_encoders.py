@@ -552,3 +552,34 @@ def test_drawing_from_a_flow_leaves_nothing_for_the_cycle_collector():
         gc.garbage.clear()
         gc.enable()
     assert left == []
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_large_requests_are_drawn_in_blocks_from_the_same_distribution(kind, monkeypatch):
+    """Past DRAW_BLOCK values a request is drawn in blocks of observations and draws (a flow's
+    inverse holds about 0.5 kB per value). The blocks must be fresh draws (no block repeating
+    another's random numbers) of the same distribution as one whole draw."""
+    from smcwake import encoder_base
+
+    encoder = make(kind, 2)
+    x = observations(1).expand(6, -1)  # one observation six times: 6 x 2000 iid draws
+    g = torch.Generator().manual_seed(0)
+    whole = encoder.sample(x, 2000, generator=g)
+    monkeypatch.setattr(encoder_base, "DRAW_BLOCK", 2 * 500)  # one observation, 500 draws
+    calls = []
+    draw_block = encoder._draw_block
+    monkeypatch.setattr(
+        encoder, "_draw_block", lambda x, n, g: calls.append(n) or draw_block(x, n, g)
+    )
+    blocks = encoder.sample(x, 2000, generator=g)
+    assert calls == [500] * 24  # 6 observations x 4 blocks of draws
+    assert blocks.shape == whole.shape == (6, 2000, 2)
+    assert torch.unique(blocks.reshape(-1, 2), dim=0).shape[0] == 6 * 2000
+    n = whole.shape[0] * whole.shape[1]
+    m_whole, m_blocks = whole.mean((0, 1)), blocks.mean((0, 1))
+    sd = whole.std((0, 1))
+    # difference of two means of n iid draws: standard error sd sqrt(2 / n); 5 of them
+    assert ((m_whole - m_blocks).abs() <= 5 * sd * math.sqrt(2 / n)).all()
+    # sd: relative standard error about sqrt((kurtosis - 1) / (4 n)) per estimate; mixtures have
+    # heavier tails than a normal, so allow kurtosis up to 9 (sqrt(2 * 8 / (4 n)) for the two)
+    assert ((blocks.std((0, 1)) / sd - 1).abs() <= 5 * math.sqrt(2 * 8 / (4 * n))).all()

@@ -217,6 +217,9 @@ class Encoder(nn.Module):
     def sample(self, x: Tensor, n: int, *, generator: torch.Generator | None = None) -> Tensor:
         """Draw n samples per observation, without gradient.
 
+        Requests of more than ``DRAW_BLOCK`` values (B n d) are drawn in blocks, which bounds
+        the memory a flow's inverse needs and keeps it fast; see ``DRAW_BLOCK``.
+
         Shapes: x [B, p] -> [B, n, d].
 
         >>> from smcwake.encoders import GaussianEncoder
@@ -225,11 +228,27 @@ class Encoder(nn.Module):
         torch.Size([4, 6, 2])
         """
         _check_n(n)
+        x = self._check_x(x)
+        rows, draws = _draw_blocks(x.shape[0], n, self.z_dim)
         with torch.no_grad():
-            dist = self._distribution(self._context(self._check_x(x)))
-            v = self._draw(dist, n, generator)
-            transform = self.support_transform(v)
-            return v if transform is None else transform(v)
+            blocks = [
+                torch.cat(
+                    [
+                        self._draw_block(x[i : i + rows], min(draws, n - j), generator)
+                        for j in range(0, n, draws)
+                    ],
+                    dim=1,
+                )
+                for i in range(0, x.shape[0], rows)
+            ]
+        return blocks[0] if len(blocks) == 1 else torch.cat(blocks)
+
+    def _draw_block(self, x: Tensor, n: int, generator: torch.Generator | None) -> Tensor:
+        """n draws for each of a block of checked observations. Shapes: x [b, p] -> [b, n, d]."""
+        dist = self._distribution(self._context(x))
+        v = self._draw(dist, n, generator)
+        transform = self.support_transform(v)
+        return v if transform is None else transform(v)
 
     def rsample_and_log_prob(
         self, x: Tensor, n: int, *, generator: torch.Generator | None = None
@@ -384,6 +403,30 @@ def _infer_embedding_dim(embedding: nn.Module, x_dim: int) -> int:
         got = list(out.shape) if isinstance(out, Tensor) else type(out).__name__
         raise ValueError(f"embedding: expected output shape [B, e] for [1, {x_dim}], got {got}")
     return int(out.shape[1])
+
+
+DRAW_BLOCK = 1 << 15
+"""Draw values (draws x coordinates) per block of :meth:`Encoder.sample`. Larger requests are
+drawn in blocks of observations (and of draws, when one observation's exceed it). A flow's
+inverse holds about 0.5 kB of temporaries per value and runs d passes over them; in blocks of
+this size they stay small and warm in cache. Measured on one core, untrained default flow
+encoders: 1000 observations x 1000 draws in 2 dimensions 9.7 s in one block, 3.4 s in blocks;
+100 x 1000 in 10 dimensions 10.2 s and 4.8 s; 60 x 500 in 40 dimensions 28 to 64 s and 21 s
+(2^14 to 2^16 values per block were within 10% of each other). The Gaussian and mixture
+families are unaffected (milliseconds either way). A request of one block draws exactly as
+before blocks existed; a larger one draws the same distribution from a different stream."""
+
+
+def _draw_blocks(b: int, n: int, d: int) -> tuple[int, int]:
+    """Observations and draws per block of ``sample`` for b observations of n draws in d
+    dimensions: everything at once when b n d <= DRAW_BLOCK.
+
+    >>> _draw_blocks(4, 100, 2), _draw_blocks(60, 200, 40), _draw_blocks(1, 10**6, 40)
+    ((4, 100), (4, 200), (1, 819))
+    """
+    rows = max(1, DRAW_BLOCK // (n * d))
+    draws = n if n * d <= DRAW_BLOCK else max(1, DRAW_BLOCK // d)
+    return min(rows, b), draws
 
 
 def _check_n(n: int) -> None:
