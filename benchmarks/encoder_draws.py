@@ -3,16 +3,17 @@
     python benchmarks/encoder_draws.py       # about 3 minutes; rewrites its section of
                                              # docs/PERFORMANCE.md
 
-A flow encoder is sampled by inverting its autoregressive transforms, d passes of the hyper
-network each, so ``posterior.sample`` costs about d times a ``log_prob`` of the same points.
-``Encoder.sample`` draws a large request in blocks of ``DRAW_BLOCK`` values (draws x
-coordinates). For each case a fresh process builds an untrained default ``FlowEncoder`` (the
-cost of a draw does not depend on the weights), draws once, and reports the time and the growth
-of its peak resident set size (VmHWM) over the resident size before the draw. Three variants:
-as shipped (in blocks); in one block (``DRAW_BLOCK`` raised past the request), which is how
-every request was drawn before blocks; and in blocks with Python's cycle collector off, where
-memory that only the collector frees would show (a reference cycle per pass once held every
-pass's spline knots until it ran).
+A flow encoder is sampled by inverting its autoregressive transforms, d passes each.
+``Encoder.sample`` draws a large request in blocks of ``DRAW_BLOCK`` draws, and the flow
+inverts one coordinate per pass (``smcwake.encoders._autoregressive_inverse``) where zuko's
+own inverse reruns the whole hyper network and every coordinate's spline in each pass. For each
+case a fresh process builds an untrained default ``FlowEncoder`` (the cost of a draw does not
+depend on the weights), draws once, and reports the time and the growth of its peak resident
+set size (VmHWM) over the resident size before the draw. Variants: as shipped; in one block
+(``DRAW_BLOCK`` raised past the request); zuko's inverse in one block, which is how every
+request was drawn before either change; and as shipped with Python's cycle collector off,
+where memory that only the collector frees would show (a reference cycle per pass once held
+every pass's spline knots until it ran).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import time
 from _common import parser, table, write_section
 from memory import _status_bytes
 
-VARIANTS = ("blocks", "one-block", "collector-off")
+VARIANTS = ("blocks", "one-block", "zuko-one-block", "collector-off")
 
 
 def measure(d: int, observations: int, draws: int, x_dim: int, variant: str) -> dict:
@@ -35,6 +36,7 @@ def measure(d: int, observations: int, draws: int, x_dim: int, variant: str) -> 
     import torch
 
     from smcwake import encoder_base
+    from smcwake.encoder_base import Encoder
     from smcwake.encoders import FlowEncoder
 
     torch.set_num_threads(1)
@@ -42,8 +44,10 @@ def measure(d: int, observations: int, draws: int, x_dim: int, variant: str) -> 
     encoder = FlowEncoder(x_dim, d).eval()
     x = torch.randn(observations, x_dim, generator=g)
     encoder.sample(x[:2], 2, generator=g)  # warm-up: first-call allocations
-    if variant == "one-block":
-        encoder_base.DRAW_BLOCK = observations * draws * d
+    if variant in ("one-block", "zuko-one-block"):
+        encoder_base.DRAW_BLOCK = observations * draws
+    if variant == "zuko-one-block":
+        FlowEncoder._draw_given = Encoder._draw_given  # the distribution's own rsample
     gc.collect()
     if variant == "collector-off":
         gc.disable()
@@ -78,16 +82,18 @@ def main() -> None:
             cmd += ["--x-dim", str(args.x_dim)]
             out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
             cells[variant] = json.loads(out.strip().splitlines()[-1])
-        blocks, one, off = (cells[v] for v in VARIANTS)
+        blocks, one, zuko, off = (cells[v] for v in VARIANTS)
         rows.append(
             [
                 d,
                 f"{b:,} x {n:,}",
                 blocks["seconds"],
                 one["seconds"],
-                one["seconds"] / blocks["seconds"],
+                zuko["seconds"],
+                zuko["seconds"] / blocks["seconds"],
                 f"{blocks['peak_growth'] / 1e6:,.0f}",
                 f"{one['peak_growth'] / 1e6:,.0f}",
+                f"{zuko['peak_growth'] / 1e6:,.0f}",
                 f"{off['peak_growth'] / 1e6:,.0f}",
             ]
         )
@@ -95,12 +101,14 @@ def main() -> None:
         [
             "d",
             "observations x draws",
-            "seconds, blocks",
-            "seconds, one block",
-            "one block / blocks",
-            "peak growth, blocks (MB)",
-            "peak growth, one block (MB)",
-            "peak growth, blocks, collector off (MB)",
+            "seconds",
+            "one block (s)",
+            "zuko, one block (s)",
+            "zuko, one block / shipped",
+            "peak growth (MB)",
+            "one block (MB)",
+            "zuko, one block (MB)",
+            "collector off (MB)",
         ],
         rows,
     )
@@ -108,8 +116,11 @@ def main() -> None:
         "encoder-draws",
         f"`FlowEncoder(x_dim={args.x_dim}, d)` with its default architecture (3 transforms, "
         "hidden (64, 64), 8 bins), untrained; one call of `sample` per process, one thread. "
-        "Peak growth: the process's peak resident set size after the draw minus its resident "
-        "size before it.\n\n" + body,
+        "Seconds and peak growth (the process's peak resident set size after the draw minus "
+        "its resident size before it) as shipped: blocks of `DRAW_BLOCK` draws, one coordinate "
+        "per pass. Then in one block; zuko's own inverse in one block (every coordinate in "
+        "every pass: how every request was drawn before); and as shipped with Python's cycle "
+        "collector off.\n\n" + body,
         args.out,
         write=not args.no_write,
     )

@@ -29,5 +29,5 @@ def test_script_runs_and_writes_a_section(tmp_path):
     assert len(rows) == 2
     for row in rows:
         cells = [cell.strip() for cell in row.strip("|").split("|")]
-        assert len(cells) == 8
+        assert len(cells) == 10
         assert float(cells[2]) > 0  # seconds

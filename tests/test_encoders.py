@@ -556,16 +556,16 @@ def test_drawing_from_a_flow_leaves_nothing_for_the_cycle_collector():
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_large_requests_are_drawn_in_blocks_from_the_same_distribution(kind, monkeypatch):
-    """Past DRAW_BLOCK values a request is drawn in blocks of observations and draws (a flow's
-    inverse holds about 0.5 kB per value). The blocks must be fresh draws (no block repeating
-    another's random numbers) of the same distribution as one whole draw."""
+    """Past DRAW_BLOCK draws a request is drawn in blocks of observations and draws. The blocks
+    must be fresh draws (no block repeating another's random numbers) of the same distribution
+    as one whole draw."""
     from smcwake import encoder_base
 
     encoder = make(kind, 2)
     x = observations(1).expand(6, -1)  # one observation six times: 6 x 2000 iid draws
     g = torch.Generator().manual_seed(0)
     whole = encoder.sample(x, 2000, generator=g)
-    monkeypatch.setattr(encoder_base, "DRAW_BLOCK", 2 * 500)  # one observation, 500 draws
+    monkeypatch.setattr(encoder_base, "DRAW_BLOCK", 500)  # one observation, 500 draws
     calls = []
     draw_block = encoder._draw_block
     monkeypatch.setattr(
@@ -583,3 +583,52 @@ def test_large_requests_are_drawn_in_blocks_from_the_same_distribution(kind, mon
     # sd: relative standard error about sqrt((kurtosis - 1) / (4 n)) per estimate; mixtures have
     # heavier tails than a normal, so allow kurtosis up to 9 (sqrt(2 * 8 / (4 n)) for the two)
     assert ((blocks.std((0, 1)) / sd - 1).abs() <= 5 * math.sqrt(2 * 8 / (4 * n))).all()
+
+
+@pytest.mark.parametrize("support", [None, constraints.positive], ids=["real", "positive"])
+@pytest.mark.parametrize("z_dim", [2, 5])
+def test_flow_draws_are_zukos_inverse_of_the_same_noise(z_dim, support):
+    """``sample`` inverts each autoregressive transform one coordinate at a time instead of
+    zuko's d passes over every coordinate; in float64 it must give zuko's own draws of the same
+    base noise, to rounding (splines far from the identity: raw parameters of size ~1)."""
+    from smcwake._rng import forked_rng
+
+    torch.manual_seed(0)
+    encoder = FlowEncoder(X_DIM, z_dim, hidden=(16, 16), support=support).double()
+    with torch.no_grad():
+        for param in encoder.flow.parameters():
+            param.copy_(torch.randn_like(param))
+    x = observations(4)
+    mine = encoder.sample(x, 50, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad(), forked_rng(torch.Generator().manual_seed(1)):
+        v = encoder._distribution(encoder._context(x)).rsample((50,)).movedim(0, 1)
+    transform = encoder.support_transform(v)
+    theirs = v if transform is None else transform(v)
+    torch.testing.assert_close(mine, theirs, rtol=1e-9, atol=1e-9)
+
+
+def test_autoregressive_inverse_with_several_coordinates_per_pass():
+    """Coordinates of one level of the transform's order are inverted together (zuko's
+    ``passes`` < features): the transform maps the inverse back onto y."""
+    from zuko.flows.autoregressive import MaskedAutoregressiveTransform
+
+    from smcwake.encoders import _autoregressive_inverse, _SplineTransform
+
+    torch.manual_seed(0)
+    transform = MaskedAutoregressiveTransform(
+        features=5,
+        context=3,
+        passes=2,
+        univariate=_SplineTransform,
+        shapes=[(8,), (8,), (7,)],
+        hidden_features=(16,),
+    ).double()
+    assert torch.unique(transform.order).numel() == 2
+    with torch.no_grad():
+        for param in transform.parameters():
+            param.copy_(0.5 * torch.randn_like(param))
+    h = torch.randn(4, 3, dtype=torch.float64)
+    y = 2.0 * torch.randn(6, 4, 5, dtype=torch.float64)  # inside and outside [-5, 5]
+    with torch.no_grad():
+        x = _autoregressive_inverse(transform, h, y)
+        torch.testing.assert_close(transform(h)(x), y, rtol=1e-9, atol=1e-9)

@@ -322,6 +322,40 @@ class _SplineTransform(zuko.transforms.MonotonicRQSTransform):
         return inverse
 
 
+def _autoregressive_inverse(transform: nn.Module, h: Tensor, y: Tensor) -> Tensor:
+    """x such that ``transform(h)(x) = y``, for zuko's ``MaskedAutoregressiveTransform``.
+
+    zuko inverts in d passes, each running the whole hyper network and every coordinate's
+    spline, of which one coordinate's result is new. Here each pass computes only what it
+    needs: the hidden layers (the context's share of the first layer once for all passes), the
+    output rows of the coordinates whose turn it is (those of one level of ``transform.order``,
+    which depend only on lower levels), and their splines. The arithmetic of each coordinate is
+    zuko's; only the summation order of the first layer differs (float rounding). In 40
+    dimensions this is about 5x fewer operations per pass.
+
+    Shapes: h [B, e], y [n, B, d] -> [n, B, d].
+    """
+    first, *middle, last = transform.hyper
+    d, total = y.shape[-1], transform.total
+    w_first = first.mask * first.weight  # [H, d + e]: the coordinates, then the context
+    w_x = w_first[:, :d]
+    from_context = F.linear(h, w_first[:, d:], first.bias)  # [B, H]
+    w_last = (last.mask * last.weight).unflatten(0, (d, total))  # [d, total, H]
+    b_last = last.bias.unflatten(0, (d, total))
+    sizes = [math.prod(shape) for shape in transform.shapes]
+    x = torch.zeros_like(y)
+    for level in torch.unique(transform.order):
+        turn = (transform.order == level).nonzero().squeeze(-1)  # [c] coordinates
+        a = F.linear(x, w_x) + from_context
+        for layer in middle:
+            a = layer(a)
+        phi = F.linear(a, w_last[turn].flatten(0, 1), b_last[turn].flatten())
+        params = phi.unflatten(-1, (turn.numel(), total)).split(sizes, dim=-1)
+        spline = transform.univariate(*params)  # over [n, B, c]
+        x = x.index_copy(-1, turn, spline.inv(y.index_select(-1, turn)))
+    return x
+
+
 class FlowEncoder(Encoder):
     """Conditional neural spline flow (``zuko.flows.NSF``) on standardized v; the default.
 
@@ -373,6 +407,19 @@ class FlowEncoder(Encoder):
         standardized = self.flow(h)  # zuko NormalizingFlow over u = (v - z_loc) / z_scale
         to_v = AffineTransform(self.z_loc, self.z_scale, event_dim=1)
         return TransformedDistribution(standardized, [to_v], validate_args=False)
+
+    def _draw_given(self, h: Tensor, n: int, generator: torch.Generator | None) -> Tensor:
+        """zuko's base noise, then each autoregressive transform inverted one coordinate at a
+        time (:func:`_autoregressive_inverse`) rather than by zuko's d passes over every
+        coordinate. The same draws to float rounding. Shapes: h [B, e] -> [B, n, d].
+        """
+        if self.z_dim == 1:  # zuko's element-wise transforms: nothing to invert in order
+            return super()._draw_given(h, n, generator)
+        with forked_rng(generator, self.z_loc.device):
+            u = self.flow(h).base.rsample((n,))  # [n, B, d], as zuko's own sampling draws it
+        for transform in reversed(self.flow.transform.transforms):
+            u = _autoregressive_inverse(transform, h, u)
+        return (self.z_loc + self.z_scale * u).movedim(0, 1)
 
     def _rsample_and_log_prob(
         self, dist: Distribution, n: int, generator: torch.Generator | None
