@@ -34,8 +34,9 @@ class Encoder(nn.Module):
     Subclasses implement ``_distribution(h)``: the distribution of the unconstrained variable v
     (z itself when there is no support transform) for the conditioning features ``h [B, e]``
     (standardized x, passed through the embedding if any). They may override ``_draw``
-    (sampling with the generator) and ``_rsample_and_log_prob``; this class maps their v onto
-    the support.
+    (sampling with the generator) and ``_rsample_and_log_prob``, or, to draw from h without
+    building the distribution, ``_draw_given`` and ``_rsample_given``; this class maps their v
+    onto the support.
 
     Args:
         x_dim: p, the size of one observation.
@@ -262,8 +263,7 @@ class Encoder(nn.Module):
         (torch.Size([4, 6, 2]), torch.Size([4, 6]))
         """
         _check_n(n)
-        dist = self._distribution(self._context(self._check_x(x)))
-        v, log_q = self._rsample_and_log_prob(dist, n, generator)
+        v, log_q = self._rsample_given(self._context(self._check_x(x)), n, generator)
         transform = self.support_transform(v)
         if transform is None:
             return v, log_q
@@ -285,6 +285,16 @@ class Encoder(nn.Module):
         Shapes: h [B, e] -> [B, n, d].
         """
         return self._draw(self._distribution(h), n, generator)
+
+    def _rsample_given(
+        self, h: Tensor, n: int, generator: torch.Generator | None
+    ) -> tuple[Tensor, Tensor]:
+        """Reparameterized v and log q(v | x) from the conditioning features:
+        ``_rsample_and_log_prob`` on ``_distribution(h)``, unless a family does better from h.
+
+        Shapes: h [B, e] -> ([B, n, d], [B, n]).
+        """
+        return self._rsample_and_log_prob(self._distribution(h), n, generator)
 
     def _draw(self, dist: Distribution, n: int, generator: torch.Generator | None) -> Tensor:
         """``dist.rsample`` with torch's global RNG forked from ``generator``. -> [B, n, d]."""

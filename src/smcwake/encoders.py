@@ -425,6 +425,25 @@ class FlowEncoder(Encoder):
             u = _autoregressive_inverse(transform, h, u)
         return (self.z_loc + self.z_scale * u).movedim(0, 1)
 
+    def _rsample_given(
+        self, h: Tensor, n: int, generator: torch.Generator | None
+    ) -> tuple[Tensor, Tensor]:
+        """As ``_draw_given``, differentiable, with log q: the base density of the noise plus
+        each transform's log-determinant at the point it inverted to (one forward pass each).
+        zuko's values to float rounding. Shapes: h [B, e] -> ([B, n, d], [B, n]).
+        """
+        if self.z_dim == 1:
+            return super()._rsample_given(h, n, generator)
+        flow = self.flow(h)
+        with forked_rng(generator, self.z_loc.device):
+            u = flow.base.rsample((n,))  # [n, B, d]
+        log_q = flow.base.log_prob(u)
+        for transform in reversed(self.flow.transform.transforms):
+            u = _autoregressive_inverse(transform, h, u)
+            log_q = log_q + transform(h).call_and_ladj(u)[1]
+        v = self.z_loc + self.z_scale * u
+        return v.movedim(0, 1), (log_q - self.z_scale.log().sum()).movedim(0, 1)
+
     def _rsample_and_log_prob(
         self, dist: Distribution, n: int, generator: torch.Generator | None
     ) -> tuple[Tensor, Tensor]:
