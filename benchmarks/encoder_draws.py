@@ -25,7 +25,7 @@ import subprocess
 import sys
 import time
 
-from _common import parser, table, write_section
+from _common import best_of, parser, setup, table, write_section
 from memory import _status_bytes
 
 VARIANTS = ("blocks", "one-block", "zuko-one-block", "collector-off")
@@ -59,6 +59,37 @@ def measure(d: int, observations: int, draws: int, x_dim: int, variant: str) -> 
     return {"seconds": seconds, "peak_growth": growth}
 
 
+def reparameterized_steps(dims: list[int], x_dim: int, repeats: int) -> list[list[object]]:
+    """Seconds of one ELBO-like step (``rsample_and_log_prob`` of 32 draws for 32 observations,
+    then backward) with the per-coordinate inverse and with zuko's, alternated in this process.
+    """
+    import torch
+
+    from smcwake.encoder_base import Encoder
+    from smcwake.encoders import FlowEncoder
+
+    mine, theirs = FlowEncoder._rsample_given, Encoder._rsample_given
+    rows = []
+    for d in dims:
+        encoder = FlowEncoder(x_dim, d)
+        x = torch.randn(32, x_dim, generator=torch.Generator().manual_seed(0))
+
+        def step(rsample_given, encoder=encoder, x=x):
+            FlowEncoder._rsample_given = rsample_given
+            try:
+                z, log_q = encoder.rsample_and_log_prob(x, 32)
+                (z.square().sum() + log_q.sum()).backward()
+            finally:
+                FlowEncoder._rsample_given = mine
+
+        best = best_of(
+            {"shipped": lambda: step(mine), "zuko": lambda: step(theirs)},
+            repeats,
+        )
+        rows.append([d, best["shipped"], best["zuko"], best["zuko"] / best["shipped"]])
+    return rows
+
+
 def main() -> None:
     p = parser(__doc__)
     p.add_argument(
@@ -67,6 +98,9 @@ def main() -> None:
         help="d:observations:draws, comma-separated",
     )
     p.add_argument("--x-dim", type=int, default=50, help="observation dimension")
+    p.add_argument(
+        "--step-dims", default="2,10,40", help="dimensions of the reparameterized-step table"
+    )
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
@@ -111,6 +145,16 @@ def main() -> None:
             "collector off (MB)",
         ],
         rows,
+    )
+    setup(1)
+    steps = reparameterized_steps(
+        [int(v) for v in args.step_dims.split(",")], args.x_dim, args.repeats
+    )
+    body += (
+        "\n\nReparameterized draws with their gradient (the ELBO and IWAE baselines): one "
+        "`rsample_and_log_prob` of 32 draws for each of 32 observations, then `backward`, "
+        f"fastest of {args.repeats} alternated repeats in one process.\n\n"
+        + table(["d", "seconds", "zuko's inverse (s)", "zuko / shipped"], steps)
     )
     write_section(
         "encoder-draws",

@@ -13,7 +13,7 @@ BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 def test_script_runs_and_writes_a_section(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     doc = tmp_path / "PERFORMANCE.md"
-    tiny = ["--cases", "2:3:4,3:2:5", "--x-dim", "5"]
+    tiny = ["--cases", "2:3:4,3:2:5", "--x-dim", "5", "--step-dims", "3", "--repeats", "1"]
     done = subprocess.run(
         [sys.executable, str(BENCH / "encoder_draws.py"), *tiny, "--out", str(doc)],
         env=env,
@@ -26,7 +26,9 @@ def test_script_runs_and_writes_a_section(tmp_path):
     assert "<!-- begin encoder-draws -->" in text
     assert "## Drawing from the flow encoder" in text
     rows = [line for line in text.splitlines() if line.startswith(("| 2 |", "| 3 |"))]
-    assert len(rows) == 2
+    assert len(rows) == 3  # two cases of draws, one reparameterized step
+    steps = rows.pop()
+    assert len(steps.strip("|").split("|")) == 4
     for row in rows:
         cells = [cell.strip() for cell in row.strip("|").split("|")]
         assert len(cells) == 10
