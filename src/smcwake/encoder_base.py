@@ -231,17 +231,14 @@ class Encoder(nn.Module):
         _check_n(n)
         x = self._check_x(x)
         rows, draws = _draw_blocks(x.shape[0], n)
+        blocks = []  # [b, n, d] each: b observations, their n draws in pieces of `draws`
         with torch.no_grad():
-            blocks = [
-                torch.cat(
-                    [
-                        self._draw_block(x[i : i + rows], min(draws, n - j), generator)
-                        for j in range(0, n, draws)
-                    ],
-                    dim=1,
-                )
-                for i in range(0, x.shape[0], rows)
-            ]
+            for i in range(0, x.shape[0], rows):
+                pieces = [
+                    self._draw_block(x[i : i + rows], min(draws, n - j), generator)
+                    for j in range(0, n, draws)
+                ]
+                blocks.append(pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=1))
         return blocks[0] if len(blocks) == 1 else torch.cat(blocks)
 
     def _draw_block(self, x: Tensor, n: int, generator: torch.Generator | None) -> Tensor:
