@@ -419,11 +419,7 @@ class FlowEncoder(Encoder):
         """
         if self.z_dim == 1:  # zuko's element-wise transforms: nothing to invert in order
             return super()._draw_given(h, n, generator)
-        with forked_rng(generator, self.z_loc.device):
-            u = self.flow(h).base.rsample((n,))  # [n, B, d], as zuko's own sampling draws it
-        for transform in reversed(self.flow.transform.transforms):
-            u = _autoregressive_inverse(transform, h, u)
-        return (self.z_loc + self.z_scale * u).movedim(0, 1)
+        return self._invert_noise(h, n, generator, with_log_q=False)[0]
 
     def _rsample_given(
         self, h: Tensor, n: int, generator: torch.Generator | None
@@ -434,15 +430,27 @@ class FlowEncoder(Encoder):
         """
         if self.z_dim == 1:
             return super()._rsample_given(h, n, generator)
+        return self._invert_noise(h, n, generator, with_log_q=True)
+
+    def _invert_noise(
+        self, h: Tensor, n: int, generator: torch.Generator | None, *, with_log_q: bool
+    ) -> tuple[Tensor, Tensor | None]:
+        """v from zuko's base noise through every transform's inverse, and log q(v) if asked.
+
+        Shapes: h [B, e] -> (v [B, n, d], log_q [B, n] or None).
+        """
         flow = self.flow(h)
         with forked_rng(generator, self.z_loc.device):
-            u = flow.base.rsample((n,))  # [n, B, d]
-        log_q = flow.base.log_prob(u)
+            u = flow.base.rsample((n,))  # [n, B, d], as zuko's own sampling draws it
+        log_q = flow.base.log_prob(u) if with_log_q else None
         for transform in reversed(self.flow.transform.transforms):
             u = _autoregressive_inverse(transform, h, u)
-            log_q = log_q + transform(h).call_and_ladj(u)[1]
-        v = self.z_loc + self.z_scale * u
-        return v.movedim(0, 1), (log_q - self.z_scale.log().sum()).movedim(0, 1)
+            if log_q is not None:
+                log_q = log_q + transform(h).call_and_ladj(u)[1]
+        v = (self.z_loc + self.z_scale * u).movedim(0, 1)
+        if log_q is None:
+            return v, None
+        return v, (log_q - self.z_scale.log().sum()).movedim(0, 1)
 
     def _rsample_and_log_prob(
         self, dist: Distribution, n: int, generator: torch.Generator | None
